@@ -1,0 +1,45 @@
+"""jxent: stable, jit-compiled information-theory losses for JAX."""
+
+from jxent._classification import (
+    sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
+)
+from jxent._classification import softmax_cross_entropy as softmax_cross_entropy
+from jxent._classification import (
+    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+)
+from jxent._debug import checked as checked
+from jxent._information import cross_entropy as cross_entropy
+from jxent._information import (
+    cross_entropy_from_logits as cross_entropy_from_logits,
+)
+from jxent._information import entropy as entropy
+from jxent._information import entropy_from_logits as entropy_from_logits
+from jxent._information import information as information
+from jxent._information import js_divergence as js_divergence
+from jxent._information import kl_divergence as kl_divergence
+from jxent._information import (
+    kl_divergence_from_logits as kl_divergence_from_logits,
+)
+from jxent._logsumexp import log_softmax as log_softmax
+from jxent._logsumexp import logsumexp as logsumexp
+from jxent._logsumexp import softmax as softmax
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "checked",
+    "cross_entropy",
+    "cross_entropy_from_logits",
+    "entropy",
+    "entropy_from_logits",
+    "information",
+    "js_divergence",
+    "kl_divergence",
+    "kl_divergence_from_logits",
+    "log_softmax",
+    "logsumexp",
+    "sigmoid_binary_cross_entropy",
+    "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+)

@@ -1,0 +1,192 @@
+"""The stable primitives every jxent function is built on.
+
+One log-sum-exp lives here. Every other function reaches probabilities and
+log-probabilities through it, so the numerics are decided in one place:
+
+* the input is upcast to at least float32 before any arithmetic;
+* masked entries become -inf *before* any `exp`;
+* the max is shifted out under `stop_gradient`, and replaced by 0 when it is
+  not finite, so a row that is entirely -inf gives -inf, not NaN;
+* the sum of exponentials is kept apart from the shift (`log_sumexp` and
+  `shift` below), so callers can subtract the shifted logit of one class
+  without the cancellation of `lse - x` when logits are huge.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jxent import _checks
+
+
+class Normalizer(NamedTuple):
+  """A log-sum-exp split into its exact parts.
+
+  Attributes:
+    shifted: The logits minus `shift`, in the compute dtype, with masked
+      entries set to -inf. Shape of the input.
+    shift: The per-row max (0 where the row has no finite max), with the
+      reduced axes kept as size 1. No gradient flows through it.
+    log_sumexp: `log(sum(exp(shifted)))`, reduced axes kept as size 1. It is
+      0 for an empty row (every entry -inf); see `nonempty`.
+    nonempty: Whether the row has any probability mass at all.
+  """
+
+  shifted: jax.Array
+  shift: jax.Array
+  log_sumexp: jax.Array
+  nonempty: jax.Array
+
+  @property
+  def lse(self) -> jax.Array:
+    """The log-sum-exp itself, -inf for empty rows (reduced axes kept)."""
+    return jnp.where(self.nonempty, self.log_sumexp + self.shift, -jnp.inf)
+
+  @property
+  def log_probs(self) -> jax.Array:
+    """The log-softmax; -inf for masked entries and for empty rows."""
+    return self.shifted - self.log_sumexp
+
+
+def normalize(
+    x: jax.Array, axis: tuple[int, ...], where: jax.Array | None
+) -> Normalizer:
+  """Computes the parts of a stable log-sum-exp over `axis`.
+
+  Args:
+    x: A floating array; it is upcast to at least float32.
+    axis: Canonical (non-negative) axes to reduce over.
+    where: A boolean mask already broadcast to `x.shape`, or None.
+
+  Returns:
+    A `Normalizer`.
+  """
+  x = x.astype(_checks.compute_dtype(x.dtype))
+  if where is not None:
+    # Mask before any exp, so masked entries can never overflow or leak NaN.
+    x = jnp.where(where, x, -jnp.inf)
+  shift = jnp.max(x, axis=axis, keepdims=True)
+  # Shift by the max so exp never overflows. A row with no finite max (all
+  # -inf, or a +inf) is shifted by 0, so -inf - max never makes a NaN. The
+  # result does not depend on the shift, so no gradient flows through it.
+  shift = lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
+  shifted = x - shift
+  sumexp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
+  nonempty = sumexp > 0
+  # Double where: log of a safe 1 for empty rows keeps value and gradient
+  # finite (log(0) would give -inf and a 0 * inf = NaN gradient).
+  log_sumexp = jnp.log(jnp.where(nonempty, sumexp, 1))
+  return Normalizer(shifted, shift, log_sumexp, nonempty)
+
+
+def _prepare(x, axis, where, name="x"):
+  x = jnp.asarray(x)
+  _checks.check_floating(name, x)
+  axes = _checks.canonical_axes(axis, x.ndim) if x.ndim else ()
+  return x, axes, _checks.broadcast_where(where, x.shape)
+
+
+def logsumexp(
+    x: jax.typing.ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+    keepdims: bool = False,
+) -> jax.Array:
+  r"""Stable log-sum-exp along `axis`.
+
+  .. math:: \operatorname{LSE}(x) = \log \sum_i e^{x_i}
+     = m + \log \sum_i e^{x_i - m},\quad m = \max_i x_i
+
+  Args:
+    x: Floating input of any shape.
+    axis: The axis, or tuple of axes, to reduce over.
+    where: Boolean mask broadcastable to `x`; entries where it is False are
+      left out (treated as -inf).
+    keepdims: Keep the reduced axes with size 1.
+
+  Returns:
+    Array of `x.shape` without `axis` (or with size-1 axes if `keepdims`),
+    in float32 for 16-bit inputs, otherwise in the input dtype. A row whose
+    entries are all -inf or masked gives -inf, with a zero gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> print(jxent.logsumexp(jnp.array([1e4, 1e4])))
+    10000.693
+    >>> print(jxent.logsumexp(jnp.array([-jnp.inf, -jnp.inf])))
+    -inf
+  """
+  x, axes, mask = _prepare(x, axis, where)
+  out = normalize(x, axes, mask).lse
+  return out if keepdims else jnp.squeeze(out, axis=axes)
+
+
+def log_softmax(
+    x: jax.typing.ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Log-softmax along `axis`: logits to normalised log-probabilities.
+
+  .. math:: \log \operatorname{softmax}(x)_i = x_i - \operatorname{LSE}(x)
+
+  Args:
+    x: Floating logits of any shape.
+    axis: The class axis, or tuple of axes.
+    where: Boolean mask broadcastable to `x`; masked classes get -inf.
+
+  Returns:
+    Array of `x.shape` and dtype, computed with float32 accumulation. A row
+    with no unmasked finite entry is -inf throughout, never NaN.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> print(jxent.log_softmax(jnp.array([0.0, 0.0])).round(4))
+    [-0.6931 -0.6931]
+    >>> print(jxent.log_softmax(jnp.array([1.0, 5.0]),
+    ...                         where=jnp.array([True, False])))
+    [  0. -inf]
+  """
+  x, axes, mask = _prepare(x, axis, where)
+  return normalize(x, axes, mask).log_probs.astype(x.dtype)
+
+
+def softmax(
+    x: jax.typing.ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Softmax along `axis`: logits to probabilities.
+
+  .. math:: \operatorname{softmax}(x)_i = e^{x_i - \operatorname{LSE}(x)}
+
+  Args:
+    x: Floating logits of any shape.
+    axis: The class axis, or tuple of axes.
+    where: Boolean mask broadcastable to `x`; masked classes get 0.
+
+  Returns:
+    Array of `x.shape` and dtype, computed with float32 accumulation. A row
+    with no unmasked finite entry is all zeros, never NaN.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> print(jxent.softmax(jnp.array([0.0, jnp.log(3.0)])).round(4))
+    [0.25 0.75]
+  """
+  x, axes, mask = _prepare(x, axis, where)
+  return jnp.exp(normalize(x, axes, mask).log_probs).astype(x.dtype)
+
+
+def log_sigmoid(x: jax.Array) -> jax.Array:
+  """Stable log(sigmoid(x)) = -log(1 + exp(-x)), the two-class LSE."""
+  # -LSE(0, -x) with the max shifted out: min(x, 0) - log1p(exp(-|x|)).
+  return jnp.minimum(x, 0) - jnp.log1p(jnp.exp(-jnp.abs(x)))

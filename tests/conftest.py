@@ -1,0 +1,18 @@
+"""Shared test configuration: strict promotion, so hidden casts fail loudly."""
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import settings
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# Each example may compile; deadlines would only measure XLA's compiler.
+settings.register_profile("jxent", deadline=None, max_examples=40)
+settings.load_profile("jxent")
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)

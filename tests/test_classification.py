@@ -1,0 +1,438 @@
+"""Tests for the training losses and their custom VJPs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.special
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jxent
+
+int_ce = jxent.softmax_cross_entropy_with_integer_labels
+soft_ce = jxent.softmax_cross_entropy
+
+
+def reference_int_ce(logits, labels, *, weight=None, smoothing=0.0,
+                     ignore_index=None, z_loss=0.0, mask=None):
+  """PyTorch's documented cross_entropy, in float64, plus z-loss and masks.
+
+  Returns the per-row losses and the per-row weights that "mean" divides by.
+  """
+  x = np.asarray(logits, np.float64)
+  if mask is not None:
+    x = np.where(mask, x, -np.inf)
+  num_classes = x.shape[-1]
+  w = np.ones(num_classes) if weight is None else np.asarray(weight,
+                                                              np.float64)
+  lse = scipy.special.logsumexp(x, axis=-1)
+  log_q = x - lse[..., None]
+  valid = x > -np.inf
+  safe = np.clip(labels, 0, num_classes - 1)
+  nll = -np.take_along_axis(log_q, safe[..., None], -1)[..., 0]
+  smooth = -np.where(valid, w * np.where(valid, log_q, 0), 0).sum(-1)
+  loss = ((1 - smoothing) * w[safe] * nll
+          + smoothing / valid.sum(-1) * smooth + z_loss * lse**2)
+  keep = np.ones(labels.shape, bool) if ignore_index is None else (
+      labels != ignore_index)
+  return np.where(keep, loss, 0.0), np.where(keep, w[safe], 0.0)
+
+
+def _problem(rng, batch=6, classes=7, scale=3.0):
+  logits = jnp.asarray(rng.normal(scale=scale, size=(batch, classes)),
+                       jnp.float32)
+  labels = jnp.asarray(rng.integers(0, classes, size=batch), jnp.int32)
+  return logits, labels
+
+
+# --- worked example and references ------------------------------------
+
+
+def test_classifier_example_is_minus_log_0_7():
+  logits = jnp.log(jnp.array([[0.7, 0.1, 0.05, 0.15]]))
+  np.testing.assert_allclose(int_ce(logits, jnp.array([0])), -np.log(0.7),
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      soft_ce(logits, jnp.array([[1.0, 0.0, 0.0, 0.0]])), -np.log(0.7),
+      rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_integer_labels_match_float64_reference(rng, smoothing, weighted,
+                                                z_loss):
+  logits, labels = _problem(rng)
+  weight = rng.uniform(0.5, 2.0, size=7) if weighted else None
+  labels = labels.at[1].set(-100)
+  expected, row_weight = reference_int_ce(
+      logits, np.asarray(labels), weight=weight, smoothing=smoothing,
+      ignore_index=-100, z_loss=z_loss)
+  kwargs = dict(ignore_index=-100, label_smoothing=smoothing, z_loss=z_loss,
+                class_weights=None if weight is None else
+                jnp.asarray(weight, jnp.float32))
+  np.testing.assert_allclose(int_ce(logits, labels, **kwargs), expected,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(int_ce(logits, labels, reduction="sum",
+                                    **kwargs), expected.sum(), rtol=1e-5)
+  np.testing.assert_allclose(int_ce(logits, labels, reduction="mean",
+                                    **kwargs),
+                             expected.sum() / row_weight.sum(), rtol=1e-5)
+
+
+def test_matches_optax_on_its_own_ground(rng):
+  logits, labels = _problem(rng)
+  np.testing.assert_allclose(
+      int_ce(logits, labels),
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+      rtol=1e-6, atol=1e-6)
+  soft = jax.nn.softmax(jnp.asarray(rng.normal(size=(6, 7)), jnp.float32))
+  np.testing.assert_allclose(soft_ce(logits, soft),
+                             optax.softmax_cross_entropy(logits, soft),
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_agrees_with_pytorch(rng, reduction):
+  torch = pytest.importorskip("torch")
+  logits, labels = _problem(rng, batch=8)
+  labels = labels.at[2].set(-100)
+  weight = rng.uniform(0.5, 2.0, size=7).astype(np.float32)
+  expected = torch.nn.functional.cross_entropy(
+      torch.tensor(np.asarray(logits)), torch.tensor(np.asarray(labels),
+                                                     dtype=torch.long),
+      weight=torch.tensor(weight), ignore_index=-100, label_smoothing=0.2,
+      reduction=reduction).numpy()
+  out = int_ce(logits, labels, ignore_index=-100, label_smoothing=0.2,
+               class_weights=jnp.asarray(weight), reduction=reduction)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sigmoid_binary_cross_entropy_matches_reference(rng):
+  x = rng.normal(scale=4, size=(5, 3))
+  y = rng.uniform(size=(5, 3))
+  pw = np.array([1.0, 2.0, 0.5])
+  log_sig = -np.logaddexp(0, -x)
+  log_one_minus = -np.logaddexp(0, x)
+  expected = -(pw * y * log_sig + (1 - y) * log_one_minus)
+  out = jxent.sigmoid_binary_cross_entropy(
+      jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+      pos_weight=jnp.asarray(pw, jnp.float32))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      jxent.sigmoid_binary_cross_entropy(
+          jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+          reduction="mean"),
+      (-(y * log_sig + (1 - y) * log_one_minus)).mean(), rtol=1e-5)
+
+
+def test_sigmoid_binary_cross_entropy_is_finite_at_infinite_logits():
+  x = jnp.array([jnp.inf, -jnp.inf, 1e30])
+  y = jnp.array([1.0, 0.0, 1.0])
+  value, grad = jax.value_and_grad(
+      lambda x: jxent.sigmoid_binary_cross_entropy(x, y).sum())(x)
+  assert value == 0.0 and np.isfinite(grad).all()
+
+
+# --- numerics users expect --------------------------------------------
+
+
+def test_huge_equal_logits_give_log_num_classes():
+  for classes in (3, 1000):
+    logits = jnp.full((2, classes), 1e8, jnp.float32)
+    np.testing.assert_allclose(int_ce(logits, jnp.array([0, 1])),
+                               np.log(classes), rtol=1e-6)
+    grad = jax.grad(lambda x: int_ce(x, jnp.array([0, 1])).sum())(logits)
+    np.testing.assert_allclose(grad[0, 1:], 1 / classes, rtol=1e-5)
+
+
+def test_masked_logit_with_zero_label_is_finite():
+  logits = jnp.array([[2.0, -jnp.inf, 0.5]])
+  labels = jnp.array([[1.0, 0.0, 0.0]])
+  for fn, lab in [(int_ce, jnp.array([0])), (soft_ce, labels)]:
+    for smoothing in (0.0, 0.1):
+      value, grad = jax.value_and_grad(
+          lambda x, fn=fn, lab=lab, s=smoothing:
+          fn(x, lab, label_smoothing=s).sum())(logits)
+      assert np.isfinite(value) and np.isfinite(grad).all()
+      assert grad[0, 1] == 0.0
+  # optax's soft-label loss gives NaN here: 0 * -inf.
+  assert np.isnan(optax.softmax_cross_entropy(logits, labels)).all()
+
+
+@pytest.mark.parametrize("use_where", [True, False])
+def test_fully_masked_row_gives_zero_loss_and_zero_gradient(use_where):
+  logits = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  if use_where:
+    where = jnp.array([[True, True, True], [False, False, False]])
+  else:
+    logits = logits.at[1].set(-jnp.inf)
+    where = None
+  labels = jnp.array([0, 1])
+  soft = jnp.array([[1.0, 0, 0], [0, 1.0, 0]])
+  for fn, lab in [(int_ce, labels), (soft_ce, soft)]:
+    loss_fn = lambda x, fn=fn, lab=lab: fn(
+        x, lab, where=where, label_smoothing=0.1, z_loss=1e-3,
+        reduction="mean")
+    value, grad = jax.value_and_grad(loss_fn)(logits)
+    row = fn(logits, lab, where=where, label_smoothing=0.1, z_loss=1e-3)
+    assert row[1] == 0.0
+    np.testing.assert_array_equal(grad[1], 0.0)
+    # The empty row does not count in the mean.
+    np.testing.assert_allclose(value, row[0], rtol=1e-6)
+
+
+def test_label_smoothing_never_reaches_masked_classes(rng):
+  logits, labels = _problem(rng, classes=6)
+  labels = labels % 4
+  where = jnp.arange(6) < 4
+  out = int_ce(logits, labels, where=jnp.broadcast_to(where, logits.shape),
+               label_smoothing=0.3)
+  # Same as the loss on the four unmasked classes alone.
+  expected, _ = reference_int_ce(logits[:, :4], np.asarray(labels),
+                                 smoothing=0.3)
+  np.testing.assert_allclose(out, expected, rtol=1e-5)
+  soft_labels = jax.nn.one_hot(labels, 6)
+  np.testing.assert_allclose(
+      soft_ce(logits, soft_labels, where=jnp.broadcast_to(where, (6, 6)),
+              label_smoothing=0.3), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_inputs_accumulate_in_float32(rng, dtype):
+  logits = jnp.asarray(rng.normal(scale=4, size=(8, 1000)), dtype)
+  labels = jnp.asarray(rng.integers(0, 1000, size=8), jnp.int32)
+  loss, grad = jax.value_and_grad(lambda x: int_ce(x, labels).sum())(logits)
+  assert loss.dtype == jnp.float32 and grad.dtype == dtype
+  expected, _ = reference_int_ce(np.asarray(logits, np.float64),
+                                 np.asarray(labels))
+  # Inputs are the same rounded values, so float32 accumulation is all
+  # the error there is: far tighter than 16-bit arithmetic would give.
+  np.testing.assert_allclose(int_ce(logits, labels), expected, rtol=1e-5)
+  soft = jax.nn.one_hot(labels, 1000, dtype=dtype)
+  loss_s, (g_x, g_y) = jax.value_and_grad(
+      lambda x, y: soft_ce(x, y).sum(), argnums=(0, 1))(logits, soft)
+  assert g_x.dtype == dtype and g_y.dtype == dtype
+  np.testing.assert_allclose(soft_ce(logits, soft), expected, rtol=1e-5)
+
+
+def test_out_of_range_labels_give_nan_never_a_wrapped_class(rng):
+  logits, labels = _problem(rng)
+  bad = labels.at[0].set(-1).at[1].set(7)
+  out = jax.jit(int_ce)(logits, bad)
+  assert np.isnan(out[:2]).all() and np.isfinite(out[2:]).all()
+  # optax picks the last class for -1 today; jxent must not.
+  assert np.isfinite(
+      optax.softmax_cross_entropy_with_integer_labels(logits, bad)[0])
+  grad = jax.grad(lambda x: int_ce(x, bad).sum())(logits)
+  assert np.isnan(grad[0]).all() and np.isfinite(grad[2:]).all()
+
+
+def test_checked_turns_bad_labels_into_errors(rng):
+  logits, labels = _problem(rng)
+  loss = jax.jit(lambda x, y: int_ce(x, y, ignore_index=-100,
+                                     reduction="mean"))
+  checked = jxent.checked(loss)
+  np.testing.assert_allclose(checked(logits, labels.at[0].set(-100)),
+                             loss(logits, labels.at[0].set(-100)))
+  with pytest.raises(Exception, match=r"labels must lie in \[0, 7\)"):
+    checked(logits, labels.at[0].set(7))
+  grad_checked = jxent.checked(jax.grad(lambda x, y: int_ce(x, y).sum()))
+  with pytest.raises(Exception, match="labels must lie"):
+    grad_checked(logits, labels.at[3].set(-1))
+
+
+def test_ignored_rows_have_no_loss_or_gradient(rng):
+  logits, labels = _problem(rng)
+  labels = labels.at[0].set(-100)
+  loss_fn = lambda x: int_ce(x, labels, ignore_index=-100, reduction="mean")
+  value, grad = jax.value_and_grad(loss_fn)(logits)
+  np.testing.assert_array_equal(grad[0], 0.0)
+  np.testing.assert_allclose(value, int_ce(logits[1:], labels[1:]).mean(),
+                             rtol=1e-6)
+  all_ignored = jnp.full_like(labels, -100)
+  assert int_ce(logits, all_ignored, ignore_index=-100,
+                reduction="mean") == 0.0
+
+
+# --- gradients -------------------------------------------------------------
+
+
+def _plain_int_ce(x, y, smoothing=0.0, z=0.0):
+  """Autodiff-only reference: no custom VJP."""
+  log_q = jax.nn.log_softmax(x)
+  target = (1 - smoothing) * jax.nn.one_hot(y, x.shape[-1]) + (
+      smoothing / x.shape[-1])
+  lse = jax.nn.logsumexp(x, axis=-1)
+  return -(target * log_q).sum(-1) + z * lse**2
+
+
+def test_gradient_and_hessian_vector_product_match_autodiff(rng):
+  logits, labels = _problem(rng)
+  v = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+  for kwargs, ref_kwargs in [({}, {}),
+                             (dict(label_smoothing=0.2, z_loss=0.1),
+                              dict(smoothing=0.2, z=0.1))]:
+    f = lambda x, kw=kwargs: int_ce(x, labels, **kw).sum()
+    g = lambda x, kw=ref_kwargs: _plain_int_ce(x, labels, **kw).sum()
+    np.testing.assert_allclose(jax.grad(f)(logits), jax.grad(g)(logits),
+                               rtol=1e-5, atol=1e-6)
+    hvp = jax.grad(lambda x: jnp.vdot(jax.grad(f)(x), v))(logits)
+    hvp_ref = jax.grad(lambda x: jnp.vdot(jax.grad(g)(x), v))(logits)
+    np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_soft_labels_stay_differentiable_for_distillation(rng):
+  logits, _ = _problem(rng)
+  labels = jax.nn.softmax(jnp.asarray(rng.normal(size=(6, 7)), jnp.float32))
+  def reference(x, y):
+    t = 0.9 * y + 0.1 / 7
+    return -(t * jax.nn.log_softmax(x)).sum()
+  got = jax.grad(lambda x, y: soft_ce(x, y, label_smoothing=0.1).sum(),
+                 argnums=(0, 1))(logits, labels)
+  want = jax.grad(reference, argnums=(0, 1))(logits, labels)
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Second order through the labels, as a distillation meta-gradient needs.
+  mixed = jax.grad(lambda y: jnp.sum(jax.grad(
+      lambda x: soft_ce(x, y).sum())(logits)))(labels)
+  mixed_ref = jax.grad(lambda y: jnp.sum(jax.grad(
+      lambda x: -(y * jax.nn.log_softmax(x)).sum())(logits)))(labels)
+  np.testing.assert_allclose(mixed, mixed_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, (0, 2), (2, 0)])
+def test_class_axis_anywhere_under_jit_and_vmap(rng, axis):
+  x = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  batch = [a for a in range(3) if a not in axes]
+  flat = jnp.transpose(x, batch + list(axes)).reshape(
+      tuple(x.shape[a] for a in batch) + (-1,))
+  labels = jnp.asarray(rng.integers(0, flat.shape[-1], size=flat.shape[:-1]),
+                       jnp.int32)
+  expected = int_ce(flat, labels)
+  np.testing.assert_allclose(jax.jit(int_ce, static_argnums=2)(x, labels,
+                                                               axis),
+                             expected, rtol=1e-6)
+  soft = jax.nn.one_hot(labels, flat.shape[-1])
+  np.testing.assert_allclose(soft_ce(flat, soft), expected, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(int_ce)(flat, labels), expected,
+                             rtol=1e-6)
+
+
+def test_residuals_hold_no_float32_copy_of_the_logits():
+  batch, classes = 32, 512
+  logits = jnp.zeros((batch, classes), jnp.bfloat16)
+  labels = jnp.zeros((batch,), jnp.int32)
+  soft = jnp.zeros((batch, classes), jnp.bfloat16)
+
+  def big_float32(vjp_fn):
+    return [leaf.shape for leaf in jax.tree_util.tree_leaves(vjp_fn)
+            if leaf.dtype == jnp.float32 and leaf.size >= batch * classes]
+
+  for fn, lab in [(int_ce, labels), (soft_ce, soft)]:
+    _, vjp_fn = jax.vjp(lambda x, fn=fn, lab=lab: fn(
+        x, lab, label_smoothing=0.1, z_loss=1e-4), logits)
+    assert big_float32(vjp_fn) == []
+  # The check can fail: plain autodiff of an upcast loss saves float32 rows.
+  _, vjp_ref = jax.vjp(lambda x: optax.softmax_cross_entropy_with_integer_labels(
+      x.astype(jnp.float32), labels), logits)
+  assert big_float32(vjp_ref)
+
+
+def _temp_bytes(fn, *args):
+  return jax.jit(fn).lower(*args).compile().memory_analysis() \
+      .temp_size_in_bytes
+
+
+@pytest.mark.parametrize("options", [{}, dict(label_smoothing=0.1,
+                                               z_loss=1e-4)])
+def test_compiled_backward_adds_no_float32_logits(options):
+  batch, classes = 256, 8192
+  logits = jnp.zeros((batch, classes), jnp.bfloat16)
+  labels = jnp.zeros((batch,), jnp.int32)
+  float32_copy = batch * classes * 4
+
+  def extra(loss):
+    forward = _temp_bytes(lambda x, y: loss(x, y).mean(), logits, labels)
+    both = _temp_bytes(jax.value_and_grad(lambda x, y: loss(x, y).mean()),
+                       logits, labels)
+    return both - forward
+
+  jxent_extra = extra(lambda x, y: int_ce(x, y, **options))
+  # Beyond what the forward pass needs, the backward may add per-row
+  # numbers, never a [batch, classes] float32 buffer.
+  assert jxent_extra < float32_copy // 8, jxent_extra
+  upcast_extra = extra(lambda x, y: optax.softmax_cross_entropy_with_integer_labels(
+      x.astype(jnp.float32), y))
+  assert upcast_extra >= float32_copy, upcast_extra
+
+
+# --- laws ------------------------------------------------------------------
+
+rows = hnp.arrays(np.float32, (3, 6),
+                  elements=st.floats(-50, 50, width=32))
+
+
+@given(rows, st.floats(-1e3, 1e3))
+def test_shift_invariance(x, shift):
+  labels = jnp.array([0, 3, 5])
+  shifted = jnp.asarray(x) + jnp.float32(shift)
+  np.testing.assert_allclose(int_ce(shifted, labels), int_ce(x, labels),
+                             rtol=1e-4, atol=2e-3)
+
+
+@given(rows, st.floats(0, 1))
+def test_gradient_is_softmax_minus_labels(x, smoothing):
+  labels = jnp.array([0, 3, 5])
+  target = optax.smooth_labels(jax.nn.one_hot(labels, 6), smoothing)
+  expected = scipy.special.softmax(x.astype(np.float64), -1) - np.asarray(
+      target, np.float64)
+  grad = jax.grad(lambda x: int_ce(x, labels, label_smoothing=smoothing)
+                  .sum())(jnp.asarray(x))
+  np.testing.assert_allclose(grad, expected, atol=2e-6)
+  grad_soft = jax.grad(lambda x: soft_ce(x, target).sum())(jnp.asarray(x))
+  np.testing.assert_allclose(grad_soft, expected, atol=2e-6)
+
+
+@given(hnp.arrays(np.float32, (2, 5), elements=st.floats(
+    allow_nan=False, allow_infinity=False, width=32)))
+def test_finite_for_extreme_logits(x):
+  labels = jnp.array([1, 4])
+  for fn, lab in [(int_ce, labels), (soft_ce, jax.nn.one_hot(labels, 5))]:
+    value, grad = jax.value_and_grad(
+        lambda x, fn=fn, lab=lab: fn(x, lab, label_smoothing=0.1).sum())(
+            jnp.asarray(x))
+    assert np.isfinite(value) and np.isfinite(grad).all()
+
+
+# --- bad input ----------------------------------------------------------
+
+
+def test_bad_input_fails_at_trace_time_with_clear_errors():
+  x = jnp.zeros((4, 3))
+  y = jnp.zeros((4,), jnp.int32)
+  with pytest.raises(ValueError, match=r"\(4,\).*\(5,\)"):
+    int_ce(x, jnp.zeros((5,), jnp.int32))
+  with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 2\)"):
+    soft_ce(x, jnp.zeros((4, 2)))
+  with pytest.raises(TypeError, match="floating"):
+    int_ce(jnp.zeros((4, 3), jnp.int32), y)
+  with pytest.raises(TypeError, match="integer"):
+    int_ce(x, jnp.zeros((4,)))
+  with pytest.raises(TypeError, match="floating"):
+    soft_ce(x, jnp.zeros((4, 3), jnp.int32))
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="label_smoothing"):
+      int_ce(x, y, label_smoothing=bad)
+  with pytest.raises(ValueError, match="reduction"):
+    int_ce(x, y, reduction="average")
+  with pytest.raises(ValueError, match="z_loss"):
+    soft_ce(x, x, z_loss=-1.0)
+  with pytest.raises(ValueError, match="class_weights"):
+    int_ce(x, y, class_weights=jnp.ones(4))
+  with pytest.raises(TypeError, match="keyword|positional"):
+    int_ce(x, y, -1, None, None)  # Options past `where` are keyword-only.

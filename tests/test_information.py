@@ -1,0 +1,248 @@
+"""Tests for information, entropy, cross-entropy and the divergences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jxent
+
+# Float32 results against float64 references (relative, absolute).
+TOL32 = dict(rtol=2e-5, atol=2e-6)
+
+
+def _simplex(rng, shape, zeros=False):
+  p = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1])
+  if zeros:
+    p[..., ::3] = 0.0
+    p /= p.sum(-1, keepdims=True)
+  return p
+
+
+# --- worked examples ----------------------------------------------------
+
+
+def test_fair_coin_heads_carries_one_bit():
+  np.testing.assert_allclose(jxent.information(jnp.array(0.5), base=2), 1.0)
+  np.testing.assert_allclose(
+      jxent.entropy(jnp.array([0.5, 0.5]), base=2), 1.0)
+
+
+def test_die_landing_six_carries_log2_6_bits():
+  bits = jxent.information(jnp.array(1 / 6), base=2)
+  np.testing.assert_allclose(bits, np.log2(6), rtol=1e-6)
+  np.testing.assert_allclose(bits, 2.585, atol=5e-4)
+
+
+def test_cross_entropy_of_the_classifier_example():
+  p = jnp.array([1.0, 0.0, 0.0, 0.0])
+  q = jnp.array([0.7, 0.1, 0.05, 0.15])
+  np.testing.assert_allclose(jxent.cross_entropy(p, q), -np.log(0.7),
+                             rtol=1e-6)
+  np.testing.assert_allclose(jxent.cross_entropy(p, q), 0.3567, atol=5e-5)
+
+
+def test_kl_divergence_is_not_symmetric():
+  p, q = jnp.array([0.9, 0.1]), jnp.array([0.5, 0.5])
+  forward, backward = jxent.kl_divergence(p, q), jxent.kl_divergence(q, p)
+  np.testing.assert_allclose(forward, scipy.special.rel_entr(
+      [0.9, 0.1], [0.5, 0.5]).sum(), rtol=1e-6)
+  np.testing.assert_allclose(backward, scipy.special.rel_entr(
+      [0.5, 0.5], [0.9, 0.1]).sum(), rtol=1e-6)
+  assert abs(float(forward) - float(backward)) > 0.1
+
+
+# --- float64 references ---------------------------------------------------
+
+
+@pytest.mark.parametrize("base", [None, 2, 10, 0.5])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_entropy_matches_scipy(rng, base, zeros):
+  p = _simplex(rng, (5, 7), zeros)
+  expected = scipy.stats.entropy(p, base=base, axis=-1)
+  np.testing.assert_allclose(
+      jxent.entropy(jnp.asarray(p, jnp.float32), base=base), expected, **TOL32)
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_cross_entropy_and_kl_match_scipy(rng, zeros):
+  p, q = _simplex(rng, (5, 7), zeros), _simplex(rng, (5, 7))
+  p32, q32 = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
+  np.testing.assert_allclose(
+      jxent.kl_divergence(p32, q32), scipy.special.rel_entr(p, q).sum(-1),
+      **TOL32)
+  np.testing.assert_allclose(
+      jxent.kl_divergence(p32, q32, base=2),
+      scipy.stats.entropy(p, q, base=2, axis=-1), **TOL32)
+  np.testing.assert_allclose(
+      jxent.cross_entropy(p32, q32), -(scipy.special.xlogy(p, q)).sum(-1),
+      **TOL32)
+
+
+def test_js_divergence_matches_scipy(rng):
+  p, q = _simplex(rng, (4, 6), True), _simplex(rng, (4, 6))
+  expected = scipy.spatial.distance.jensenshannon(p, q, axis=-1, base=2) ** 2
+  out = jxent.js_divergence(jnp.asarray(p, jnp.float32),
+                            jnp.asarray(q, jnp.float32), base=2)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+  assert np.all(np.asarray(out) <= 1.0 + 1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-5),
+                                        (jnp.bfloat16, 2e-5)])
+def test_from_logits_match_scipy(rng, dtype, tol):
+  zp = jnp.asarray(rng.normal(scale=3, size=(4, 9)), dtype)
+  zq = jnp.asarray(rng.normal(scale=3, size=(4, 9)), dtype)
+  # The reference sees the same (rounded) inputs, so only accumulation
+  # error remains, and that is float32 for every input dtype.
+  lp = scipy.special.log_softmax(np.asarray(zp, np.float64), -1)
+  lq = scipy.special.log_softmax(np.asarray(zq, np.float64), -1)
+  p = np.exp(lp)
+  for out, expected in [
+      (jxent.entropy_from_logits(zp), -(p * lp).sum(-1)),
+      (jxent.cross_entropy_from_logits(zp, zq), -(p * lq).sum(-1)),
+      (jxent.kl_divergence_from_logits(zp, zq), (p * (lp - lq)).sum(-1)),
+  ]:
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+
+
+# --- edges ---------------------------------------------------------------
+
+
+def test_zero_probabilities_give_finite_values_and_gradients():
+  p = jnp.array([0.5, 0.5, 0.0])
+  q = jnp.array([0.5, 0.5, 0.0])
+  for fn in (jxent.kl_divergence, jxent.cross_entropy, jxent.js_divergence):
+    value, grads = jax.value_and_grad(fn, argnums=(0, 1))(p, q)
+    assert np.isfinite(value)
+    assert all(np.isfinite(g).all() for g in grads), fn.__name__
+  value, grad = jax.value_and_grad(jxent.entropy)(p)
+  assert np.isfinite(value) and np.isfinite(grad).all()
+
+
+def test_impossible_outcome_under_q_costs_infinite_information():
+  p, q = jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0])
+  assert jxent.cross_entropy(p, q) == np.inf
+  assert jxent.kl_divergence(p, q) == np.inf
+  assert jxent.information(jnp.array(0.0)) == np.inf
+
+
+def test_negative_probability_gives_nan_not_a_number():
+  assert np.isnan(jxent.entropy(jnp.array([1.2, -0.2])))
+  assert np.isnan(jxent.kl_divergence(jnp.array([1.2, -0.2]),
+                                      jnp.array([0.5, 0.5])))
+
+
+def test_masked_minus_inf_logits_are_finite_with_finite_gradients():
+  z = jnp.array([[0.0, -jnp.inf, 1.0], [-jnp.inf, -jnp.inf, -jnp.inf]])
+  zq = jnp.array([[1.0, -jnp.inf, 0.0], [-jnp.inf, -jnp.inf, -jnp.inf]])
+  for fn, args in [(jxent.entropy_from_logits, (z,)),
+                   (jxent.kl_divergence_from_logits, (z, zq)),
+                   (jxent.cross_entropy_from_logits, (z, zq))]:
+    value, grads = jax.value_and_grad(
+        lambda *a, fn=fn: fn(*a).sum(), argnums=tuple(range(len(args))))(
+            *args)
+    assert np.isfinite(value)
+    assert all(np.isfinite(g).all() for g in grads)
+  # The fully masked row is empty: nothing to be uncertain about.
+  np.testing.assert_array_equal(jxent.entropy_from_logits(z)[1], 0.0)
+
+
+def test_where_excludes_classes():
+  p = jnp.array([0.5, 0.5, 0.25])
+  mask = jnp.array([True, True, False])
+  np.testing.assert_allclose(jxent.entropy(p, where=mask, base=2), 1.0)
+  z = jnp.array([0.0, 0.0, 100.0])
+  np.testing.assert_allclose(
+      jxent.entropy_from_logits(z, where=mask, base=2), 1.0)
+  np.testing.assert_allclose(
+      jxent.kl_divergence_from_logits(z, jnp.array([0.0, 0.0, -5.0]),
+                                      where=mask), 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("axis", [0, 1, (0, 2)])
+def test_class_axis_anywhere(rng, axis):
+  z = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
+  zq = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  moved = jnp.moveaxis(z, axes, range(-len(axes), 0))
+  moved_q = jnp.moveaxis(zq, axes, range(-len(axes), 0))
+  flat = moved.reshape(moved.shape[: 3 - len(axes)] + (-1,))
+  flat_q = moved_q.reshape(flat.shape)
+  np.testing.assert_allclose(jxent.kl_divergence_from_logits(z, zq, axis),
+                             jxent.kl_divergence_from_logits(flat, flat_q),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_jit_vmap_and_grad_agree(rng):
+  p = jnp.asarray(_simplex(rng, (6, 5)), jnp.float32)
+  q = jnp.asarray(_simplex(rng, (6, 5)), jnp.float32)
+  eager = jxent.kl_divergence(p, q)
+  np.testing.assert_allclose(jax.jit(jxent.kl_divergence)(p, q), eager,
+                             rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jxent.kl_divergence)(p, q), eager,
+                             rtol=1e-6)
+  grad = jax.grad(lambda q: jxent.kl_divergence(p, q).sum())(q)
+  np.testing.assert_allclose(grad, -p / q, rtol=1e-5)
+
+
+def test_broadcasting_and_shape_errors():
+  p = jnp.array([0.5, 0.5])
+  q = jnp.array([[0.5, 0.5], [0.9, 0.1]])
+  assert jxent.kl_divergence(p, q).shape == (2,)
+  with pytest.raises(ValueError, match=r"\(3,\).*\(2, 2\)"):
+    jxent.kl_divergence(jnp.ones(3) / 3, q)
+
+
+@pytest.mark.parametrize("base", [0, -2, 1, 1.0])
+def test_bad_base_is_a_value_error(base):
+  with pytest.raises(ValueError, match="base"):
+    jxent.entropy(jnp.array([0.5, 0.5]), base=base)
+
+
+def test_integer_probabilities_are_a_type_error():
+  with pytest.raises(TypeError, match="floating"):
+    jxent.entropy(jnp.array([1, 0]))
+
+
+# --- laws ------------------------------------------------------------------
+
+logits_rows = hnp.arrays(
+    np.float32, (3, 5),
+    elements=st.floats(-30, 30, width=32, allow_nan=False))
+
+
+@given(logits_rows, logits_rows)
+def test_cross_entropy_is_entropy_plus_kl(zp, zq):
+  h_pq = jxent.cross_entropy_from_logits(zp, zq)
+  h_p = jxent.entropy_from_logits(zp)
+  kl = jxent.kl_divergence_from_logits(zp, zq)
+  np.testing.assert_allclose(h_pq, h_p + kl, rtol=1e-4, atol=1e-4)
+
+
+@given(logits_rows, logits_rows)
+def test_kl_is_nonnegative_and_zero_only_at_p_equals_q(zp, zq):
+  kl = np.asarray(jxent.kl_divergence_from_logits(zp, zq))
+  assert np.all(kl >= -1e-6)
+  np.testing.assert_allclose(jxent.kl_divergence_from_logits(zp, zp), 0.0,
+                             atol=1e-6)
+  p, q = scipy.special.softmax(zp.astype(np.float64), -1), \
+      scipy.special.softmax(zq.astype(np.float64), -1)
+  differ = np.abs(p - q).max(-1) > 1e-2
+  assert np.all(kl[differ] > 0)
+
+
+@given(hnp.arrays(np.float32, (2, 4),
+                  elements=st.floats(allow_nan=False, allow_infinity=False, width=32)))
+def test_everything_finite_for_extreme_logits(z):
+  for fn in (jxent.entropy_from_logits,
+             lambda a: jxent.kl_divergence_from_logits(a, a[::-1])):
+    value, grad = jax.value_and_grad(lambda a, fn=fn: fn(a).sum())(
+        jnp.asarray(z))
+    assert np.isfinite(value) and np.isfinite(grad).all()
