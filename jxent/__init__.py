@@ -20,6 +20,9 @@ from jxent._information import kl_divergence as kl_divergence
 from jxent._information import (
     kl_divergence_from_logits as kl_divergence_from_logits,
 )
+from jxent._linear import (
+    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
+)
 from jxent._logsumexp import log_softmax as log_softmax
 from jxent._logsumexp import logsumexp as logsumexp
 from jxent._logsumexp import softmax as softmax
@@ -36,6 +39,7 @@ __all__ = (
     "js_divergence",
     "kl_divergence",
     "kl_divergence_from_logits",
+    "linear_softmax_cross_entropy",
     "log_softmax",
     "logsumexp",
     "sigmoid_binary_cross_entropy",
