@@ -143,10 +143,12 @@ def _integer_ce_fwd(logits, labels, mask, class_weights, smoothing, z, ignore):
       labels, norm.shifted.shape[-1], class_weights, dtype, ignore
   )
   label_coef = (1 - smoothing) * weight
-  # -log q_y = log_sumexp - shifted_y: both sides are exact after the shift,
-  # so C equal logits of 1e8 give log C, where lse - x_y would give 0.
-  shifted_label = jnp.take_along_axis(norm.shifted, safe_labels, axis=-1)
-  loss = label_coef * (norm.log_sumexp - shifted_label)
+  # -log q_y = log_sumexp - (x_y - shift): both sides are exact after the
+  # shift, so C equal logits of 1e8 give log C, where lse - x_y gives 0.
+  # (Gathering from x, not from x - shift, spares XLA a second consumer of
+  # the shifted array, which the CPU backend would materialise.)
+  label_logit = jnp.take_along_axis(norm.x, safe_labels, axis=-1)
+  loss = label_coef * (norm.log_sumexp - (label_logit - norm.shift))
   prob_coef = label_coef
   smooth_coef = _smoothing_per_class(norm, smoothing)
   if smooth_coef is not None:
@@ -166,6 +168,8 @@ def _integer_ce_fwd(logits, labels, mask, class_weights, smoothing, z, ignore):
   # pick, so its row gets NaN, never a wrapped-around class.
   keep = jnp.where(legal[..., None], counts.astype(dtype), jnp.nan)
   loss = jnp.where(counts, loss, 0) * jnp.where(legal[..., None], 1, jnp.nan)
+  # What "mean" divides by: the label's class weight for rows that count.
+  row_weight = jnp.where(counts, weight, 0)
   stats = RowStats(
       norm.shift,
       norm.log_sumexp,
@@ -173,11 +177,13 @@ def _integer_ce_fwd(logits, labels, mask, class_weights, smoothing, z, ignore):
       keep * label_coef,
       None if smooth_coef is None else keep * smooth_coef,
   )
-  return loss[..., 0], (logits, labels, mask, class_weights, stats)
+  outputs = (loss[..., 0], row_weight[..., 0])
+  return outputs, (logits, labels, mask, class_weights, stats)
 
 
-def _integer_ce_bwd(smoothing, z, ignore, residuals, g):
+def _integer_ce_bwd(smoothing, z, ignore, residuals, cotangents):
   del smoothing, z, ignore  # Folded into the saved row coefficients.
+  g, _ = cotangents  # The row weights are constants.
   logits, labels, mask, class_weights, stats = residuals
   shifted = _recompute_shifted(logits, mask, stats.shift)
   probs = jnp.exp(shifted - stats.log_sumexp)
@@ -282,7 +288,6 @@ def softmax_cross_entropy_with_integer_labels(
         f"{labels.shape} for logits.shape={jnp.shape(logits)}."
     )
   num_classes = logits.shape[-1]
-  dtype = _checks.compute_dtype(logits.dtype)
   if class_weights is not None:
     class_weights = jnp.asarray(class_weights)
     _checks.check_floating("class_weights", class_weights)
@@ -291,32 +296,14 @@ def softmax_cross_entropy_with_integer_labels(
           f"`class_weights` must have shape ({num_classes},), one weight per"
           f" class, got class_weights.shape={class_weights.shape}."
       )
-    class_weights = lax.stop_gradient(class_weights.astype(dtype))
+    class_weights = lax.stop_gradient(
+        class_weights.astype(_checks.compute_dtype(logits.dtype)))
   check_labels(labels, num_classes, ignore_index=ignore_index)
-  loss = _integer_ce(
+  loss, weight = _integer_ce(
       logits, labels, mask, class_weights, label_smoothing, z_loss,
       ignore_index,
   )
-  if reduction == "mean":
-    weight = jnp.ones(labels.shape, dtype)
-    if class_weights is not None:
-      weight = class_weights[jnp.clip(labels, 0, num_classes - 1)]
-    norm_nonempty = _nonempty_rows(logits, mask)
-    keep = norm_nonempty
-    if ignore_index is not None:
-      keep = keep & (labels != ignore_index)
-    weight = jnp.where(keep, weight, 0)
-  else:
-    weight = None
   return _reduce(loss, weight, reduction)
-
-
-def _nonempty_rows(logits, mask):
-  """Rows with at least one class that can carry probability."""
-  alive = logits > -jnp.inf
-  if mask is not None:
-    alive = alive & mask
-  return jnp.any(alive, axis=-1)
 
 
 def check_labels(
@@ -373,6 +360,7 @@ def _soft_ce_fwd(logits, labels, mask, smoothing, z):
     prob_coef = prob_coef + _z_term(norm, z)
   keep = norm.nonempty.astype(dtype)
   loss = jnp.where(norm.nonempty, loss, 0)
+  outputs = (loss[..., 0], keep[..., 0])
   stats = RowStats(
       norm.shift,
       norm.log_sumexp,
@@ -380,11 +368,12 @@ def _soft_ce_fwd(logits, labels, mask, smoothing, z):
       keep * (1 - smoothing),
       None if smooth_coef is None else keep * smooth_coef,
   )
-  return loss[..., 0], (logits, labels, mask, stats)
+  return outputs, (logits, labels, mask, stats)
 
 
-def _soft_ce_bwd(smoothing, z, residuals, g):
+def _soft_ce_bwd(smoothing, z, residuals, cotangents):
   del smoothing, z  # Folded into the saved row coefficients.
+  g, _ = cotangents  # Whether a row counts is a constant.
   logits, labels, mask, stats = residuals
   shifted = _recompute_shifted(logits, mask, stats.shift)
   log_q = shifted - stats.log_sumexp
@@ -467,10 +456,7 @@ def softmax_cross_entropy(
   mask = _checks.broadcast_where(where, logits.shape)
   logits, labels = _classes_last(logits, axes), _classes_last(labels, axes)
   mask = None if mask is None else _classes_last(mask, axes)
-  loss = _soft_ce(logits, labels, mask, label_smoothing, z_loss)
-  weight = None
-  if reduction == "mean":
-    weight = _nonempty_rows(logits, mask).astype(loss.dtype)
+  loss, weight = _soft_ce(logits, labels, mask, label_smoothing, z_loss)
   return _reduce(loss, weight, reduction)
 
 

@@ -25,8 +25,8 @@ class Normalizer(NamedTuple):
   """A log-sum-exp split into its exact parts.
 
   Attributes:
-    shifted: The logits minus `shift`, in the compute dtype, with masked
-      entries set to -inf. Shape of the input.
+    x: The logits in the compute dtype, with masked entries set to -inf.
+    shifted: `x - shift`. Shape of the input.
     shift: The per-row max (0 where the row has no finite max), with the
       reduced axes kept as size 1. No gradient flows through it.
     log_sumexp: `log(sum(exp(shifted)))`, reduced axes kept as size 1. It is
@@ -34,6 +34,7 @@ class Normalizer(NamedTuple):
     nonempty: Whether the row has any probability mass at all.
   """
 
+  x: jax.Array
   shifted: jax.Array
   shift: jax.Array
   log_sumexp: jax.Array
@@ -63,22 +64,25 @@ def normalize(
   Returns:
     A `Normalizer`.
   """
-  x = x.astype(_checks.compute_dtype(x.dtype))
   if where is not None:
     # Mask before any exp, so masked entries can never overflow or leak NaN.
-    x = jnp.where(where, x, -jnp.inf)
-  shift = jnp.max(x, axis=axis, keepdims=True)
+    x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
+  # The max is exact in any float dtype, so take it before the upcast: a
+  # 16-bit input is then read once more as 16 bits, not as a float32 copy.
+  shift = jnp.max(x, axis=axis).astype(_checks.compute_dtype(x.dtype))
+  x = x.astype(shift.dtype)
   # Shift by the max so exp never overflows. A row with no finite max (all
   # -inf, or a +inf) is shifted by 0, so -inf - max never makes a NaN. The
   # result does not depend on the shift, so no gradient flows through it.
   shift = lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
+  shift = jnp.expand_dims(shift, axis)
   shifted = x - shift
   sumexp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
   nonempty = sumexp > 0
   # Double where: log of a safe 1 for empty rows keeps value and gradient
   # finite (log(0) would give -inf and a 0 * inf = NaN gradient).
   log_sumexp = jnp.log(jnp.where(nonempty, sumexp, 1))
-  return Normalizer(shifted, shift, log_sumexp, nonempty)
+  return Normalizer(x, shifted, shift, log_sumexp, nonempty)
 
 
 def _prepare(x, axis, where, name="x"):

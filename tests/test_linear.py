@@ -115,7 +115,7 @@ def test_out_of_range_labels_give_nan_and_checked_raises(rng):
 
 
 def test_temporary_memory_stays_far_below_the_materialised_logits():
-  tokens, dim, vocab = 512, 64, 16384
+  tokens, dim, vocab = 512, 64, 65536
   x = jnp.zeros((tokens, dim), jnp.float32)
   w = jnp.zeros((dim, vocab), jnp.float32)
   labels = jnp.zeros((tokens,), jnp.int32)
