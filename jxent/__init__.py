@@ -1,5 +1,6 @@
 """jxent: stable, jit-compiled information-theory losses for JAX."""
 
+from jxent import sharded as sharded
 from jxent._classification import (
     sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
 )
@@ -42,6 +43,7 @@ __all__ = (
     "linear_softmax_cross_entropy",
     "log_softmax",
     "logsumexp",
+    "sharded",
     "sigmoid_binary_cross_entropy",
     "softmax",
     "softmax_cross_entropy",

@@ -52,7 +52,10 @@ class Normalizer(NamedTuple):
 
 
 def normalize(
-    x: jax.Array, axis: tuple[int, ...], where: jax.Array | None
+    x: jax.Array,
+    axis: tuple[int, ...],
+    where: jax.Array | None,
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> Normalizer:
   """Computes the parts of a stable log-sum-exp over `axis`.
 
@@ -60,6 +63,9 @@ def normalize(
     x: A floating array; it is upcast to at least float32.
     axis: Canonical (non-negative) axes to reduce over.
     where: A boolean mask already broadcast to `x.shape`, or None.
+    axis_name: Inside `shard_map`, the mesh axis (or axes) the class axis is
+      split over: the max is combined with `pmax` and the sum with `psum`,
+      so the result is the log-sum-exp over the whole, unsplit class axis.
 
   Returns:
     A `Normalizer`.
@@ -70,6 +76,8 @@ def normalize(
   # The max is exact in any float dtype, so take it before the upcast: a
   # 16-bit input is then read once more as 16 bits, not as a float32 copy.
   shift = jnp.max(x, axis=axis).astype(_checks.compute_dtype(x.dtype))
+  if axis_name is not None:
+    shift = lax.pmax(lax.stop_gradient(shift), axis_name)
   x = x.astype(shift.dtype)
   # Shift by the max so exp never overflows. A row with no finite max (all
   # -inf, or a +inf) is shifted by 0, so -inf - max never makes a NaN. The
@@ -78,6 +86,8 @@ def normalize(
   shift = jnp.expand_dims(shift, axis)
   shifted = x - shift
   sumexp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
+  if axis_name is not None:
+    sumexp = lax.psum(sumexp, axis_name)
   nonempty = sumexp > 0
   # Double where: log of a safe 1 for empty rows keeps value and gradient
   # finite (log(0) would give -inf and a 0 * inf = NaN gradient).

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+jax.config.update("jax_num_cpu_devices", 8)  # for tests/test_sharded.py
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 

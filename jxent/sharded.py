@@ -1,0 +1,26 @@
+"""Vocabulary-parallel losses for use inside `jax.shard_map`.
+
+See `jxent._sharded` for how the shards are combined.
+"""
+
+from jxent._sharded import entropy_from_logits as entropy_from_logits
+from jxent._sharded import (
+    kl_divergence_from_logits as kl_divergence_from_logits,
+)
+from jxent._sharded import (
+    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
+)
+from jxent._sharded import pad_vocab as pad_vocab
+from jxent._sharded import softmax_cross_entropy as softmax_cross_entropy
+from jxent._sharded import (
+    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+)
+
+__all__ = (
+    "entropy_from_logits",
+    "kl_divergence_from_logits",
+    "linear_softmax_cross_entropy",
+    "pad_vocab",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+)

@@ -1,0 +1,368 @@
+"""Tests for the vocabulary-parallel losses in jxent._sharded.
+
+They need 8 CPU devices, which conftest.py asks for (`jax_num_cpu_devices`).
+Each sharded loss is run inside `jax.shard_map` on meshes (8,), (2, 4) and
+(4, 2) (batch axis "data" x vocabulary axis "vocab") and compared, in value
+and gradient, with the unsharded jxent function on the full arrays.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jxent
+from jxent import _sharded as sharded
+
+RTOL, ATOL = 2e-5, 2e-6
+MESHES = [(1, 8), (2, 4), (4, 2)]  # (data, vocab); (1, 8) is the (8,) mesh.
+BATCH, VOCAB, DIM = 8, 32, 6
+
+pytestmark = pytest.mark.skipif(
+    len(jax.devices()) < 8, reason="needs 8 devices (see conftest.py)")
+
+
+def _mesh(shape):
+  if shape[0] == 1:
+    return jax.make_mesh((shape[1],), ("vocab",), axis_types=(AxisType.Auto,))
+  return jax.make_mesh(shape, ("data", "vocab"),
+                       axis_types=(AxisType.Auto,) * 2)
+
+
+def _data_axis(mesh):
+  return "data" if "data" in mesh.axis_names else None
+
+
+def _close(actual, expected):
+  np.testing.assert_allclose(np.asarray(actual), np.asarray(expected),
+                             rtol=RTOL, atol=ATOL)
+
+
+def _logits(rng, vocab=VOCAB, scale=3.0):
+  return jnp.asarray(scale * rng.normal(size=(BATCH, vocab)), jnp.float32)
+
+
+def _labels(rng, vocab=VOCAB):
+  return jnp.asarray(rng.integers(0, vocab, size=BATCH), jnp.int32)
+
+
+def _check(sharded_fn, reference, args, argnums):
+  """Compares values, then gradients of the summed output."""
+  _close(jax.jit(sharded_fn)(*args), reference(*args))
+  total = lambda fn: lambda *a: jnp.sum(fn(*a))  # noqa: E731
+  got = jax.jit(jax.grad(total(sharded_fn), argnums))(*args)
+  want = jax.grad(total(reference), argnums)(*args)
+  for g, w in zip(got, want, strict=True):
+    _close(g, w)
+
+
+# --- integer labels ---------------------------------------------------------
+
+OPTIONS = [
+    {},
+    {"label_smoothing": 0.1},
+    {"z_loss": 1e-2},
+    {"ignore_index": -100, "label_smoothing": 0.2, "z_loss": 1e-3},
+]
+
+
+@pytest.mark.parametrize("shape", MESHES)
+@pytest.mark.parametrize(("options", "reduction"), [
+    *((o, "mean") for o in OPTIONS), (OPTIONS[-1], "none"),
+    (OPTIONS[-1], "sum")])
+def test_integer_labels_match_unsharded(rng, shape, options, reduction):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  logits, labels = _logits(rng), _labels(rng)
+  if "ignore_index" in options:
+    labels = labels.at[::3].set(-100)
+
+  def local(z, y):
+    return sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", reduction=reduction, batch_axis_name=data, **options)
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(data, "vocab"), P(data)),
+                     out_specs=P(data) if reduction == "none" else P())
+  ref = lambda z, y: jxent.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+      z, y, reduction=reduction, **options)
+  _check(fn, ref, (logits, labels), (0,))
+
+
+@pytest.mark.parametrize("shape", MESHES[1:])
+def test_integer_labels_sum_without_batch_axis_is_per_shard(rng, shape):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  logits, labels = _logits(rng), _labels(rng)
+
+  def local(z, y):
+    out = sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", reduction="sum")
+    return out[None]
+
+  per_shard = jax.shard_map(local, mesh=mesh,
+                            in_specs=(P(data, "vocab"), P(data)),
+                            out_specs=P(data))(logits, labels)
+  rows = jxent.softmax_cross_entropy_with_integer_labels(logits, labels)
+  _close(per_shard, rows.reshape(shape[0], -1).sum(axis=1))
+
+
+def test_integer_labels_with_where_and_masked_logits_match(rng):
+  mesh = _mesh((2, 4))
+  logits = _logits(rng).at[:, 5].set(-jnp.inf).at[0, :].set(-jnp.inf)
+  labels = _labels(rng).at[1].set(7)
+  where = jnp.asarray(rng.random((BATCH, VOCAB)) > 0.2).at[1, 7].set(True)
+  options = {"label_smoothing": 0.1, "reduction": "mean"}
+
+  def local(z, y, m):
+    return sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", m, batch_axis_name="data", **options)
+
+  fn = jax.shard_map(local, mesh=mesh,
+                     in_specs=(P("data", "vocab"), P("data"),
+                               P("data", "vocab")), out_specs=P())
+  ref = lambda z, y, m: jxent.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+      z, y, where=m, **options)
+  # Rows with an unmasked label only; others give +inf in both.
+  ok = where[jnp.arange(BATCH), labels] & (logits[jnp.arange(BATCH), labels]
+                                           > -jnp.inf)
+  labels = jnp.where(ok, labels, jnp.argmax(where, axis=1).astype(jnp.int32))
+  _check(fn, ref, (logits, labels, where), (0,))
+
+
+def test_out_of_range_label_gives_nan(rng):
+  mesh = _mesh((1, 8))
+  labels = _labels(rng).at[2].set(VOCAB)
+  fn = jax.shard_map(
+      lambda z, y: sharded.softmax_cross_entropy_with_integer_labels(
+          z, y, "vocab"),
+      mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P())
+  out = np.asarray(fn(_logits(rng), labels))
+  assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
+
+
+# --- soft labels, entropy, KL ----------------------------------------------
+
+
+@pytest.mark.parametrize("shape", MESHES)
+@pytest.mark.parametrize(
+    "options", [{}, {"label_smoothing": 0.1, "z_loss": 1e-2}])
+def test_soft_labels_match_unsharded(rng, shape, options):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  logits = _logits(rng).at[:, 3].set(-jnp.inf)
+  labels = jnp.asarray(rng.dirichlet(np.ones(VOCAB), size=BATCH), jnp.float32)
+  labels = labels.at[:, 3].set(0.0)
+
+  def local(z, y):
+    return sharded.softmax_cross_entropy(
+        z, y, "vocab", reduction="mean", batch_axis_name=data, **options)
+
+  spec = P(data, "vocab")
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=P())
+  ref = lambda z, y: jxent.softmax_cross_entropy(  # noqa: E731
+      z, y, reduction="mean", **options)
+  _check(fn, ref, (logits, labels), (0,))
+  # The labels' gradient, -(1 - a) log q, is +inf unsharded at the -inf
+  # logit and 0 here (documented); compare the other classes.
+  got = jax.jit(jax.grad(fn, 1))(logits, labels)
+  want = jax.grad(ref, 1)(logits, labels)
+  assert np.all(np.asarray(got[:, 3]) == 0)
+  _close(np.delete(np.asarray(got), 3, 1), np.delete(np.asarray(want), 3, 1))
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_entropy_matches_unsharded(rng, shape):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  logits = _logits(rng).at[:, ::5].set(-jnp.inf)
+  fn = jax.shard_map(lambda z: sharded.entropy_from_logits(z, "vocab"),
+                     mesh=mesh, in_specs=P(data, "vocab"), out_specs=P(data))
+  _check(fn, jxent.entropy_from_logits, (logits,), (0,))
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_kl_matches_unsharded(rng, shape):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  p_logits = _logits(rng).at[:, ::7].set(-jnp.inf)
+  q_logits = _logits(rng)
+  spec = P(data, "vocab")
+  fn = jax.shard_map(
+      lambda p, q: sharded.kl_divergence_from_logits(p, q, "vocab"),
+      mesh=mesh, in_specs=(spec, spec), out_specs=P(data))
+  _check(fn, jxent.kl_divergence_from_logits, (p_logits, q_logits), (0, 1))
+
+
+# --- linear -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", MESHES)
+@pytest.mark.parametrize("options", [
+    {},
+    {"ignore_index": -1, "label_smoothing": 0.1, "z_loss": 1e-3,
+     "logit_softcap": 5.0},
+])
+def test_linear_matches_unsharded(rng, shape, options):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  x = jnp.asarray(rng.normal(size=(BATCH, DIM)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(DIM, VOCAB)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=VOCAB), jnp.float32)
+  labels = _labels(rng)
+  if "ignore_index" in options:
+    labels = labels.at[::4].set(-1)
+
+  def local(x, w, b, y):
+    return sharded.linear_softmax_cross_entropy(
+        x, w, y, "vocab", local_bias=b, batch_axis_name=data, **options)
+
+  fn = jax.shard_map(
+      local, mesh=mesh,
+      in_specs=(P(data, None), P(None, "vocab"), P("vocab"), P(data)),
+      out_specs=P())
+  ref = lambda x, w, b, y: jxent.linear_softmax_cross_entropy(  # noqa: E731
+      x, w, y, bias=b, **options)
+  _check(fn, ref, (x, w, bias, labels), (0, 1, 2))
+
+
+# --- a vocabulary that does not split evenly --------------------------------
+
+
+def test_non_divisible_vocab_is_refused_by_shard_map(rng):
+  mesh = _mesh((2, 4))
+  fn = jax.shard_map(
+      lambda z, y: sharded.softmax_cross_entropy_with_integer_labels(
+          z, y, "vocab"),
+      mesh=mesh, in_specs=(P("data", "vocab"), P("data")), out_specs=P("data"))
+  with pytest.raises(ValueError, match="divisible|divide|evenly"):
+    fn(_logits(rng, vocab=13), _labels(rng, vocab=13))
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_pad_vocab_gives_the_unpadded_loss(rng, shape):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  vocab = 13
+  logits, labels = _logits(rng, vocab), _labels(rng, vocab)
+  options = {"label_smoothing": 0.1, "z_loss": 1e-2, "reduction": "mean"}
+
+  def local(z, y):
+    return sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", batch_axis_name=data, **options)
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(data, "vocab"), P(data)),
+                     out_specs=P())
+  padded_fn = lambda z, y: fn(sharded.pad_vocab(z, shape[1]), y)  # noqa: E731
+  ref = lambda z, y: jxent.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+      z, y, **options)
+  _check(padded_fn, ref, (logits, labels), (0,))
+
+
+def test_pad_vocab_shapes_and_fill():
+  z = jnp.zeros((2, 13))
+  assert sharded.pad_vocab(z, 4).shape == (2, 16)
+  assert sharded.pad_vocab(z, 13) is z or sharded.pad_vocab(z, 13).shape == (
+      2, 13)
+  w = sharded.pad_vocab(jnp.ones((3, 5)), 4, value=0.0)
+  assert w.shape == (3, 8) and float(w[:, 5:].sum()) == 0.0
+  assert bool(jnp.all(sharded.pad_vocab(z, 8)[:, 13:] == -jnp.inf))
+  with pytest.raises(ValueError, match="multiple"):
+    sharded.pad_vocab(z, 0)
+
+
+def test_linear_with_padded_w_and_vocab_size(rng):
+  mesh = _mesh((2, 4))
+  vocab = 13
+  x = jnp.asarray(rng.normal(size=(BATCH, DIM)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(DIM, vocab)), jnp.float32)
+  labels = _labels(rng, vocab)
+  options = {"label_smoothing": 0.1, "z_loss": 1e-3}
+
+  def local(x, w, y):
+    return sharded.linear_softmax_cross_entropy(
+        x, w, y, "vocab", vocab_size=vocab, batch_axis_name="data", **options)
+
+  fn = jax.shard_map(local, mesh=mesh,
+                     in_specs=(P("data", None), P(None, "vocab"), P("data")),
+                     out_specs=P())
+  padded_fn = lambda x, w, y: fn(x, sharded.pad_vocab(w, 4, value=0.0), y)  # noqa: E731
+  ref = lambda x, w, y: jxent.linear_softmax_cross_entropy(  # noqa: E731
+      x, w, y, **options)
+  _check(padded_fn, ref, (x, w, labels), (0, 1))
+
+
+def test_linear_vocab_size_larger_than_padded_raises(rng):
+  mesh = _mesh((1, 8))
+  fn = jax.shard_map(
+      lambda x, w, y: sharded.linear_softmax_cross_entropy(
+          x, w, y, "vocab", vocab_size=VOCAB + 1),
+      mesh=mesh, in_specs=(P(), P(None, "vocab"), P()), out_specs=P())
+  with pytest.raises(ValueError, match="vocab_size"):
+    fn(jnp.ones((BATCH, DIM)), jnp.ones((DIM, VOCAB)), _labels(rng))
+
+
+# --- compiled programs: no all-gather of the vocabulary ---------------------
+
+BIG_VOCAB = 1024  # Large enough that a full-vocabulary shape stands out.
+
+
+def _compiled_text(fn, *args):
+  return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def _assert_vocab_stays_split(hlo):
+  assert "all-gather" not in hlo
+  assert "all-reduce" in hlo  # The program really is partitioned.
+  # No buffer spans the full vocabulary: each device holds 1024 / 4 columns.
+  assert f",{BIG_VOCAB}]" not in hlo and f"[{BIG_VOCAB}]" not in hlo
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"label_smoothing": 0.1, "z_loss": 1e-3, "ignore_index": -100}])
+def test_gspmd_jit_of_unsharded_loss_does_not_all_gather(options):
+  # Plain jit with the logits' vocabulary axis sharded: GSPMD partitions the
+  # ordinary function (its custom VJP included) with all-reduces only.
+  mesh = _mesh((2, 4))
+  logits = jax.device_put(jnp.zeros((BATCH, BIG_VOCAB)),
+                          NamedSharding(mesh, P("data", "vocab")))
+  labels = jax.device_put(jnp.zeros((BATCH,), jnp.int32),
+                          NamedSharding(mesh, P("data")))
+
+  def loss(z, y):
+    return jxent.softmax_cross_entropy_with_integer_labels(
+        z, y, reduction="mean", **options)
+
+  _assert_vocab_stays_split(_compiled_text(loss, logits, labels))
+  _assert_vocab_stays_split(_compiled_text(jax.grad(loss), logits, labels))
+
+
+def test_shard_map_losses_do_not_all_gather():
+  mesh = _mesh((2, 4))
+  logits = jnp.zeros((BATCH, BIG_VOCAB))
+  labels = jnp.zeros((BATCH,), jnp.int32)
+  x, w = jnp.zeros((BATCH, DIM)), jnp.zeros((DIM, BIG_VOCAB))
+
+  def integer(z, y):
+    return sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", label_smoothing=0.1, z_loss=1e-3, reduction="mean",
+        batch_axis_name="data")
+
+  def linear(x, w, y):
+    return sharded.linear_softmax_cross_entropy(
+        x, w, y, "vocab", label_smoothing=0.1, batch_axis_name="data")
+
+  integer = jax.shard_map(integer, mesh=mesh,
+                          in_specs=(P("data", "vocab"), P("data")),
+                          out_specs=P())
+  linear = jax.shard_map(linear, mesh=mesh,
+                         in_specs=(P("data", None), P(None, "vocab"),
+                                   P("data")), out_specs=P())
+  for hlo in (
+      _compiled_text(integer, logits, labels),
+      _compiled_text(jax.grad(integer), logits, labels),
+      _compiled_text(linear, x, w, labels),
+      _compiled_text(jax.grad(linear, (0, 1)), x, w, labels),
+  ):
+    _assert_vocab_stays_split(hlo)
