@@ -18,7 +18,7 @@ from jax import lax
 from jax.experimental import checkify
 
 from jxent import _checks
-from jxent._logsumexp import Normalizer, log_sigmoid, normalize
+from jxent._logsumexp import Normalizer, apply_mask, log_sigmoid, normalize
 
 Axis = int | tuple[int, ...]
 _LAST = (-1,)
@@ -96,15 +96,33 @@ def _z_term(norm, z):
   return 2 * z * (norm.log_sumexp + norm.shift)
 
 
-def _recompute_shifted(logits, mask, shift):
-  """Rebuilds the forward pass's shifted logits from the saved shift."""
-  # The barrier keeps XLA from merging this float32 conversion with the
-  # forward pass's into one materialised [batch, classes] float32 copy.
-  logits = lax.optimization_barrier(logits)
-  x = logits.astype(_checks.compute_dtype(logits.dtype))
-  if mask is not None:
-    x = jnp.where(mask, x, -jnp.inf)
-  return x - shift
+def _recompute(logits, where, stats):
+  """The forward pass's shifted logits and softmax, from the saved row stats.
+
+  Returns:
+    `(shifted, probs)`, both float32 (or wider) of the logits' shape.
+  """
+  dtype = _checks.compute_dtype(logits.dtype)
+
+  def shifted_logits(logits, shift):
+    return apply_mask(logits, where).astype(dtype) - shift
+
+  def recompute(logits, shift, log_sumexp):
+    # Accelerators: exp is cheap next to memory traffic, so recompute it.
+    # The barrier keeps XLA from merging this float32 conversion with the
+    # forward pass's into one materialised [batch, classes] float32 copy.
+    shifted = shifted_logits(lax.optimization_barrier(logits), shift)
+    return shifted, jnp.exp(shifted - log_sumexp)
+
+  def reuse(logits, shift, log_sumexp):
+    # CPU: exp costs more than memory traffic. Written exactly as in the
+    # forward pass, exp(shifted) is computed once and kept by XLA.
+    shifted = shifted_logits(logits, shift)
+    return shifted, jnp.exp(shifted) / jnp.exp(log_sumexp)
+
+  return lax.platform_dependent(
+      logits, stats.shift, stats.log_sumexp, cpu=reuse, default=recompute
+  )
 
 
 # --- integer labels -------------------------------------------------------
@@ -185,8 +203,7 @@ def _integer_ce_bwd(smoothing, z, ignore, residuals, cotangents):
   del smoothing, z, ignore  # Folded into the saved row coefficients.
   g, _ = cotangents  # The row weights are constants.
   logits, labels, mask, class_weights, stats = residuals
-  shifted = _recompute_shifted(logits, mask, stats.shift)
-  probs = jnp.exp(shifted - stats.log_sumexp)
+  shifted, probs = _recompute(logits, mask, stats)
   classes = lax.broadcasted_iota(labels.dtype, shifted.shape, shifted.ndim - 1)
   is_label = classes == labels[..., None]
   # d/dx of sum_c a_c (-log q_c) + z LSE^2 is (sum_c a_c + 2 z LSE) q - a.
@@ -375,10 +392,10 @@ def _soft_ce_bwd(smoothing, z, residuals, cotangents):
   del smoothing, z  # Folded into the saved row coefficients.
   g, _ = cotangents  # Whether a row counts is a constant.
   logits, labels, mask, stats = residuals
-  shifted = _recompute_shifted(logits, mask, stats.shift)
+  shifted, probs = _recompute(logits, mask, stats)
   log_q = shifted - stats.log_sumexp
   labels_c = _masked_labels(labels, mask, shifted.dtype)
-  grad = stats.prob_coef * jnp.exp(log_q) - stats.label_coef * labels_c
+  grad = stats.prob_coef * probs - stats.label_coef * labels_c
   if stats.smooth_coef is not None:
     grad = grad - jnp.where(shifted > -jnp.inf, stats.smooth_coef, 0)
   g = g[..., None]

@@ -51,6 +51,14 @@ class Normalizer(NamedTuple):
     return self.shifted - self.log_sumexp
 
 
+def apply_mask(x: jax.Array, where: jax.Array | None) -> jax.Array:
+  """Sets the entries excluded by `where` to -inf, in `x`'s own dtype."""
+  if where is None:
+    return x
+  # Mask before any exp, so masked entries can never overflow or leak NaN.
+  return jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
+
+
 def normalize(
     x: jax.Array,
     axis: tuple[int, ...],
@@ -70,9 +78,7 @@ def normalize(
   Returns:
     A `Normalizer`.
   """
-  if where is not None:
-    # Mask before any exp, so masked entries can never overflow or leak NaN.
-    x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
+  x = apply_mask(x, where)
   # The max is exact in any float dtype, so take it before the upcast: a
   # 16-bit input is then read once more as 16 bits, not as a float32 copy.
   shift = jnp.max(x, axis=axis).astype(_checks.compute_dtype(x.dtype))
