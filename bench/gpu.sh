@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU benchmark, in one script: run it unchanged from the repository root
+#   bash bench/gpu.sh
+# on a machine with JAX (CUDA), optax and flax preinstalled and no network.
+# It installs nothing (PYTHONPATH=.) and finishes in under 4 minutes: every
+# step has a timeout within one overall deadline, and the grid stops starting
+# new cases in time for the report to be written.
+#
+# Writes ${OUT:-bench/results}/<device-kind>-<date>/: results.json, table.md,
+# bench.png, gpu.log (this script's output) and check/ (the correctness run).
+#
+# Environment:
+#   OUT                  parent of the results folder (default bench/results)
+#   PYTHON               interpreter (default python)
+#   JXENT_BENCH_SHAPES   override the grid, e.g. 512x4096,512x16384 (to try
+#                        the script on a CPU); default: the GPU grid in
+#                        bench/cases.py (8192 rows, 32768..262144 classes)
+#   JXENT_BENCH_TOTAL_S  overall deadline in seconds (default 225)
+#   JXENT_BENCH_ARGS     extra arguments for the grid run
+set -euo pipefail
+
+PY=${PYTHON:-python}
+ROOT=${OUT:-bench/results}
+TOTAL=${JXENT_BENCH_TOTAL_S:-225}
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$ROOT"
+LOG="$ROOT/gpu-$$.log"
+exec > >(tee -a "$LOG") 2>&1
+
+status=0
+left() { echo $((TOTAL - SECONDS)); }  # seconds to the deadline
+min() { echo $(($1 < $2 ? $1 : $2)); }
+max() { echo $(($1 > $2 ? $1 : $2)); }
+step() {  # step NAME SECONDS COMMAND...: run with a timeout; notes on stderr
+  local name=$1 secs=$2 rc=0 t0=$SECONDS
+  shift 2
+  echo "=== $name (timeout ${secs} s): $*" >&2
+  timeout --kill-after=5 "$secs" "$@" || rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s" >&2
+  return "$rc"
+}
+
+echo "=== bench/gpu.sh on $(hostname), $(date -u '+%Y-%m-%d %H:%M UTC')"
+if command -v nvidia-smi >/dev/null; then
+  step nvidia-smi 10 nvidia-smi || true
+else
+  echo "no nvidia-smi on this machine"
+fi
+
+# JAX's devices, and the results folder named by the device kind and date.
+DIR=$(step devices 45 "$PY" -c '
+import datetime, os, sys
+import jax
+from bench import timing
+d = jax.devices()[0]
+print(f"jax {jax.__version__}, devices {jax.devices()}, kind {d.device_kind!r}",
+      file=sys.stderr)
+date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+print(os.path.join(sys.argv[1], f"{timing.device_slug(d)}-{date}"))
+' "$ROOT")
+mkdir -p "$DIR"
+echo "results folder: $DIR"
+
+# Correctness first: jxent against optax (and jax.nn) on a tiny grid, on this
+# device; --strict fails on any disagreement beyond tolerance.
+step check "$(max 5 "$(min 50 $(($(left) - 90)))")" "$PY" -m bench --quick \
+  --strict --no-plot --out "$DIR/check" \
+  --impls jxent,optax,optax_f32,jax_nn,jax_nn_f32 >/dev/null || status=1
+
+# The grid: ce_int at 8192 x {32768, 131072, 262144}, the other suites at two
+# shapes, float32 and bfloat16, forward and loss+gradient. It writes
+# results.json after every case, so a timeout still leaves the finished ones.
+shapes=()
+if [[ -n ${JXENT_BENCH_SHAPES:-} ]]; then
+  shapes=(--shapes "$JXENT_BENCH_SHAPES")
+fi
+# The grid gets what is left but 30 s for the report; it starts no new case
+# in its last 25 s (the largest GPU case takes a few seconds).
+grid_s=$(max 30 $(($(left) - 30)))
+# shellcheck disable=SC2086  # JXENT_BENCH_ARGS is split on purpose
+step grid "$grid_s" "$PY" -m bench --out "$DIR" --budget-s $((grid_s - 25)) \
+  --no-plot "${shapes[@]}" ${JXENT_BENCH_ARGS:-} >/dev/null || status=1
+
+# The table and the plot, from whatever results.json holds.
+step report "$(max 5 "$(min 25 "$(left)")")" "$PY" -m bench \
+  --from-json "$DIR/results.json" || status=1
+
+echo "=== done, exit $status; results in $DIR"
+mv "$LOG" "$DIR/gpu.log"
+exit "$status"
