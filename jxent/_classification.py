@@ -100,7 +100,8 @@ def _recompute(logits, where, stats):
   """The forward pass's shifted logits and softmax, from the saved row stats.
 
   Returns:
-    `(shifted, probs)`, both float32 (or wider) of the logits' shape.
+    `(shifted, exps, row_scale)`: float32 (or wider) arrays, the first two
+    of the logits' shape, with the softmax equal to `exps * row_scale`.
   """
   dtype = _checks.compute_dtype(logits.dtype)
 
@@ -112,17 +113,26 @@ def _recompute(logits, where, stats):
     # The barrier keeps XLA from merging this float32 conversion with the
     # forward pass's into one materialised [batch, classes] float32 copy.
     shifted = shifted_logits(lax.optimization_barrier(logits), shift)
-    return shifted, jnp.exp(shifted - log_sumexp)
+    return shifted, jnp.exp(shifted - log_sumexp), jnp.ones_like(log_sumexp)
 
   def reuse(logits, shift, log_sumexp):
     # CPU: exp costs more than memory traffic. Written exactly as in the
     # forward pass, exp(shifted) is computed once and kept by XLA.
     shifted = shifted_logits(logits, shift)
-    return shifted, jnp.exp(shifted) / jnp.exp(log_sumexp)
+    return shifted, jnp.exp(shifted), jnp.exp(-log_sumexp)
 
   return lax.platform_dependent(
       logits, stats.shift, stats.log_sumexp, cpu=reuse, default=recompute
   )
+
+
+def _per_row(*coefficients):
+  """Materialises per-row coefficients before they meet [batch, classes].
+
+  Fused into the element-wise backward, XLA would recompute each of them
+  once per class; behind the barrier they are computed once per row.
+  """
+  return lax.optimization_barrier(coefficients)
 
 
 # --- integer labels -------------------------------------------------------
@@ -203,17 +213,21 @@ def _integer_ce_bwd(smoothing, z, ignore, residuals, cotangents):
   del smoothing, z, ignore  # Folded into the saved row coefficients.
   g, _ = cotangents  # The row weights are constants.
   logits, labels, mask, class_weights, stats = residuals
-  shifted, probs = _recompute(logits, mask, stats)
+  shifted, exps, row_scale = _recompute(logits, mask, stats)
+  g = g[..., None]
+  smooth = stats.smooth_coef
+  prob_coef, label_coef, smooth = _per_row(
+      g * stats.prob_coef * row_scale, g * stats.label_coef,
+      None if smooth is None else g * smooth)
   classes = lax.broadcasted_iota(labels.dtype, shifted.shape, shifted.ndim - 1)
   is_label = classes == labels[..., None]
   # d/dx of sum_c a_c (-log q_c) + z LSE^2 is (sum_c a_c + 2 z LSE) q - a.
-  grad = stats.prob_coef * probs - jnp.where(is_label, stats.label_coef, 0)
-  if stats.smooth_coef is not None:
+  grad = prob_coef * exps - jnp.where(is_label, label_coef, 0)
+  if smooth is not None:
     valid = shifted > -jnp.inf
     grad = grad - jnp.where(
-        valid, stats.smooth_coef * _class_weight(class_weights, valid.shape), 0
+        valid, smooth * _class_weight(class_weights, valid.shape), 0
     )
-  grad = g[..., None] * grad
   return grad.astype(logits.dtype), None, None, None
 
 
@@ -362,16 +376,29 @@ def _masked_labels(labels, mask, dtype):
 def _soft_ce_fwd(logits, labels, mask, smoothing, z):
   norm = normalize(logits, _LAST, mask)
   dtype = norm.shifted.dtype
-  targets = (1 - smoothing) * _masked_labels(labels, mask, dtype)
+  targets = _masked_labels(labels, mask, dtype)
+  # The loss sum_c t_c (log_sumexp - shifted_c) is gathered from row sums,
+  # so the forward pass is reductions only. 0 log 0 = 0: a class without
+  # label mass adds nothing, even where its logit is -inf.
+  has_mass = targets != 0
+  label_mass = jnp.sum(targets, axis=-1, keepdims=True)
+  label_dot = jnp.sum(
+      jnp.where(has_mass, targets * jnp.where(has_mass, norm.shifted, 0), 0),
+      axis=-1, keepdims=True)
+  loss = (1 - smoothing) * (label_mass * norm.log_sumexp - label_dot)
+  prob_coef = (1 - smoothing) * label_mass
   smooth_coef = _smoothing_per_class(norm, smoothing)
   if smooth_coef is not None:
-    targets = targets + jnp.where(_valid_classes(norm), smooth_coef, 0)
-  log_q = norm.log_probs
-  # 0 log 0 = 0: a class with no target mass adds nothing, even at -inf.
-  terms = jnp.where(targets != 0, targets * jnp.where(targets != 0, -log_q, 0),
-                    0)
-  loss = jnp.sum(terms, axis=-1, keepdims=True)
-  prob_coef = jnp.sum(targets, axis=-1, keepdims=True)
+    valid = _valid_classes(norm)
+    # Sum shifted / C, not shifted: a row of logits near the float limits
+    # would overflow the plain sum.
+    num_classes = norm.shifted.shape[-1]
+    valid_mean = jnp.sum(jnp.where(valid, norm.shifted / num_classes, 0),
+                         axis=-1, keepdims=True)
+    smooth_mass = jnp.where(norm.nonempty, smoothing, 0)
+    loss = loss + smooth_mass * norm.log_sumexp - (
+        smooth_coef * num_classes) * valid_mean
+    prob_coef = prob_coef + smooth_mass
   if z > 0:
     loss = loss + z * jnp.square(norm.log_sumexp + norm.shift)
     prob_coef = prob_coef + _z_term(norm, z)
@@ -392,23 +419,22 @@ def _soft_ce_bwd(smoothing, z, residuals, cotangents):
   del smoothing, z  # Folded into the saved row coefficients.
   g, _ = cotangents  # Whether a row counts is a constant.
   logits, labels, mask, stats = residuals
-  shifted, probs = _recompute(logits, mask, stats)
-  log_q = shifted - stats.log_sumexp
-  labels_c = _masked_labels(labels, mask, shifted.dtype)
-  grad = stats.prob_coef * probs - stats.label_coef * labels_c
-  if stats.smooth_coef is not None:
-    grad = grad - jnp.where(shifted > -jnp.inf, stats.smooth_coef, 0)
+  shifted, exps, row_scale = _recompute(logits, mask, stats)
   g = g[..., None]
+  smooth = stats.smooth_coef
+  prob_coef, label_coef, smooth, log_sumexp = _per_row(
+      g * stats.prob_coef * row_scale, g * stats.label_coef,
+      None if smooth is None else g * smooth, stats.log_sumexp)
+  labels_c = _masked_labels(labels, mask, shifted.dtype)
+  grad = prob_coef * exps - label_coef * labels_c
+  if smooth is not None:
+    grad = grad - jnp.where(shifted > -jnp.inf, smooth, 0)
   # The labels enter only through (1 - alpha) * labels on unmasked classes.
-  coef = g * stats.label_coef
+  coef = jnp.broadcast_to(label_coef, shifted.shape)
   if mask is not None:
     coef = jnp.where(mask, coef, 0)
-  grad_labels = jnp.where(coef != 0, coef * -log_q, 0)
-  return (
-      (g * grad).astype(logits.dtype),
-      grad_labels.astype(labels.dtype),
-      None,
-  )
+  grad_labels = jnp.where(coef != 0, coef * (log_sumexp - shifted), 0)
+  return grad.astype(logits.dtype), grad_labels.astype(labels.dtype), None
 
 
 _soft_ce.defvjp(_soft_ce_fwd, _soft_ce_bwd)

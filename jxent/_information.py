@@ -266,12 +266,19 @@ def _logits(name, x):
   return x
 
 
-def _log_prob_terms(log_p):
-  """Returns p and a log_p that is 0 wherever p is 0 (for 0 log 0 = 0)."""
-  p = jnp.exp(log_p)
-  # Double where: replace -inf log-probabilities where p = 0 before they
-  # meet p, so 0 * -inf never appears in the value or the gradient.
-  return p, jnp.where(p > 0, log_p, 0)
+def _expectation(norm, axes, values):
+  """Sum over classes of P(x) * values, with P = softmax, 0 where P = 0.
+
+  It is one pass of row sums, `sum(exp(shifted) * values) / sum(exp(shifted))`,
+  sharing exp(shifted) with the log-sum-exp, not a [batch, classes] softmax.
+  """
+  weights = jnp.exp(norm.shifted)
+  has_mass = weights > 0
+  # Double where: values may be -inf where P = 0; swap them for 0 before they
+  # meet the zero weight, so neither value nor gradient sees 0 * inf.
+  terms = jnp.where(has_mass, weights * jnp.where(has_mass, values, 0), 0)
+  return jnp.sum(terms, axis=axes, keepdims=True) * jnp.exp(
+      -norm.log_sumexp)
 
 
 def entropy_from_logits(
@@ -306,8 +313,10 @@ def entropy_from_logits(
   logits = _logits("logits", logits)
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape)
-  p, log_p = _log_prob_terms(normalize(logits, axes, mask).log_probs)
-  return _reduce_classes(-p * log_p, axes, None, log_base)
+  norm = normalize(logits, axes, mask)
+  # H = -sum p log p = LSE - E_p[x] = log_sumexp - E_p[shifted].
+  entropy = norm.log_sumexp - _expectation(norm, axes, norm.shifted)
+  return _in_base(jnp.squeeze(entropy, axes), log_base)
 
 
 def _logits_pair(p_logits, q_logits, axis, where):
@@ -316,12 +325,7 @@ def _logits_pair(p_logits, q_logits, axis, where):
   p_logits, q_logits, axes, mask = _pair(
       "p_logits", p_logits, "q_logits", q_logits, axis, where
   )
-  log_p = normalize(p_logits, axes, mask).log_probs
-  log_q = normalize(q_logits, axes, mask).log_probs
-  p, log_p = _log_prob_terms(log_p)
-  # Where p = 0 the class contributes nothing; a safe 0 for log q keeps
-  # 0 * -inf out of the value and the gradient.
-  return p, log_p, jnp.where(p > 0, log_q, 0), axes
+  return normalize(p_logits, axes, mask), normalize(q_logits, axes, mask), axes
 
 
 def cross_entropy_from_logits(
@@ -357,8 +361,11 @@ def cross_entropy_from_logits(
     0.3567
   """
   log_base = _checks.check_base(base)
-  p, _, log_q, axes = _logits_pair(p_logits, q_logits, axis, where)
-  return _reduce_classes(-p * log_q, axes, None, log_base)
+  p, q, axes = _logits_pair(p_logits, q_logits, axis, where)
+  # -sum p log q = log_sumexp_q - E_p[shifted_q], for a P with any mass.
+  value = jnp.where(p.nonempty, q.log_sumexp, 0) - _expectation(
+      p, axes, q.shifted)
+  return _in_base(jnp.squeeze(value, axes), log_base)
 
 
 def kl_divergence_from_logits(
@@ -396,5 +403,9 @@ def kl_divergence_from_logits(
     0.3681
   """
   log_base = _checks.check_base(base)
-  p, log_p, log_q, axes = _logits_pair(p_logits, q_logits, axis, where)
-  return _reduce_classes(p * (log_p - log_q), axes, None, log_base)
+  p, q, axes = _logits_pair(p_logits, q_logits, axis, where)
+  # sum p (log p - log q) = E_p[shifted_p - shifted_q] - log_sumexp_p
+  # + log_sumexp_q, for a P with any mass.
+  value = _expectation(p, axes, p.shifted - q.shifted) + jnp.where(
+      p.nonempty, q.log_sumexp - p.log_sumexp, 0)
+  return _in_base(jnp.squeeze(value, axes), log_base)
