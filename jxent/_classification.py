@@ -219,16 +219,40 @@ def _integer_ce_bwd(smoothing, z, ignore, residuals, cotangents):
   prob_coef, label_coef, smooth = _per_row(
       g * stats.prob_coef * row_scale, g * stats.label_coef,
       None if smooth is None else g * smooth)
-  classes = lax.broadcasted_iota(labels.dtype, shifted.shape, shifted.ndim - 1)
-  is_label = classes == labels[..., None]
   # d/dx of sum_c a_c (-log q_c) + z LSE^2 is (sum_c a_c + 2 z LSE) q - a.
-  grad = prob_coef * exps - jnp.where(is_label, label_coef, 0)
+  grad = prob_coef * exps
   if smooth is not None:
     valid = shifted > -jnp.inf
     grad = grad - jnp.where(
         valid, smooth * _class_weight(class_weights, valid.shape), 0
     )
+  grad = _subtract_at_labels(grad, labels, label_coef, logits.dtype)
   return grad.astype(logits.dtype), None, None, None
+
+
+def _subtract_at_labels(grad, labels, label_coef, out_dtype):
+  """grad[..., label] -= label_coef, row by row."""
+  num_classes = grad.shape[-1]
+
+  def select(grad, labels, label_coef):
+    # Part of the one element-wise pass: a compare and select per class.
+    classes = lax.broadcasted_iota(labels.dtype, grad.shape, grad.ndim - 1)
+    return grad - jnp.where(classes == labels[..., None], label_coef, 0)
+
+  def scatter(grad, labels, label_coef):
+    # CPU with a gradient in the compute dtype: a scatter of one value per
+    # row, in place, is cheaper than the per-class compare and select.
+    flat = grad.reshape(-1, num_classes)
+    rows = jnp.arange(flat.shape[0])
+    safe = jnp.where((labels >= 0) & (labels < num_classes), labels, 0)
+    flat = flat.at[rows, safe.reshape(-1)].add(-label_coef.reshape(-1))
+    return flat.reshape(grad.shape)
+
+  if jnp.dtype(out_dtype) != grad.dtype:
+    return select(grad, labels, label_coef)
+  return lax.platform_dependent(
+      grad, labels, label_coef, cpu=scatter, default=select
+  )
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
