@@ -7,7 +7,8 @@
 # new cases in time for the report to be written.
 #
 # Writes ${OUT:-bench/results}/<device-kind>-<date>/: results.json, table.md,
-# bench.png, gpu.log (this script's output) and check/ (the correctness run).
+# bench.png, gpu.log (this script's output), check/ (the correctness run) and
+# linear_ce/ (the linear cross-entropy suite).
 #
 # Environment:
 #   OUT                  parent of the results folder (default bench/results)
@@ -74,12 +75,18 @@ shapes=()
 if [[ -n ${JXENT_BENCH_SHAPES:-} ]]; then
   shapes=(--shapes "$JXENT_BENCH_SHAPES")
 fi
-# The grid gets what is left but 30 s for the report; it starts no new case
-# in its last 25 s (the largest GPU case takes a few seconds).
-grid_s=$(max 30 $(($(left) - 30)))
+# The grid gets what is left but 30 s for the report and 60 s for the linear
+# cross-entropy suite; it starts no new case in its last 25 s (the largest
+# GPU case takes a few seconds).
+grid_s=$(max 30 $(($(left) - 90)))
 # shellcheck disable=SC2086  # JXENT_BENCH_ARGS is split on purpose
 step grid "$grid_s" "$PY" -m bench --out "$DIR" --budget-s $((grid_s - 25)) \
   --no-plot "${shapes[@]}" ${JXENT_BENCH_ARGS:-} >/dev/null || status=1
+
+# The linear cross-entropy suite (Gemma 2 2B's output layer in bfloat16):
+# jxent against the materialised logits and token chunks under checkpoint.
+step linear "$(max 5 "$(min 60 $(($(left) - 30)))")" "$PY" -m bench.linear \
+  --out "$DIR/linear_ce" || status=1
 
 # The table and the plot, from whatever results.json holds.
 step report "$(max 5 "$(min 25 "$(left)")")" "$PY" -m bench \

@@ -6,6 +6,9 @@ included); torch is left out to keep it short and because it is optional.
 
 import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -144,3 +147,34 @@ def test_torch_is_optional():
   names = [i.name for i in cases.implementations("ce_int", jxent=None,
                                                  torch=None)]
   assert names == ["optax", "optax_f32", "naive"]
+
+
+def test_linear_suite_runs_and_agrees(tmp_path):
+  from bench import linear
+
+  assert linear.main(["--shapes", "256x32x1000", "--dtypes", "float32",
+                      "--reps", "2", "--out", str(tmp_path)]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  rows = {r["impl"]: r for r in results["rows"]}
+  assert set(rows) == {"jxent", "materialised", "chunked"}
+  for name in ("materialised", "chunked"):
+    assert rows[name]["loss_diff"] < 1e-5
+    assert rows[name]["dw_max_abs_diff"] < 1e-5
+  assert rows["jxent"]["temp_bytes"] < rows["materialised"]["temp_bytes"]
+  assert "time / materialised" in (tmp_path / "table.md").read_text()
+
+
+def test_sharded_suite_runs_on_8_devices(tmp_path):
+  # A fresh process: the suite sets up its own 8 CPU devices.
+  result = subprocess.run(
+      [sys.executable, "-m", "bench.sharded", "--shapes", "64x1024",
+       "--reps", "2", "--out", str(tmp_path)],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = {r["impl"]: r for r in json.loads(
+      (tmp_path / "results.json").read_text())["rows"]}
+  assert rows["gspmd"]["loss_diff"] < 1e-5
+  assert rows["gathered"]["grad_max_abs_diff"] < 1e-6
+  assert not rows["sharded"]["all_gather_in_hlo"]
+  assert rows["gathered"]["all_gather_in_hlo"]
