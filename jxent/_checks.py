@@ -28,6 +28,30 @@ def check_floating(name: str, x: jax.Array) -> None:
     )
 
 
+def check_ignore_index(ignore_index) -> int | None:
+  """Validates `ignore_index`: None or a Python integer."""
+  if ignore_index is None:
+    return None
+  try:
+    return operator.index(ignore_index)
+  except TypeError:
+    raise TypeError(
+        f"`ignore_index` must be an integer or None, got {ignore_index!r}."
+    ) from None
+
+
+def integer_labels(labels: jax.Array) -> jax.Array:
+  """Checks integer labels and converts them to int32.
+
+  Narrow types would wrap when compared with class indices (uint8 labels
+  against 300 classes), -100 style ignore values need a signed type, and
+  one type for labels and class indices keeps strict dtype promotion happy
+  under x64 too. No class axis is near 2**31 long.
+  """
+  check_integer("labels", labels)
+  return labels.astype(jnp.int32)
+
+
 def check_integer(name: str, x: jax.Array) -> None:
   """Raises a TypeError unless `x` has an integer dtype."""
   if not jnp.issubdtype(x.dtype, jnp.integer):

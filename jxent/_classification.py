@@ -312,21 +312,21 @@ def softmax_cross_entropy_with_integer_labels(
   """
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _checks.check_floating("logits", logits)
-  _checks.check_integer("labels", labels)
+  labels = _checks.integer_labels(labels)
   axes = _checks.canonical_axes(axis, logits.ndim)
   label_smoothing = _checks.check_label_smoothing(label_smoothing)
   z_loss = _checks.check_z_loss(z_loss)
   reduction = _checks.check_reduction(reduction)
-  if ignore_index is not None:
-    ignore_index = int(ignore_index)
+  ignore_index = _checks.check_ignore_index(ignore_index)
   mask = _checks.broadcast_where(where, logits.shape)
+  logits_shape = logits.shape
   logits = _classes_last(logits, axes)
   mask = None if mask is None else _classes_last(mask, axes)
   if labels.shape != logits.shape[:-1]:
     raise ValueError(
         f"`labels` must have the shape of `logits` without the class axis"
         f" {axis}: expected {logits.shape[:-1]}, got labels.shape="
-        f"{labels.shape} for logits.shape={jnp.shape(logits)}."
+        f"{labels.shape} for logits.shape={logits_shape}."
     )
   num_classes = logits.shape[-1]
   if class_weights is not None:
@@ -356,6 +356,8 @@ def check_labels(
   unless the caller is transformed by `checkify.checkify` (for instance by
   `jxent.checked`), in which case a bad label becomes an error.
   """
+  if labels.size == 0:
+    return  # Nothing to check, and min/max of nothing is undefined.
   ok = (labels >= 0) & (labels < num_classes)
   if ignore_index is not None:
     ok = ok | (labels == ignore_index)

@@ -110,10 +110,10 @@ def _integer_loss(stats, labels, offset, axis_name, smoothing, z, ignore,
 def _integer_options(labels, ignore_index, label_smoothing, z_loss,
                      reduction):
   labels = jnp.asarray(labels)
-  _checks.check_integer("labels", labels)
+  labels = _checks.integer_labels(labels)
   return (
       labels,
-      None if ignore_index is None else int(ignore_index),
+      _checks.check_ignore_index(ignore_index),
       _checks.check_label_smoothing(label_smoothing),
       _checks.check_z_loss(z_loss),
       _checks.check_reduction(reduction),

@@ -436,3 +436,36 @@ def test_bad_input_fails_at_trace_time_with_clear_errors():
     int_ce(x, y, class_weights=jnp.ones(4))
   with pytest.raises(TypeError, match="keyword|positional"):
     int_ce(x, y, -1, None, None)  # Options past `where` are keyword-only.
+
+
+# --- regressions found in review -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.int16])
+def test_narrow_integer_labels_do_not_wrap(rng, dtype):
+  # With uint8 labels and 300 classes, a uint8 class index wrapped past 255,
+  # so class 257 took label 1's gradient.
+  logits = jnp.asarray(rng.normal(size=(3, 300)), jnp.float32)
+  labels = jnp.array([1, 3, 100])
+  def grad(lab):
+    return jax.grad(lambda x: int_ce(x, lab, label_smoothing=0.1).sum())(
+        logits)
+  np.testing.assert_allclose(grad(labels.astype(dtype)), grad(labels),
+                             rtol=1e-6, atol=1e-8)
+
+
+def test_empty_batch_is_not_an_error():
+  logits, labels = jnp.zeros((0, 5)), jnp.zeros((0,), jnp.int32)
+  assert int_ce(logits, labels).shape == (0,)
+  assert int_ce(logits, labels, reduction="mean") == 0.0
+  assert jxent.checked(int_ce)(logits, labels).shape == (0,)
+
+
+def test_shape_error_names_the_shape_the_user_passed():
+  with pytest.raises(ValueError, match=r"logits.shape=\(5, 3\)"):
+    int_ce(jnp.zeros((5, 3)), jnp.zeros((5,), jnp.int32), axis=0)
+
+
+def test_non_integer_ignore_index_is_a_type_error():
+  with pytest.raises(TypeError, match="ignore_index"):
+    int_ce(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), ignore_index=1.5)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 import jxent
 
@@ -23,9 +24,10 @@ def _problem(rng, tokens=37, dim=16, vocab=301, dtype=jnp.float32):
 def materialised(x, w, labels, *, bias=None, logit_softcap=None,
                  **options):
   """The reference: build the logits, then the core integer-label loss."""
-  logits = jnp.dot(x, w, preferred_element_type=jnp.float32)
+  acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+  logits = jnp.dot(x, w, preferred_element_type=acc)
   if bias is not None:
-    logits = logits + bias.astype(jnp.float32)[None, :]
+    logits = logits + bias.astype(acc)[None, :]
   if logit_softcap is not None:
     logits = logit_softcap * jnp.tanh(logits / logit_softcap)
   return jxent.softmax_cross_entropy_with_integer_labels(
@@ -154,3 +156,82 @@ def test_bad_input_is_rejected_with_clear_errors(rng):
     linear_ce(x, w, labels, logit_softcap=0.0)
   with pytest.raises(ValueError, match="block_size"):
     linear_ce(x, w, labels, block_size=0)
+
+
+# --- regressions found in review -------------------------------------------
+
+
+def _padded_problem(rng, vocab=37, pad=5):
+  x = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(8, vocab)), jnp.float32)
+  bias = jnp.zeros((vocab,), jnp.float32).at[vocab - pad:].set(-jnp.inf)
+  labels = jnp.asarray(rng.integers(0, vocab - pad, size=4), jnp.int32)
+  return x, w, bias, labels
+
+
+def test_smoothing_skips_minus_inf_bias_padding(rng):
+  # Padding columns with a -inf bias get no smoothing mass, as in the
+  # integer-label loss; summing their logits gave inf.
+  x, w, bias, labels = _padded_problem(rng)
+
+  def fused(x, w):
+    return linear_ce(x, w, labels, bias=bias, label_smoothing=0.1,
+                     block_size=8, reduction="none").sum()
+
+  def reference(x, w):
+    return materialised(x, w, labels, bias=bias, label_smoothing=0.1).sum()
+
+  value, grads = jax.value_and_grad(fused, (0, 1))(x, w)
+  ref_value, ref_grads = jax.value_and_grad(reference, (0, 1))(x, w)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for got, want in zip(grads, ref_grads, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_first_block_all_minus_inf_is_not_nan(rng):
+  # The online log-sum-exp met -inf - -inf = NaN when a row's first block
+  # had no finite logit.
+  x, w, _, labels = _padded_problem(rng)
+  bias = jnp.zeros((37,), jnp.float32).at[:8].set(-jnp.inf)
+  labels = labels + 8
+  out = linear_ce(x, w, labels, bias=bias, block_size=8, reduction="none")
+  np.testing.assert_allclose(
+      out, materialised(x, w, labels, bias=bias), rtol=1e-5)
+
+
+def test_huge_logits_with_smoothing_stay_exact():
+  # Summing raw logits of 3e7 in float32 before subtracting the shift lost
+  # 0.5 nats; the mean is now kept relative to the running shift.
+  rng = np.random.default_rng(1)
+  logits = 3e7 + 4.0 * rng.integers(-3, 4, size=(2, 1000))
+  x = jnp.ones((2, 1), jnp.float32)
+  w = jnp.asarray(logits[:1], jnp.float32)
+  labels = jnp.array([5, 7])
+  row = logits[0] - logits[0].max()
+  log_q = row - scipy.special.logsumexp(row)
+  expected = 0.9 * -log_q[[5, 7]] + 0.1 * -log_q.mean()
+  for block in (128, 1000):
+    np.testing.assert_allclose(
+        linear_ce(x, w, labels, label_smoothing=0.1, block_size=block,
+                  reduction="none"), expected, rtol=1e-6)
+
+
+def test_empty_batch_gives_empty_or_zero_loss():
+  x = jnp.zeros((0, 4))
+  w = jnp.zeros((4, 10))
+  labels = jnp.zeros((0,), jnp.int32)
+  assert linear_ce(x, w, labels, reduction="none").shape == (0,)
+  assert linear_ce(x, w, labels) == 0.0
+
+
+@pytest.mark.skipif(not hasattr(jax, "enable_x64"), reason="no jax.enable_x64")
+def test_float64_inputs_accumulate_in_float64(rng):
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(6, 5)), jnp.float64)
+    w = jnp.asarray(rng.normal(size=(5, 40)), jnp.float64)
+    labels = jnp.asarray(rng.integers(0, 40, size=6))
+    out = linear_ce(x, w, labels, block_size=16, label_smoothing=0.1)
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(
+        out, materialised(x, w, labels, label_smoothing=0.1,
+                          reduction="mean"), rtol=1e-12)
