@@ -20,7 +20,6 @@ ratios to the materialised version. Results go to
 
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench import timing
+from bench import report, timing
 
 CPU_SHAPES = ((2048, 512, 32768),)
 GPU_SHAPES = ((8192, 2304, 256000),)  # Gemma 2 2B, as in Cut Cross-Entropy
@@ -174,10 +173,7 @@ def main(argv=None) -> int:
             else CPU_SHAPES if on_cpu else GPU_SHAPES)
   dtypes = (args.dtypes or ("float32" if on_cpu else "bfloat16")).split(",")
   date = datetime.datetime.now(datetime.UTC)
-  out = args.out or os.path.join(
-      "bench", "results", f"{timing.device_slug(device)}-{date:%Y-%m-%d}",
-      "linear_ce")
-  os.makedirs(out, exist_ok=True)
+  out = report.suite_dir(args.out, device, "linear_ce", date)
   results = {"meta": {
       "device_kind": device.device_kind, "platform": device.platform,
       "machine": timing.cpu_model() if on_cpu else device.device_kind,
@@ -188,12 +184,9 @@ def main(argv=None) -> int:
     for dtype in dtypes:
       results["rows"] += run_case(tokens, dim, vocab, jnp.dtype(dtype),
                                   args.reps, device)
-      with open(os.path.join(out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-  table = markdown(results)
-  with open(os.path.join(out, "table.md"), "w") as fh:
-    fh.write(table)
-  print(table)
+      # After every case, so a run cut short by a timeout keeps its rows.
+      report.write_json(results, os.path.join(out, "results.json"))
+  report.write_suite(results, markdown(results), out)
   return 0 if all(r.get("status") == "ok" for r in results["rows"]) else 1
 
 

@@ -7,7 +7,7 @@ import os
 import statistics
 from collections import Counter
 
-from bench import cases
+from bench import cases, timing
 
 TABLE_COLUMNS = (
     "suite", "mode", "dtype", "shape", "impl", "median ms", "IQR ms", "GB/s",
@@ -45,6 +45,24 @@ def write_json(results: dict, path: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def suite_dir(out: str | None, device, suite: str, date) -> str:
+  """A side suite's folder: `out`, or `<device>-<date>/<suite>` under
+  bench/results; created if missing."""
+  out = out or os.path.join(
+      "bench", "results", f"{timing.device_slug(device)}-{date:%Y-%m-%d}",
+      suite)
+  os.makedirs(out, exist_ok=True)
+  return out
+
+
+def write_suite(results: dict, table: str, out_dir: str) -> None:
+  """Writes a side suite's results.json and table.md, and prints the table."""
+  write_json(results, os.path.join(out_dir, "results.json"))
+  with open(os.path.join(out_dir, "table.md"), "w") as f:
+    f.write(table)
+  print(table)
 
 
 def read_json(path: str) -> dict:

@@ -27,8 +27,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
@@ -37,7 +35,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jxent  # noqa: E402
-from bench import timing  # noqa: E402
+from bench import report, timing  # noqa: E402
 
 AXIS = "vocab"
 
@@ -135,10 +133,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   date = datetime.datetime.now(datetime.UTC)
   device = jax.devices()[0]
-  out = args.out or os.path.join(
-      "bench", "results", f"{timing.device_slug(device)}-{date:%Y-%m-%d}",
-      "sharded")
-  os.makedirs(out, exist_ok=True)
+  out = report.suite_dir(args.out, device, "sharded", date)
   results = {"meta": {
       "devices": len(jax.devices()), "device_kind": device.device_kind,
       "machine": timing.cpu_model(), "date": f"{date:%Y-%m-%d %H:%M} UTC",
@@ -147,12 +142,7 @@ def main(argv=None) -> int:
   for item in args.shapes.split(","):
     rows, vocab = (int(v) for v in item.lower().split("x"))
     results["rows"] += run_case(rows, vocab, args.reps)
-  with open(os.path.join(out, "results.json"), "w") as fh:
-    json.dump(results, fh, indent=1)
-  table = markdown(results)
-  with open(os.path.join(out, "table.md"), "w") as fh:
-    fh.write(table)
-  print(table)
+  report.write_suite(results, markdown(results), out)
   return 0
 
 

@@ -140,6 +140,28 @@ def check_z_loss(z_loss) -> float:
   return value
 
 
+def check_softcap(logit_softcap) -> float | None:
+  """Validates a logit soft cap: None, or a number > 0."""
+  if logit_softcap is None:
+    return None
+  cap = static_number("logit_softcap", logit_softcap)
+  if not cap > 0:
+    raise ValueError(f"`logit_softcap` must be > 0, got {logit_softcap!r}.")
+  return cap
+
+
+def per_class(name: str, x, num_classes: int) -> jax.Array:
+  """Checks a floating vector with one entry per class; returns it."""
+  x = jnp.asarray(x)
+  check_floating(name, x)
+  if x.shape != (num_classes,):
+    raise ValueError(
+        f"`{name}` must have shape ({num_classes},), one entry per class,"
+        f" got {name}.shape={x.shape}."
+    )
+  return x
+
+
 def check_reduction(reduction) -> str:
   if reduction not in _REDUCTIONS:
     raise ValueError(

@@ -330,13 +330,8 @@ def softmax_cross_entropy_with_integer_labels(
     )
   num_classes = logits.shape[-1]
   if class_weights is not None:
-    class_weights = jnp.asarray(class_weights)
-    _checks.check_floating("class_weights", class_weights)
-    if class_weights.shape != (num_classes,):
-      raise ValueError(
-          f"`class_weights` must have shape ({num_classes},), one weight per"
-          f" class, got class_weights.shape={class_weights.shape}."
-      )
+    class_weights = _checks.per_class("class_weights", class_weights,
+                                      num_classes)
     class_weights = lax.stop_gradient(
         class_weights.astype(_checks.compute_dtype(logits.dtype)))
   check_labels(labels, num_classes, ignore_index=ignore_index)

@@ -12,9 +12,10 @@ All results are in nats unless `base` is given, and come back in float32 for
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jxent import _checks
-from jxent._logsumexp import normalize
+from jxent._logsumexp import Normalizer, normalize
 
 Axis = int | tuple[int, ...]
 
@@ -266,19 +267,37 @@ def _logits(name, x):
   return x
 
 
-def _expectation(norm, axes, values):
+def _expectation(norm, axes, values, axis_name=None):
   """Sum over classes of P(x) * values, with P = softmax, 0 where P = 0.
 
   It is one pass of row sums, `sum(exp(shifted) * values) / sum(exp(shifted))`,
   sharing exp(shifted) with the log-sum-exp, not a [batch, classes] softmax.
+  With `axis_name`, the classes are split over that mesh axis and the row
+  sums are added up across it.
   """
   weights = jnp.exp(norm.shifted)
   has_mass = weights > 0
   # Double where: values may be -inf where P = 0; swap them for 0 before they
   # meet the zero weight, so neither value nor gradient sees 0 * inf.
   terms = jnp.where(has_mass, weights * jnp.where(has_mass, values, 0), 0)
-  return jnp.sum(terms, axis=axes, keepdims=True) * jnp.exp(
-      -norm.log_sumexp)
+  total = jnp.sum(terms, axis=axes, keepdims=True)
+  if axis_name is not None:
+    total = lax.psum(total, axis_name)
+  return total * jnp.exp(-norm.log_sumexp)
+
+
+def entropy_rows(norm: Normalizer, axes, axis_name=None) -> jax.Array:
+  """H(P) in nats per row (reduced axes kept), from P's normaliser."""
+  # H = -sum p log p = LSE - E_p[x] = log_sumexp - E_p[shifted].
+  return norm.log_sumexp - _expectation(norm, axes, norm.shifted, axis_name)
+
+
+def kl_rows(p: Normalizer, q: Normalizer, axes, axis_name=None) -> jax.Array:
+  """D_KL(P || Q) in nats per row (reduced axes kept), from normalisers."""
+  # sum p (log p - log q) = E_p[shifted_p - shifted_q] - log_sumexp_p
+  # + log_sumexp_q, for a P with any mass.
+  return _expectation(p, axes, p.shifted - q.shifted, axis_name) + jnp.where(
+      p.nonempty, q.log_sumexp - p.log_sumexp, 0)
 
 
 def entropy_from_logits(
@@ -313,9 +332,7 @@ def entropy_from_logits(
   logits = _logits("logits", logits)
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape)
-  norm = normalize(logits, axes, mask)
-  # H = -sum p log p = LSE - E_p[x] = log_sumexp - E_p[shifted].
-  entropy = norm.log_sumexp - _expectation(norm, axes, norm.shifted)
+  entropy = entropy_rows(normalize(logits, axes, mask), axes)
   return _in_base(jnp.squeeze(entropy, axes), log_base)
 
 
@@ -404,8 +421,4 @@ def kl_divergence_from_logits(
   """
   log_base = _checks.check_base(base)
   p, q, axes = _logits_pair(p_logits, q_logits, axis, where)
-  # sum p (log p - log q) = E_p[shifted_p - shifted_q] - log_sumexp_p
-  # + log_sumexp_q, for a P with any mass.
-  value = _expectation(p, axes, p.shifted - q.shifted) + jnp.where(
-      p.nonempty, q.log_sumexp - p.log_sumexp, 0)
-  return _in_base(jnp.squeeze(value, axes), log_base)
+  return _in_base(jnp.squeeze(kl_rows(p, q, axes), axes), log_base)

@@ -16,6 +16,7 @@ memory is a few [tokens, block_size] buffers whatever the vocabulary.
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,20 +42,15 @@ def default_block_size(tokens: int, vocab: int) -> int:
   return int(min(max(block, _MIN_BLOCK), _MAX_BLOCK, vocab))
 
 
-class _Options(tuple):
+class _Options(NamedTuple):
   """Static options, hashable for `nondiff_argnums`."""
 
-  __slots__ = ()
-
-  def __new__(cls, block, smoothing, z, cap, ignore, acc):
-    return super().__new__(cls, (block, smoothing, z, cap, ignore, acc))
-
-  block = property(lambda self: self[0])
-  smoothing = property(lambda self: self[1])
-  z = property(lambda self: self[2])
-  cap = property(lambda self: self[3])
-  ignore = property(lambda self: self[4])
-  acc = property(lambda self: self[5])  # the accumulation dtype
+  block: int
+  smoothing: float
+  z: float
+  cap: float | None
+  ignore: int | None
+  acc: jnp.dtype  # the accumulation dtype
 
 
 def _block_logits(x, w, bias, i, opts):
@@ -278,20 +274,11 @@ def linear_softmax_cross_entropy(
     )
   vocab = w.shape[1]
   if bias is not None:
-    bias = jnp.asarray(bias)
-    _checks.check_floating("bias", bias)
-    if bias.shape != (vocab,):
-      raise ValueError(
-          f"`bias` must have shape ({vocab},), got bias.shape={bias.shape}."
-      )
+    bias = _checks.per_class("bias", bias, vocab)
   smoothing = _checks.check_label_smoothing(label_smoothing)
   z = _checks.check_z_loss(z_loss)
   reduction = _checks.check_reduction(reduction)
-  cap = None
-  if logit_softcap is not None:
-    cap = _checks.static_number("logit_softcap", logit_softcap)
-    if not cap > 0:
-      raise ValueError(f"`logit_softcap` must be > 0, got {logit_softcap!r}.")
+  cap = _checks.check_softcap(logit_softcap)
   ignore_index = _checks.check_ignore_index(ignore_index)
   tokens = math.prod(x.shape[:-1])
   if block_size is None:

@@ -27,20 +27,19 @@ import jax.numpy as jnp
 from jax import lax
 
 from jxent import _checks
-from jxent._classification import check_labels
+from jxent._classification import _valid_classes, check_labels
+from jxent._information import entropy_rows, kl_rows
 from jxent._logsumexp import Normalizer, normalize
 
 _AxisName = str | tuple[str, ...]
 
 
+_LAST = (-1,)
+
+
 def _stats(x, axis_name, mask) -> Normalizer:
   """The shared log-sum-exp over the whole, split class axis (last axis)."""
-  return normalize(x, (x.ndim - 1,), mask, axis_name)
-
-
-def _valid(stats: Normalizer) -> jax.Array:
-  """Local classes that can carry probability."""
-  return stats.shifted > -jnp.inf
+  return normalize(x, _LAST, mask, axis_name)
 
 
 def _local(name, x, axis_name):
@@ -52,10 +51,6 @@ def _local(name, x, axis_name):
   local_vocab = x.shape[-1]
   offset = lax.axis_index(axis_name) * local_vocab
   return x, local_vocab, offset
-
-
-def _where(where, shape):
-  return _checks.broadcast_where(where, shape)
 
 
 def _finish(loss, weight, reduction, batch_axis_name):
@@ -87,7 +82,7 @@ def _integer_loss(stats, labels, offset, axis_name, smoothing, z, ignore,
   # -log q_y = log_sumexp - shifted_y, exact for huge equal logits.
   loss = (1 - smoothing) * (stats.log_sumexp - shifted_label)
   if smoothing:
-    valid = _valid(stats)
+    valid = _valid_classes(stats)
     count = lax.psum(jnp.sum(valid, axis=-1, keepdims=True), axis_name)
     count = jnp.maximum(count, 1).astype(loss.dtype)
     shifted_sum = lax.psum(
@@ -191,7 +186,8 @@ def softmax_cross_entropy_with_integer_labels(
   _check_label_shape(labels, local_logits.shape[:-1], "`local_logits`")
   num_classes = local_vocab * lax.axis_size(axis_name)
   check_labels(labels, num_classes, ignore_index=ignore)
-  stats = _stats(local_logits, axis_name, _where(where, local_logits.shape))
+  mask = _checks.broadcast_where(where, local_logits.shape)
+  stats = _stats(local_logits, axis_name, mask)
   loss, weight = _integer_loss(stats, labels, offset, axis_name, smoothing,
                                z, ignore, num_classes)
   return _finish(loss, weight, reduction, batch_axis_name)
@@ -252,7 +248,7 @@ def softmax_cross_entropy(
   smoothing = _checks.check_label_smoothing(label_smoothing)
   z = _checks.check_z_loss(z_loss)
   reduction = _checks.check_reduction(reduction)
-  mask = _where(where, local_logits.shape)
+  mask = _checks.broadcast_where(where, local_logits.shape)
   stats = _stats(local_logits, axis_name, mask)
   dtype = stats.shifted.dtype
   labels = local_labels.astype(dtype)
@@ -260,9 +256,9 @@ def softmax_cross_entropy(
     labels = jnp.where(mask, labels, 0)
   targets = (1 - smoothing) * labels
   if smoothing:
-    count = lax.psum(jnp.sum(_valid(stats), axis=-1, keepdims=True), axis_name)
+    count = lax.psum(jnp.sum(_valid_classes(stats), axis=-1, keepdims=True), axis_name)
     per_class = smoothing / jnp.maximum(count, 1).astype(dtype)
-    targets = targets + jnp.where(_valid(stats), per_class, 0)
+    targets = targets + jnp.where(_valid_classes(stats), per_class, 0)
   # 0 log 0 = 0, with the double where keeping the gradient finite.
   nonzero = targets != 0
   neg_log_q = -stats.log_probs
@@ -271,20 +267,13 @@ def softmax_cross_entropy(
   # The labels' gradient, -(1 - a) log q_c, also where a label is 0: this
   # term is 0 in value, and finite (0) on classes that cannot carry mass.
   terms = terms + (targets - lax.stop_gradient(targets)) * jnp.where(
-      _valid(stats), lax.stop_gradient(neg_log_q), 0)
+      _valid_classes(stats), lax.stop_gradient(neg_log_q), 0)
   loss = lax.psum(jnp.sum(terms, axis=-1, keepdims=True), axis_name)
   if z:
     loss = loss + z * jnp.square(stats.log_sumexp + stats.shift)
   nonempty = stats.nonempty[..., 0]
   loss = jnp.where(nonempty, loss[..., 0], 0)
   return _finish(loss, nonempty.astype(dtype), reduction, batch_axis_name)
-
-
-def _prob_terms(stats):
-  """p and a log p that is 0 wherever p is 0 (for 0 log 0 = 0)."""
-  log_p = stats.log_probs
-  p = jnp.exp(log_p)
-  return p, jnp.where(p > 0, log_p, 0)
 
 
 def entropy_from_logits(
@@ -320,9 +309,9 @@ def entropy_from_logits(
     [1.3863]
   """
   local_logits, _, _ = _local("local_logits", local_logits, axis_name)
-  stats = _stats(local_logits, axis_name, _where(where, local_logits.shape))
-  p, log_p = _prob_terms(stats)
-  return lax.psum(jnp.sum(-p * log_p, axis=-1), axis_name)
+  mask = _checks.broadcast_where(where, local_logits.shape)
+  stats = _stats(local_logits, axis_name, mask)
+  return entropy_rows(stats, _LAST, axis_name)[..., 0]
 
 
 def kl_divergence_from_logits(
@@ -364,12 +353,10 @@ def kl_divergence_from_logits(
   local_q_logits, _, _ = _local("local_q_logits", local_q_logits, axis_name)
   _checks.check_same_shape("local_p_logits", local_p_logits,
                            "local_q_logits", local_q_logits)
-  mask = _where(where, local_p_logits.shape)
-  p, log_p = _prob_terms(_stats(local_p_logits, axis_name, mask))
-  log_q = _stats(local_q_logits, axis_name, mask).log_probs
-  # Where p = 0 the class adds nothing; a safe 0 keeps 0 * -inf out.
-  log_q = jnp.where(p > 0, log_q, 0)
-  return lax.psum(jnp.sum(p * (log_p - log_q), axis=-1), axis_name)
+  mask = _checks.broadcast_where(where, local_p_logits.shape)
+  p = _stats(local_p_logits, axis_name, mask)
+  q = _stats(local_q_logits, axis_name, mask)
+  return kl_rows(p, q, _LAST, axis_name)[..., 0]
 
 
 def linear_softmax_cross_entropy(
@@ -454,26 +441,15 @@ def linear_softmax_cross_entropy(
         f" ({local_vocab} columns on each of {padded_vocab // local_vocab}"
         f" devices), got {vocab_size!r}."
     )
-  cap = None
-  if logit_softcap is not None:
-    cap = _checks.static_number("logit_softcap", logit_softcap)
-    if not cap > 0:
-      raise ValueError(f"`logit_softcap` must be > 0, got {logit_softcap!r}.")
+  cap = _checks.check_softcap(logit_softcap)
+  acc = _checks.compute_dtype(x.dtype, local_w.dtype)
   if x.dtype != local_w.dtype:
-    dtype = jnp.promote_types(x.dtype, local_w.dtype)
-    x, local_w = x.astype(dtype), local_w.astype(dtype)
+    x, local_w = x.astype(acc), local_w.astype(acc)
   check_labels(labels, num_classes, ignore_index=ignore)
-  logits = jnp.dot(x, local_w, preferred_element_type=jnp.float32)
+  logits = jnp.dot(x, local_w, preferred_element_type=acc)
   if local_bias is not None:
-    local_bias = jnp.asarray(local_bias)
-    _checks.check_floating("local_bias", local_bias)
-    if local_bias.shape != (local_vocab,):
-      raise ValueError(
-          f"`local_bias` must have shape ({local_vocab},), got"
-          f" {local_bias.shape}."
-      )
-    logits = logits + jnp.broadcast_to(local_bias.astype(jnp.float32),
-                                       logits.shape)
+    local_bias = _checks.per_class("local_bias", local_bias, local_vocab)
+    logits = logits + jnp.broadcast_to(local_bias.astype(acc), logits.shape)
   if cap is not None:
     logits = cap * jnp.tanh(logits / cap)
   offset = lax.axis_index(axis_name) * local_vocab
