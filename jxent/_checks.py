@@ -1,16 +1,22 @@
 """Argument validation shared by every jxent function.
 
-Every check here runs at trace time, on shapes, dtypes and static Python
-options, so a bad call fails with a clear message before any computation.
+The checks on shapes, dtypes and static Python options run at trace time, so
+a bad call fails with a clear message before any computation. Checks on
+values that are only known at run time (labels, traced options) are declared
+with `checkify.debug_check`: free unless the caller is transformed by
+`jxent.checked`, which turns them into errors.
 """
 
 import math
 import operator
 from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
+Reduction = Literal["none", "sum", "mean"]
 _REDUCTIONS = ("none", "sum", "mean")
 
 
@@ -28,6 +34,29 @@ def check_floating(name: str, x: jax.Array) -> None:
     )
 
 
+def check_integer(name: str, x: jax.Array) -> None:
+  """Raises a TypeError unless `x` has an integer dtype."""
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise TypeError(
+        f"`{name}` must have an integer dtype (class indices), got {x.dtype}."
+        " Use `softmax_cross_entropy` for probability (soft) labels."
+    )
+
+
+def as_floating(name: str, x, dtype=None) -> jax.Array:
+  """Returns `x` as a floating array; integer or bool arrays are converted.
+
+  optax accepts one-hot integer labels and 0/1 integer targets; so does
+  jxent. They become `dtype` (float32 by default), and a complex or other
+  non-numeric input is refused.
+  """
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+    return x.astype(jnp.float32 if dtype is None else dtype)
+  check_floating(name, x)
+  return x
+
+
 def check_ignore_index(ignore_index) -> int | None:
   """Validates `ignore_index`: None or a Python integer."""
   if ignore_index is None:
@@ -40,25 +69,87 @@ def check_ignore_index(ignore_index) -> int | None:
     ) from None
 
 
-def integer_labels(labels: jax.Array) -> jax.Array:
-  """Checks integer labels and converts them to int32.
+class Labels(NamedTuple):
+  """Integer labels, sorted into what each row's label means.
 
-  Narrow types would wrap when compared with class indices (uint8 labels
-  against 300 classes), -100 style ignore values need a signed type, and
-  one type for labels and class indices keeps strict dtype promotion happy
-  under x64 too. No class axis is near 2**31 long.
+  Attributes:
+    index: The class index as int32, 0 where the label is out of range. It
+      is never a wrapped-around class: the range was checked in the labels'
+      own dtype before the conversion.
+    counts: The label is a class in [0, num_classes) and not `ignore_index`.
+    legal: The label is a class, or `ignore_index`. An illegal row's loss
+      and gradient are NaN.
+  """
+
+  index: jax.Array
+  counts: jax.Array
+  legal: jax.Array
+
+
+def _compare_in_dtype(labels: jax.Array, value: int, op) -> jax.Array:
+  """`op(labels, value)` exactly, in the labels' own integer dtype.
+
+  A value outside the dtype's range cannot be converted to it, so the
+  answer is decided from the range instead: every label is below a bound
+  above the dtype's maximum, and none equals it.
+  """
+  info = jnp.iinfo(labels.dtype)
+  if info.min <= value <= info.max:
+    return op(labels, jnp.asarray(value, labels.dtype))
+  above = value > info.max
+  if op is operator.lt:
+    return jnp.full(labels.shape, above)
+  if op is operator.ge:
+    return jnp.full(labels.shape, not above)
+  if op is operator.eq:
+    return jnp.zeros(labels.shape, bool)
+  raise NotImplementedError(op)
+
+
+def sort_labels(labels: jax.Array, num_classes: int,
+                ignore_index: int | None) -> Labels:
+  """Checks integer labels and sorts them into counting, ignored, illegal.
+
+  Every comparison happens in the labels' own dtype, before any conversion:
+  with x64 enabled, `2**32 + 3` is out of range, not class 3, and
+  `2**32 - 100` is not `ignore_index=-100`. Narrow dtypes are safe too:
+  uint8 labels never wrap when compared with 300 classes.
   """
   check_integer("labels", labels)
-  return labels.astype(jnp.int32)
+  in_range = _compare_in_dtype(labels, 0, operator.ge) & _compare_in_dtype(
+      labels, num_classes, operator.lt)
+  legal = in_range
+  counts = in_range
+  if ignore_index is not None:
+    ignored = _compare_in_dtype(labels, ignore_index, operator.eq)
+    legal = legal | ignored
+    counts = counts & ~ignored
+  # Only in-range values are converted, so int32 holds them exactly (no
+  # class axis is near 2**31 long).
+  index = jnp.where(in_range, labels, jnp.zeros((), labels.dtype))
+  declare_labels_in_range(labels, legal, num_classes, ignore_index)
+  return Labels(index.astype(jnp.int32), counts, legal)
 
 
-def check_integer(name: str, x: jax.Array) -> None:
-  """Raises a TypeError unless `x` has an integer dtype."""
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise TypeError(
-        f"`{name}` must have an integer dtype (class indices), got {x.dtype}."
-        " Use `softmax_cross_entropy` for probability (soft) labels."
-    )
+def declare_labels_in_range(labels: jax.Array, legal: jax.Array,
+                            num_classes: int,
+                            ignore_index: int | None) -> None:
+  """Declares that every label is legal, for `jxent.checked` to enforce.
+
+  The check is a `jax.experimental.checkify.debug_check`: it does nothing
+  unless the caller is transformed by `checkify.checkify` (for instance by
+  `jxent.checked`), in which case a bad label becomes an error.
+  """
+  if labels.size == 0:
+    return  # Nothing to check, and min/max of nothing is undefined.
+  checkify.debug_check(
+      jnp.all(legal),
+      f"labels must lie in [0, {num_classes})"
+      + ("" if ignore_index is None else f" or equal {ignore_index}")
+      + "; the smallest is {lo} and the largest {hi}.",
+      lo=jnp.min(labels),
+      hi=jnp.max(labels),
+  )
 
 
 def check_same_shape(
@@ -85,13 +176,26 @@ def broadcast_shapes(
     ) from None
 
 
-def broadcast_where(where, shape: tuple[int, ...]) -> jax.Array | None:
-  """Returns the `where` mask as a boolean array of `shape`, or None."""
+def broadcast_where(where, shape: tuple[int, ...],
+                    per_row_axes: tuple[int, ...] | None = None
+                    ) -> jax.Array | None:
+  """Returns the `where` mask as a boolean array of `shape`, or None.
+
+  Args:
+    where: None, or a boolean mask broadcastable to `shape`.
+    shape: The shape of the input.
+    per_row_axes: The class axes of a loss. A mask with one dimension fewer
+      per class axis is then a mask over rows, as in optax (`where` of shape
+      [batch] for logits [batch, classes]): it is expanded at the class axes
+      before broadcasting.
+  """
   if where is None:
     return None
   where = jnp.asarray(where)
   if where.dtype != jnp.bool_:
     raise TypeError(f"`where` must be a boolean mask, got {where.dtype}.")
+  if per_row_axes and where.ndim == len(shape) - len(per_row_axes):
+    where = jnp.expand_dims(where, per_row_axes)
   try:
     return jnp.broadcast_to(where, shape)
   except ValueError:
@@ -112,6 +216,43 @@ def static_number(name: str, value) -> float:
     ) from None
 
 
+def number_or_scalar(name: str, value, low: float, high: float,
+                     *, high_open: bool = False) -> float | jax.Array:
+  """Validates a coefficient that may be a Python number or a traced scalar.
+
+  A number known at trace time is checked now, and returned as a float so
+  that a 0 can select a specialised computation. A traced scalar (say, a
+  schedule's value inside `jit`) cannot be checked at trace time; its range
+  is declared with `checkify.debug_check`, for `jxent.checked` to enforce.
+  """
+  try:
+    number = float(value)
+  except jax.errors.ConcretizationTypeError:
+    number = None  # Traced: checked below, when it is known.
+  except TypeError:
+    raise TypeError(
+        f"`{name}` must be a number or a floating scalar array, got"
+        f" {value!r}.") from None
+  if number is not None:
+    ok = low <= number and (number < high if high_open else number <= high)
+    if not ok or math.isnan(number):
+      interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+      if high == math.inf:
+        interval = f">= {low} and finite"
+      raise ValueError(f"`{name}` must be {interval}, got {value!r}.")
+    return number
+  value = jnp.asarray(value)
+  if value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
+    raise TypeError(
+        f"`{name}` must be a number or a floating scalar array, got an array"
+        f" of shape {value.shape} and dtype {value.dtype}."
+    )
+  checkify.debug_check(
+      (value >= low) & (value < high if high_open else value <= high),
+      f"`{name}` must lie in [{low}, {high}], got {{value}}.", value=value)
+  return value
+
+
 def check_base(base) -> float | None:
   """Validates a logarithm base and returns log(base), or None for nats."""
   if base is None:
@@ -124,30 +265,40 @@ def check_base(base) -> float | None:
   return math.log(value)
 
 
-def check_label_smoothing(label_smoothing) -> float:
-  value = static_number("label_smoothing", label_smoothing)
-  if not 0.0 <= value <= 1.0:
-    raise ValueError(
-        f"`label_smoothing` must be in [0, 1], got {label_smoothing!r}."
-    )
-  return value
+def check_label_smoothing(label_smoothing) -> float | jax.Array:
+  """Validates label smoothing: a number in [0, 1], or a traced scalar."""
+  return number_or_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
 
 
-def check_z_loss(z_loss) -> float:
-  value = static_number("z_loss", z_loss)
-  if not (value >= 0.0 and math.isfinite(value)):
-    raise ValueError(f"`z_loss` must be a finite number >= 0, got {z_loss!r}.")
-  return value
+def check_z_loss(z_loss) -> float | jax.Array:
+  """Validates the z-loss weight: a finite number >= 0, or a traced scalar."""
+  return number_or_scalar("z_loss", z_loss, 0.0, math.inf, high_open=True)
 
 
 def check_softcap(logit_softcap) -> float | None:
-  """Validates a logit soft cap: None, or a number > 0."""
+  """Validates a logit soft cap: None, or a finite number > 0.
+
+  An infinite cap would mean no cap; it is refused rather than guessed, as
+  `c * tanh(z / c)` at `c = inf` is `inf * 0`.
+  """
   if logit_softcap is None:
     return None
   cap = static_number("logit_softcap", logit_softcap)
-  if not cap > 0:
-    raise ValueError(f"`logit_softcap` must be > 0, got {logit_softcap!r}.")
+  if not (cap > 0 and math.isfinite(cap)):
+    raise ValueError(
+        f"`logit_softcap` must be a finite number > 0, or None for no cap,"
+        f" got {logit_softcap!r}."
+    )
   return cap
+
+
+def check_temperature(temperature) -> float:
+  """Validates a softmax temperature: a finite number > 0."""
+  value = static_number("temperature", temperature)
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(
+        f"`temperature` must be a finite number > 0, got {temperature!r}.")
+  return value
 
 
 def per_class(name: str, x, num_classes: int) -> jax.Array:
@@ -162,7 +313,8 @@ def per_class(name: str, x, num_classes: int) -> jax.Array:
   return x
 
 
-def check_reduction(reduction) -> str:
+def check_reduction(reduction) -> Reduction:
+  """Validates `reduction`: one of "none", "sum" and "mean"."""
   if reduction not in _REDUCTIONS:
     raise ValueError(
         f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}."
@@ -171,7 +323,11 @@ def check_reduction(reduction) -> str:
 
 
 def canonical_axes(axis, ndim: int) -> tuple[int, ...]:
-  """Normalises an int or a sequence of ints to non-negative axes."""
+  """Normalises None (every axis), an int or ints to non-negative axes."""
+  if axis is None:
+    if ndim == 0:
+      raise ValueError("`axis=None` needs an input with at least one axis.")
+    return tuple(range(ndim))
   axes = (axis,) if not isinstance(axis, Sequence) else tuple(axis)
   if not axes:
     raise ValueError("`axis` must name at least one axis.")
@@ -181,7 +337,7 @@ def canonical_axes(axis, ndim: int) -> tuple[int, ...]:
       a = operator.index(a)
     except TypeError:
       raise TypeError(
-          f"`axis` must be an int or a tuple of ints, got {axis!r}."
+          f"`axis` must be an int, a tuple of ints or None, got {axis!r}."
       ) from None
     if not -ndim <= a < ndim:
       raise ValueError(

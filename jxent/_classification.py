@@ -1,27 +1,28 @@
 r"""Training losses: softmax and sigmoid cross-entropies.
 
-The two softmax cross-entropies have custom VJPs. Their forward pass saves
-only the inputs and two float32 numbers per row (the shift and the log of the
-shifted sum of exponentials); the backward pass recomputes the softmax from
-the logits, so no float32 array of shape [batch, classes] is kept between
-the passes, whatever the dtype of the logits.
+The two softmax cross-entropies share one custom derivative, a
+`jax.custom_jvp`, so every differentiation mode works: `grad`, `jvp`,
+`jacfwd`, `jacrev`, `hessian`, `linearize`. Its tangent is one element-wise
+pass, :math:`\sum_c g_c\, \dot z_c` with :math:`g` recomputed from the
+logits and the per-row numbers of the row step (`jxent._rows`), under
+`jax.checkpoint`: reverse mode then saves only the inputs and a few numbers
+per row, never a float32 [batch, classes] array, whatever the dtype.
 
 The positional signatures match optax's functions of the same names.
 """
 
 import functools
-from typing import NamedTuple
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental import checkify
+from jax.custom_derivatives import SymbolicZero
 
-from jxent import _checks
-from jxent._logsumexp import Normalizer, apply_mask, log_sigmoid, normalize
+from jxent import _checks, _rows
+from jxent._options import CrossEntropyOptions, parse_options
 
-Axis = int | tuple[int, ...]
-_LAST = (-1,)
+Axis = int | tuple[int, ...] | None
 
 
 def _classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -33,215 +34,124 @@ def _classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return x.reshape(x.shape[: len(batch)] + (-1,))
 
 
-def _reduce(loss: jax.Array, weight: jax.Array, reduction: str) -> jax.Array:
-  """Applies `reduction`; "mean" divides by the total weight that counts."""
-  if reduction == "none":
-    return loss
-  if reduction == "sum":
-    return jnp.sum(loss)
-  total = jnp.sum(weight)
-  # An all-ignored batch has no weight: give 0 (and a 0 gradient), not 0/0.
-  return jnp.sum(loss) / jnp.where(total > 0, total, 1)
+def _is_zero(tangent) -> bool:
+  return tangent is None or isinstance(tangent, SymbolicZero)
 
 
-def _valid_classes(norm: Normalizer) -> jax.Array:
-  """Classes that can carry probability: unmasked with a logit above -inf."""
-  return norm.shifted > -jnp.inf
+def _offset(axis_name, local_classes):
+  """This shard's first class inside `shard_map`; 0 without a mesh axis."""
+  if axis_name is None:
+    return 0
+  return lax.axis_index(axis_name) * local_classes
 
 
-# --- the shared plan ------------------------------------------------------
-#
-# Both custom VJPs follow one plan. The forward pass reduces each row once,
-# to a few float32 numbers (`RowStats`). The backward pass is then a single
-# element-wise pass over the logits: no reduction, and no float32
-# [batch, classes] array kept between the passes.
+def _split_target(target):
+  """(label_index, targets) from integer `Labels` or soft labels."""
+  if isinstance(target, _checks.Labels):
+    return target.index, None
+  return None, target
 
 
-class RowStats(NamedTuple):
-  """Per-row float32 numbers saved for the backward pass (keepdims shape).
-
-  Rows that do not count (empty, or ignored) have their coefficients set to
-  0 and rows with an illegal label to NaN, so the backward pass needs no
-  other bookkeeping. The gradient of a row is
-  `g * (prob_coef * q - label_coef * target - smooth_coef * w * valid)`.
-
-  Attributes:
-    shift: The max the logits were shifted by.
-    log_sumexp: log of the sum of exponentials of the shifted logits.
-    prob_coef: Total target mass plus the z-loss term, 2 z LSE.
-    label_coef: The weight of the label term.
-    smooth_coef: Label smoothing's mass per valid class, alpha / K, or None
-      when smoothing is off.
-  """
-
-  shift: jax.Array
-  log_sumexp: jax.Array
-  prob_coef: jax.Array
-  label_coef: jax.Array
-  smooth_coef: jax.Array | None
+def _forward(axis_name, num_classes, logits, mask, target, opts):
+  offset = _offset(axis_name, logits.shape[-1])
+  label_index, targets = _split_target(target)
+  stats = _rows.row_statistics(
+      logits, mask, opts, num_classes, label_index=label_index,
+      targets=targets, axis_name=axis_name, offset=offset)
+  labels = target if label_index is not None else None
+  result = _rows.row_step(stats, opts, num_classes, labels)
+  return stats, result, offset
 
 
-def _smoothing_per_class(norm, smoothing):
-  """alpha / K for K valid classes in the row (keepdims), or None if off."""
-  if smoothing == 0:
-    return None
-  count = jnp.sum(_valid_classes(norm), axis=-1, keepdims=True)
-  # Smoothing spreads its mass over the valid classes of the row only, never
-  # over classes masked by `where` or whose logit is -inf.
-  return smoothing / jnp.maximum(count, 1).astype(norm.shifted.dtype)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def softmax_cross_entropy_rows(
+    axis_name: _rows.AxisName | None,
+    num_classes: int,
+    logits: jax.Array,
+    mask: jax.Array | None,
+    target: _checks.Labels | jax.Array,
+    opts: CrossEntropyOptions,
+) -> tuple[jax.Array, jax.Array]:
+  """Per-row softmax cross-entropy and its weight in a "mean".
 
+  The one implementation behind the plain and the sharded softmax
+  cross-entropies, integer or soft labels, with its custom derivative.
 
-def _z_term(norm, z):
-  """Derivative factor of z * LSE^2 with respect to the softmax, 2 z LSE."""
-  return 2 * z * (norm.log_sumexp + norm.shift)
-
-
-def _recompute(logits, where, stats):
-  """The forward pass's shifted logits and softmax, from the saved row stats.
+  Args:
+    axis_name: The mesh axis the classes are split over (inside
+      `shard_map`), or None.
+    num_classes: The number of classes in all.
+    logits: Floating logits, classes last.
+    mask: Boolean mask of the logits' shape, or None.
+    target: Sorted integer labels (`Labels`), or soft labels of the logits'
+      shape.
+    opts: The parsed options.
 
   Returns:
-    `(shifted, exps, row_scale)`: float32 (or wider) arrays, the first two
-    of the logits' shape, with the softmax equal to `exps * row_scale`.
+    `(loss, weight)`, both of the rows' shape.
   """
-  dtype = _checks.compute_dtype(logits.dtype)
-
-  def shifted_logits(logits, shift):
-    return apply_mask(logits, where).astype(dtype) - shift
-
-  def recompute(logits, shift, log_sumexp):
-    # Accelerators: exp is cheap next to memory traffic, so recompute it.
-    # The barrier keeps XLA from merging this float32 conversion with the
-    # forward pass's into one materialised [batch, classes] float32 copy.
-    shifted = shifted_logits(lax.optimization_barrier(logits), shift)
-    return shifted, jnp.exp(shifted - log_sumexp), jnp.ones_like(log_sumexp)
-
-  def reuse(logits, shift, log_sumexp):
-    # CPU: exp costs more than memory traffic. Written exactly as in the
-    # forward pass, exp(shifted) is computed once and kept by XLA.
-    shifted = shifted_logits(logits, shift)
-    return shifted, jnp.exp(shifted), jnp.exp(-log_sumexp)
-
-  return lax.platform_dependent(
-      logits, stats.shift, stats.log_sumexp, cpu=reuse, default=recompute
-  )
+  _, result, _ = _forward(axis_name, num_classes, logits, mask, target, opts)
+  return result.loss, result.weight
 
 
-def _per_row(*coefficients):
-  """Materialises per-row coefficients before they meet [batch, classes].
-
-  Fused into the element-wise backward, XLA would recompute each of them
-  once per class; behind the barrier they are computed once per row.
-  """
-  return lax.optimization_barrier(coefficients)
-
-
-# --- integer labels -------------------------------------------------------
+def _logits_tangent(axis_name, logits, mask, shift, log_sumexp,
+                    coefficients, opts, label_index, targets, offset,
+                    dlogits):
+  grad = _rows.logits_gradient(
+      logits, mask, shift, log_sumexp, coefficients, opts,
+      label_index=label_index, targets=targets, offset=offset)
+  tangent = jnp.sum(grad * dlogits.astype(grad.dtype), axis=-1)
+  return tangent if axis_name is None else lax.psum(tangent, axis_name)
 
 
-def _label_parts(labels, num_classes, class_weights, dtype, ignore_index):
-  """Legal labels, a safe class index and the weight of each row's label."""
-  in_range = (labels >= 0) & (labels < num_classes)
-  legal = in_range
-  if ignore_index is not None:
-    legal = legal | (labels == ignore_index)
-  safe_labels = jnp.where(in_range, labels, 0)[..., None]
-  if class_weights is None:
-    weight = jnp.ones(safe_labels.shape, dtype)
-  else:
-    weight = class_weights[safe_labels]
-  return in_range, legal, safe_labels, weight
+def _targets_tangent(axis_name, logits, mask, shift, log_sumexp,
+                     coefficients, opts, offset, dtargets):
+  grad = _rows.targets_gradient(logits, mask, shift, log_sumexp,
+                                coefficients, opts, offset)
+  tangent = jnp.sum(grad * dtargets.astype(grad.dtype), axis=-1)
+  return tangent if axis_name is None else lax.psum(tangent, axis_name)
 
 
-def _class_weight(class_weights, shape):
-  """Per-class weights broadcast to the logits' shape (1 when absent)."""
-  return 1 if class_weights is None else jnp.broadcast_to(class_weights, shape)
+@functools.partial(softmax_cross_entropy_rows.defjvp, symbolic_zeros=True)
+def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
+                                    tangents):
+  logits, mask, target, opts = primals
+  dlogits, _, dtarget, dopts = tangents
+  stats, result, offset = _forward(axis_name, num_classes, logits, mask,
+                                   target, opts)
+  label_index, targets = _split_target(target)
+  tangent = jnp.zeros_like(result.loss)
+  # Under jax.checkpoint, reverse mode saves only these inputs and the
+  # per-row numbers, and recomputes the softmax in the backward pass. It
+  # also keeps XLA from merging that recomputation with the forward pass
+  # into one materialised float32 [rows, classes] array.
+  if not _is_zero(dlogits):
+    tangent = tangent + jax.checkpoint(_logits_tangent, static_argnums=(0,))(
+        axis_name, logits, mask, stats.shift, result.log_sumexp,
+        result.coefficients, opts, label_index, targets, offset, dlogits)
+  if targets is not None and not _is_zero(dtarget):
+    tangent = tangent + jax.checkpoint(_targets_tangent, static_argnums=(0,))(
+        axis_name, logits, mask, stats.shift, result.log_sumexp,
+        result.coefficients, opts, offset, dtarget)
+  if opts.smoothing and not _is_zero(dopts.label_smoothing):
+    tangent = tangent + dopts.label_smoothing * result.d_smoothing
+  if opts.z and not _is_zero(dopts.z_loss):
+    tangent = tangent + dopts.z_loss * result.d_z_loss
+  # The weights are constants: which rows count, and their class weights.
+  return (result.loss, result.weight), (tangent,
+                                        jnp.zeros_like(result.weight))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _integer_ce(logits, labels, mask, class_weights, smoothing, z, ignore):
-  return _integer_ce_fwd(
-      logits, labels, mask, class_weights, smoothing, z, ignore
-  )[0]
-
-
-def _integer_ce_fwd(logits, labels, mask, class_weights, smoothing, z, ignore):
-  norm = normalize(logits, _LAST, mask)
-  dtype = norm.shifted.dtype
-  in_range, legal, safe_labels, weight = _label_parts(
-      labels, norm.shifted.shape[-1], class_weights, dtype, ignore
-  )
-  label_coef = (1 - smoothing) * weight
-  # -log q_y = log_sumexp - (x_y - shift): both sides are exact after the
-  # shift, so C equal logits of 1e8 give log C, where lse - x_y gives 0.
-  # (Gathering from x, not from x - shift, spares XLA a second consumer of
-  # the shifted array, which the CPU backend would materialise.)
-  label_logit = jnp.take_along_axis(norm.x, safe_labels, axis=-1)
-  loss = label_coef * (norm.log_sumexp - (label_logit - norm.shift))
-  prob_coef = label_coef
-  smooth_coef = _smoothing_per_class(norm, smoothing)
-  if smooth_coef is not None:
-    valid = _valid_classes(norm)
-    per_class = jnp.where(valid, smooth_coef * _class_weight(class_weights, valid.shape), 0)
-    # Valid classes only: a masked class would add 0 * inf.
-    neg_log_q = jnp.where(valid, norm.log_sumexp - norm.shifted, 0)
-    loss = loss + jnp.sum(per_class * neg_log_q, axis=-1, keepdims=True)
-    prob_coef = prob_coef + jnp.sum(per_class, axis=-1, keepdims=True)
-  if z > 0:
-    loss = loss + z * jnp.square(norm.log_sumexp + norm.shift)
-    prob_coef = prob_coef + _z_term(norm, z)
-  counts = norm.nonempty & in_range[..., None]
-  if ignore is not None:
-    counts = counts & (labels != ignore)[..., None]
-  # Rows that do not count get 0; a label out of range has no class to
-  # pick, so its row gets NaN, never a wrapped-around class.
-  keep = jnp.where(legal[..., None], counts.astype(dtype), jnp.nan)
-  loss = jnp.where(counts, loss, 0) * jnp.where(legal[..., None], 1, jnp.nan)
-  # What "mean" divides by: the label's class weight for rows that count.
-  row_weight = jnp.where(counts, weight, 0)
-  stats = RowStats(
-      norm.shift,
-      norm.log_sumexp,
-      keep * prob_coef,
-      keep * label_coef,
-      None if smooth_coef is None else keep * smooth_coef,
-  )
-  outputs = (loss[..., 0], row_weight[..., 0])
-  return outputs, (logits, labels, mask, class_weights, stats)
-
-
-def _integer_ce_bwd(smoothing, z, ignore, residuals, cotangents):
-  del smoothing, z, ignore  # Folded into the saved row coefficients.
-  g, _ = cotangents  # The row weights are constants.
-  logits, labels, mask, class_weights, stats = residuals
-  shifted, exps, row_scale = _recompute(logits, mask, stats)
-  g = g[..., None]
-  smooth = stats.smooth_coef
-  prob_coef, label_coef, smooth = _per_row(
-      g * stats.prob_coef * row_scale, g * stats.label_coef,
-      None if smooth is None else g * smooth)
-  # d/dx of sum_c a_c (-log q_c) + z LSE^2 is (sum_c a_c + 2 z LSE) q - a.
-  grad = prob_coef * exps
-  if smooth is not None:
-    valid = shifted > -jnp.inf
-    grad = grad - jnp.where(
-        valid, smooth * _class_weight(class_weights, valid.shape), 0
-    )
-  grad = _subtract_at_labels(grad, labels, label_coef)
-  return grad.astype(logits.dtype), None, None, None
-
-
-def _subtract_at_labels(grad, labels, label_coef):
-  """grad[..., label] -= label_coef, row by row, inside the element-wise pass.
-
-  A compare and select per class, not a scatter: a scatter into a gradient
-  whose class axis is sharded makes XLA's SPMD partitioner all-gather it
-  (and on the CPU it won only about 10% for float32 logits).
-  """
-  classes = lax.broadcasted_iota(labels.dtype, grad.shape, grad.ndim - 1)
-  return grad - jnp.where(classes == labels[..., None], label_coef, 0)
-
-
-_integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
+def _prepare_logits(logits, axis, where):
+  """Validates logits; returns them classes-last, the mask, axes, C."""
+  logits = jnp.asarray(logits)
+  _checks.check_floating("logits", logits)
+  axes = _checks.canonical_axes(axis, logits.ndim)
+  mask = _checks.broadcast_where(where, logits.shape, per_row_axes=axes)
+  num_classes = math.prod(logits.shape[a] for a in axes)
+  logits = _classes_last(logits, axes)
+  mask = None if mask is None else _classes_last(mask, axes)
+  return logits, mask, axes, num_classes
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -251,10 +161,10 @@ def softmax_cross_entropy_with_integer_labels(
     where: jax.typing.ArrayLike | None = None,
     *,
     ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
     class_weights: jax.typing.ArrayLike | None = None,
-    z_loss: float = 0.0,
-    reduction: str = "none",
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    reduction: _checks.Reduction = "none",
 ) -> jax.Array:
   r"""Softmax cross-entropy against integer class labels.
 
@@ -271,25 +181,31 @@ def softmax_cross_entropy_with_integer_labels(
   PyTorch's `cross_entropy`. Label smoothing never builds one-hot labels and
   never gives mass to masked classes.
 
-  The loss has a custom VJP that keeps no float32 copy of the logits for the
-  backward pass. Reverse-over-reverse derivatives (Hessian-vector products)
-  work; forward-mode (`jax.jvp`, `jax.jacfwd`) does not.
+  Every differentiation mode works (`grad`, `jvp`, `jacfwd`, `hessian`, ...)
+  and reverse mode keeps no float32 copy of the logits: the custom
+  derivative saves only the inputs and a few float32 numbers per row.
 
   Args:
     logits: Floating logits, class axis `axis`. 16-bit logits are computed
       with float32 accumulation; their gradient keeps their dtype.
     labels: Integer class indices with the shape of `logits` without `axis`.
-      With a tuple `axis`, they index the flattened class axes.
-    axis: The class axis, or a tuple of class axes.
+      With a tuple `axis`, they index the flattened class axes. Any integer
+      dtype; the range is checked in that dtype, so no label ever wraps
+      around to another class.
+    axis: The class axis, a tuple of class axes, or None for all axes.
     where: Boolean mask broadcastable to `logits`; masked classes get no
-      probability. A row with every class masked is empty: loss 0,
-      gradient 0, and it does not count in the "mean".
+      probability. As in optax, a mask with one dimension fewer per class
+      axis (shape [batch] for logits [batch, classes]) masks whole rows. A
+      row with every class masked is empty: loss 0, gradient 0, and it does
+      not count in the "mean".
     ignore_index: Rows whose label equals it give loss 0, gradient 0 and do
       not count in the "mean".
-    label_smoothing: :math:`\alpha` in [0, 1].
+    label_smoothing: :math:`\alpha` in [0, 1], a number or a traced scalar
+      (a schedule under `jit` does not recompile).
     class_weights: Optional float array of shape [classes], PyTorch's
       `weight`. It is treated as a constant (no gradient flows to it).
-    z_loss: :math:`\lambda_z \ge 0`, PaLM's auxiliary z-loss.
+    z_loss: :math:`\lambda_z \ge 0`, PaLM's auxiliary z-loss, a number or a
+      traced scalar.
     reduction: "none" (one value per row), "sum", or "mean", which divides
       by the total weight :math:`\sum w_y` of the rows that count (for an
       all-ignored batch it gives 0, where PyTorch gives NaN).
@@ -297,7 +213,9 @@ def softmax_cross_entropy_with_integer_labels(
   Returns:
     Float32 (or wider) array of the batch shape for "none", else a scalar.
     A label outside [0, classes) that is not `ignore_index` gives NaN; wrap
-    the call with `jxent.checked` to raise an error instead.
+    the call with `jxent.checked` to raise an error instead. A NaN logit
+    (not masked) makes its row's loss and gradient NaN, and the row counts
+    in the "mean", so a diverging run is never hidden.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -310,141 +228,25 @@ def softmax_cross_entropy_with_integer_labels(
     ...     jnp.full((1, 3), 1e8), jnp.array([1])).round(4))  # log 3, exact
     [1.0986]
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-  _checks.check_floating("logits", logits)
-  labels = _checks.integer_labels(labels)
-  axes = _checks.canonical_axes(axis, logits.ndim)
-  label_smoothing = _checks.check_label_smoothing(label_smoothing)
-  z_loss = _checks.check_z_loss(z_loss)
-  reduction = _checks.check_reduction(reduction)
-  ignore_index = _checks.check_ignore_index(ignore_index)
-  mask = _checks.broadcast_where(where, logits.shape)
-  logits_shape = logits.shape
-  logits = _classes_last(logits, axes)
-  mask = None if mask is None else _classes_last(mask, axes)
+  logits_shape = jnp.shape(logits)
+  logits, mask, axes, num_classes = _prepare_logits(logits, axis, where)
+  labels = jnp.asarray(labels)
+  _checks.check_integer("labels", labels)
   if labels.shape != logits.shape[:-1]:
     raise ValueError(
         f"`labels` must have the shape of `logits` without the class axis"
         f" {axis}: expected {logits.shape[:-1]}, got labels.shape="
         f"{labels.shape} for logits.shape={logits_shape}."
     )
-  num_classes = logits.shape[-1]
-  if class_weights is not None:
-    class_weights = _checks.per_class("class_weights", class_weights,
-                                      num_classes)
-    class_weights = lax.stop_gradient(
-        class_weights.astype(_checks.compute_dtype(logits.dtype)))
-  check_labels(labels, num_classes, ignore_index=ignore_index)
-  loss, weight = _integer_ce(
-      logits, labels, mask, class_weights, label_smoothing, z_loss,
-      ignore_index,
-  )
-  return _reduce(loss, weight, reduction)
-
-
-def check_labels(
-    labels: jax.Array, num_classes: int, *, ignore_index: int | None = None
-) -> None:
-  """Declares that `labels` lie in [0, num_classes) or equal `ignore_index`.
-
-  The check is a `jax.experimental.checkify.debug_check`: it does nothing
-  unless the caller is transformed by `checkify.checkify` (for instance by
-  `jxent.checked`), in which case a bad label becomes an error.
-  """
-  if labels.size == 0:
-    return  # Nothing to check, and min/max of nothing is undefined.
-  ok = (labels >= 0) & (labels < num_classes)
-  if ignore_index is not None:
-    ok = ok | (labels == ignore_index)
-  checkify.debug_check(
-      jnp.all(ok),
-      f"labels must lie in [0, {num_classes})"
-      + ("" if ignore_index is None else f" or equal {ignore_index}")
-      + "; the smallest is {lo} and the largest {hi}.",
-      lo=jnp.min(labels),
-      hi=jnp.max(labels),
-  )
-
-
-# --- soft labels ----------------------------------------------------------
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _soft_ce(logits, labels, mask, smoothing, z):
-  return _soft_ce_fwd(logits, labels, mask, smoothing, z)[0]
-
-
-def _masked_labels(labels, mask, dtype):
-  labels = labels.astype(dtype)
-  # Labels on classes masked by `where` are ignored, like the classes.
-  return labels if mask is None else jnp.where(mask, labels, 0)
-
-
-def _soft_ce_fwd(logits, labels, mask, smoothing, z):
-  norm = normalize(logits, _LAST, mask)
-  dtype = norm.shifted.dtype
-  targets = _masked_labels(labels, mask, dtype)
-  # The loss sum_c t_c (log_sumexp - shifted_c) is gathered from row sums,
-  # so the forward pass is reductions only. 0 log 0 = 0: a class without
-  # label mass adds nothing, even where its logit is -inf.
-  has_mass = targets != 0
-  label_mass = jnp.sum(targets, axis=-1, keepdims=True)
-  label_dot = jnp.sum(
-      jnp.where(has_mass, targets * jnp.where(has_mass, norm.shifted, 0), 0),
-      axis=-1, keepdims=True)
-  loss = (1 - smoothing) * (label_mass * norm.log_sumexp - label_dot)
-  prob_coef = (1 - smoothing) * label_mass
-  smooth_coef = _smoothing_per_class(norm, smoothing)
-  if smooth_coef is not None:
-    valid = _valid_classes(norm)
-    # Sum shifted / C, not shifted: a row of logits near the float limits
-    # would overflow the plain sum.
-    num_classes = norm.shifted.shape[-1]
-    valid_mean = jnp.sum(jnp.where(valid, norm.shifted / num_classes, 0),
-                         axis=-1, keepdims=True)
-    smooth_mass = jnp.where(norm.nonempty, smoothing, 0)
-    loss = loss + smooth_mass * norm.log_sumexp - (
-        smooth_coef * num_classes) * valid_mean
-    prob_coef = prob_coef + smooth_mass
-  if z > 0:
-    loss = loss + z * jnp.square(norm.log_sumexp + norm.shift)
-    prob_coef = prob_coef + _z_term(norm, z)
-  keep = norm.nonempty.astype(dtype)
-  loss = jnp.where(norm.nonempty, loss, 0)
-  outputs = (loss[..., 0], keep[..., 0])
-  stats = RowStats(
-      norm.shift,
-      norm.log_sumexp,
-      keep * prob_coef,
-      keep * (1 - smoothing),
-      None if smooth_coef is None else keep * smooth_coef,
-  )
-  return outputs, (logits, labels, mask, stats)
-
-
-def _soft_ce_bwd(smoothing, z, residuals, cotangents):
-  del smoothing, z  # Folded into the saved row coefficients.
-  g, _ = cotangents  # Whether a row counts is a constant.
-  logits, labels, mask, stats = residuals
-  shifted, exps, row_scale = _recompute(logits, mask, stats)
-  g = g[..., None]
-  smooth = stats.smooth_coef
-  prob_coef, label_coef, smooth, log_sumexp = _per_row(
-      g * stats.prob_coef * row_scale, g * stats.label_coef,
-      None if smooth is None else g * smooth, stats.log_sumexp)
-  labels_c = _masked_labels(labels, mask, shifted.dtype)
-  grad = prob_coef * exps - label_coef * labels_c
-  if smooth is not None:
-    grad = grad - jnp.where(shifted > -jnp.inf, smooth, 0)
-  # The labels enter only through (1 - alpha) * labels on unmasked classes.
-  coef = jnp.broadcast_to(label_coef, shifted.shape)
-  if mask is not None:
-    coef = jnp.where(mask, coef, 0)
-  grad_labels = jnp.where(coef != 0, coef * (log_sumexp - shifted), 0)
-  return grad.astype(logits.dtype), grad_labels.astype(labels.dtype), None
-
-
-_soft_ce.defvjp(_soft_ce_fwd, _soft_ce_bwd)
+  opts = parse_options(
+      label_smoothing=label_smoothing, z_loss=z_loss,
+      class_weights=class_weights, num_classes=num_classes,
+      dtype=_checks.compute_dtype(logits.dtype), ignore_index=ignore_index,
+      reduction=reduction)
+  sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index)
+  loss, weight = softmax_cross_entropy_rows(
+      None, num_classes, logits, mask, sorted_labels, opts)
+  return _rows.reduce(loss, weight, opts.reduction)
 
 
 def softmax_cross_entropy(
@@ -453,39 +255,47 @@ def softmax_cross_entropy(
     axis: Axis = -1,
     where: jax.typing.ArrayLike | None = None,
     *,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    reduction: str = "none",
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    class_weights: jax.typing.ArrayLike | None = None,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    reduction: _checks.Reduction = "none",
 ) -> jax.Array:
   r"""Softmax cross-entropy against soft (probability) or one-hot labels.
 
   .. math::
-     \ell = -\sum_c t_c \log q_c + \lambda_z \operatorname{LSE}(z)^2,
+     \ell = -\sum_c w_c\, t_c \log q_c + \lambda_z \operatorname{LSE}(z)^2,
      \qquad t = (1 - \alpha)\, y + \alpha\, u,
      \quad q = \operatorname{softmax}(z)
 
   where :math:`u` is uniform over the valid classes of the row (not masked
-  by `where`, logit above -inf). Labels need not sum to 1.
+  by `where`, logit above -inf) and :math:`w` are class weights (1 by
+  default; PyTorch's `weight` with probability targets). Labels need not sum
+  to 1.
 
-  The loss has a custom VJP that keeps no float32 copy of the logits, and
-  it stays differentiable with respect to `labels` (for distillation):
-  :math:`\partial \ell / \partial y_c = -(1 - \alpha) \log q_c`.
-  Reverse-over-reverse derivatives work; forward mode does not.
+  Every differentiation mode works, and reverse mode keeps no float32 copy
+  of the logits. The loss is differentiable with respect to `labels` too
+  (for distillation): :math:`\partial \ell / \partial y_c = -(1 - \alpha)
+  w_c \log q_c`, taken as 0 on classes whose logit is -inf.
 
   Args:
     logits: Floating logits, class axis `axis`.
-    labels: Floating label probabilities, the same shape as `logits`.
-    axis: The class axis, or a tuple of class axes.
+    labels: Label probabilities, the same shape as `logits`. Integer or bool
+      labels (one-hot) are converted to float32.
+    axis: The class axis, a tuple of class axes, or None for all axes.
     where: Boolean mask broadcastable to `logits`; masked classes get no
-      probability, and their labels are ignored. A row with every class
-      masked gives loss 0 and gradient 0.
-    label_smoothing: :math:`\alpha` in [0, 1].
-    z_loss: :math:`\lambda_z \ge 0`, PaLM's auxiliary z-loss.
+      probability, and their labels are ignored. As in optax, a mask of
+      shape [batch] for logits [batch, classes] masks whole rows. A row with
+      every class masked gives loss 0 and gradient 0.
+    label_smoothing: :math:`\alpha` in [0, 1], a number or a traced scalar.
+    class_weights: Optional float array of shape [classes], a constant.
+    z_loss: :math:`\lambda_z \ge 0`, a number or a traced scalar.
     reduction: "none" (one value per row), "sum", or "mean" over the rows
-      that are not empty.
+      that are not empty (PyTorch's mean over the batch; class weights do
+      not enter the denominator for probability targets).
 
   Returns:
     Float32 (or wider) array of the batch shape for "none", else a scalar.
+    A NaN in an unmasked logit or label makes its row NaN.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -495,19 +305,19 @@ def softmax_cross_entropy(
     >>> print(jxent.softmax_cross_entropy(logits, labels).round(4))
     0.3567
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-  _checks.check_floating("logits", logits)
-  _checks.check_floating("labels", labels)
-  _checks.check_same_shape("logits", logits, "labels", labels)
-  axes = _checks.canonical_axes(axis, logits.ndim)
-  label_smoothing = _checks.check_label_smoothing(label_smoothing)
-  z_loss = _checks.check_z_loss(z_loss)
-  reduction = _checks.check_reduction(reduction)
-  mask = _checks.broadcast_where(where, logits.shape)
-  logits, labels = _classes_last(logits, axes), _classes_last(labels, axes)
-  mask = None if mask is None else _classes_last(mask, axes)
-  loss, weight = _soft_ce(logits, labels, mask, label_smoothing, z_loss)
-  return _reduce(loss, weight, reduction)
+  logits_in = jnp.asarray(logits)
+  _checks.check_floating("logits", logits_in)
+  labels = _checks.as_floating("labels", labels)
+  _checks.check_same_shape("logits", logits_in, "labels", labels)
+  logits, mask, axes, num_classes = _prepare_logits(logits_in, axis, where)
+  labels = _classes_last(labels, axes)
+  opts = parse_options(
+      label_smoothing=label_smoothing, z_loss=z_loss,
+      class_weights=class_weights, num_classes=num_classes,
+      dtype=_checks.compute_dtype(logits.dtype), reduction=reduction)
+  loss, weight = softmax_cross_entropy_rows(
+      None, num_classes, logits, mask, labels, opts)
+  return _rows.reduce(loss, weight, opts.reduction)
 
 
 # --- sigmoid --------------------------------------------------------------
@@ -518,19 +328,21 @@ def sigmoid_binary_cross_entropy(
     labels: jax.typing.ArrayLike,
     *,
     pos_weight: jax.typing.ArrayLike | None = None,
-    reduction: str = "none",
+    reduction: _checks.Reduction = "none",
 ) -> jax.Array:
   r"""Element-wise binary cross-entropy of sigmoid probabilities.
 
   .. math:: \ell = -w_+\, y \log \sigma(z) - (1 - y) \log (1 - \sigma(z))
 
   computed as :math:`w_+ y \operatorname{softplus}(-z)
-  + (1 - y) \operatorname{softplus}(z)`, stable for any logit. Equals
-  PyTorch's `binary_cross_entropy_with_logits`.
+  + (1 - y) \operatorname{softplus}(z)`, stable for any logit, with the
+  exact derivative :math:`(1 - y)\sigma(z) - w_+ y \sigma(-z)` everywhere,
+  0 included. Equals PyTorch's `binary_cross_entropy_with_logits`.
 
   Args:
     logits: Floating logits, any shape.
-    labels: Floating targets in [0, 1], the same shape as `logits`.
+    labels: Targets in [0, 1], the same shape as `logits`; integer or bool
+      labels are converted to float32.
     pos_weight: Optional weight of the positive term, broadcastable to
       `logits` (PyTorch's `pos_weight`).
     reduction: "none" (element-wise), "sum", or "mean" over all elements.
@@ -545,9 +357,9 @@ def sigmoid_binary_cross_entropy(
     ...     jnp.array([0.0, 100.0]), jnp.array([1.0, 1.0])).round(4))
     [0.6931 0.    ]
   """
-  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  logits = jnp.asarray(logits)
   _checks.check_floating("logits", logits)
-  _checks.check_floating("labels", labels)
+  labels = _checks.as_floating("labels", labels)
   _checks.check_same_shape("logits", logits, "labels", labels)
   reduction = _checks.check_reduction(reduction)
   dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
@@ -565,9 +377,10 @@ def sigmoid_binary_cross_entropy(
       )
     positive = y * jnp.broadcast_to(pos_weight.astype(dtype), shape)
   negative = 1 - y
-  # A zero weight times an infinite softplus is 0 here, not NaN: select
-  # the term away rather than multiply by 0.
-  loss = jnp.where(positive != 0, -positive * log_sigmoid(x), 0) + jnp.where(
-      negative != 0, -negative * log_sigmoid(-x), 0
-  )
-  return _reduce(loss, jnp.ones_like(loss), reduction)
+  # softplus(-z) = -log sigmoid(z), with the derivative -sigmoid(-z) exact
+  # at 0 (-0.5; a formula through |z| would give -1 there). A zero weight
+  # times an infinite softplus is 0 here, not NaN: select the term away
+  # rather than multiply by 0.
+  loss = jnp.where(positive != 0, positive * jax.nn.softplus(-x), 0) + (
+      jnp.where(negative != 0, negative * jax.nn.softplus(x), 0))
+  return _rows.reduce(loss, jnp.ones_like(loss), reduction)

@@ -2,11 +2,20 @@
 
 import functools
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
+import jax
 from jax.experimental import checkify
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def checked(fn: Callable) -> Callable:
+
+def _throw(error: checkify.Error) -> None:
+  error.throw()
+
+
+def checked(fn: Callable[P, R]) -> Callable[P, R]:
   """Wraps `fn` so that out-of-range labels raise instead of giving NaN.
 
   Under `jit`, a loss cannot raise on the values of its inputs, so jxent's
@@ -14,14 +23,22 @@ def checked(fn: Callable) -> Callable:
   silently wrapped-around class). They also declare the range with
   `checkify.debug_check`, which costs nothing unless the function is
   transformed by `checkify.checkify`. `checked` applies that transform and
-  raises the error it finds. `fn` may be jitted already, or call jitted code.
+  raises the error it finds.
+
+  It composes with JAX's transformations in any order: `checked(jit(f))`,
+  `jit(checked(f))`, `grad(checked(f))`, `checked(grad(f))`,
+  `value_and_grad`, `vmap`, and Flax NNX's `nnx.jit` and
+  `nnx.value_and_grad`. Called eagerly, it raises at once; inside a
+  transformation that stages it out (`jit`), the error is raised when the
+  compiled function runs, as a `JaxRuntimeError` whose message names the
+  bad labels.
 
   Args:
     fn: Any function that calls jxent losses.
 
   Returns:
-    A function with the same signature and outputs that raises
-    `checkify.JaxRuntimeError` when a label is out of range.
+    A function with the same signature and outputs that raises when a label
+    is out of range.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -38,9 +55,14 @@ def checked(fn: Callable) -> Callable:
   checkified = checkify.checkify(fn)
 
   @functools.wraps(fn)
-  def wrapper(*args, **kwargs):
-    err, out = checkified(*args, **kwargs)
-    err.throw()
+  def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    error, out = checkified(*args, **kwargs)
+    if any(isinstance(leaf, jax.core.Tracer)
+           for leaf in jax.tree_util.tree_leaves(error)):
+      # Staged out (jit, vmap, ...): raise when the program runs.
+      jax.debug.callback(_throw, error)
+    else:
+      error.throw()
     return out
 
   return wrapper

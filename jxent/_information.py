@@ -8,14 +8,24 @@ Two families share one implementation of each quantity:
 
 All results are in nats unless `base` is given, and come back in float32 for
 16-bit inputs (float32 accumulation), otherwise in the input dtype.
+
+The functions of logits have custom derivatives (`jax.custom_jvp`), written
+as the cross-entropies' are: one pass of row sums forward, and a tangent
+recomputed element-wise from the logits and a few numbers per row, under
+`jax.checkpoint`. Every differentiation mode works, and reverse mode keeps
+no float32 [batch, classes] array, which distillation over a large
+vocabulary needs.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jxent import _checks
-from jxent._logsumexp import Normalizer, normalize
+from jxent._logsumexp import apply_mask, row_sums, safe_log, shift_of
 
 Axis = int | tuple[int, ...]
 
@@ -267,37 +277,167 @@ def _logits(name, x):
   return x
 
 
-def _expectation(norm, axes, values, axis_name=None):
-  """Sum over classes of P(x) * values, with P = softmax, 0 where P = 0.
+def _classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Moves the class axes to the end and flattens them into one."""
+  if axes == (x.ndim - 1,):
+    return x
+  batch = [a for a in range(x.ndim) if a not in axes]
+  x = jnp.transpose(x, batch + list(axes))
+  return x.reshape(x.shape[: len(batch)] + (-1,))
 
-  It is one pass of row sums, `sum(exp(shifted) * values) / sum(exp(shifted))`,
-  sharing exp(shifted) with the log-sum-exp, not a [batch, classes] softmax.
-  With `axis_name`, the classes are split over that mesh axis and the row
-  sums are added up across it.
-  """
-  weights = jnp.exp(norm.shifted)
-  has_mass = weights > 0
-  # Double where: values may be -inf where P = 0; swap them for 0 before they
-  # meet the zero weight, so neither value nor gradient sees 0 * inf.
-  terms = jnp.where(has_mass, weights * jnp.where(has_mass, values, 0), 0)
-  total = jnp.sum(terms, axis=axes, keepdims=True)
+
+def _is_zero(tangent) -> bool:
+  return tangent is None or isinstance(tangent, SymbolicZero)
+
+
+def _shifted(logits, mask, axis_name):
+  """Masked logits minus their row's shift (classes last), and the shift."""
+  x = apply_mask(logits, mask)
+  row_max = jnp.max(x, axis=-1, initial=-jnp.inf).astype(
+      _checks.compute_dtype(x.dtype))
   if axis_name is not None:
-    total = lax.psum(total, axis_name)
-  return total * jnp.exp(-norm.log_sumexp)
+    row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
+  shift = shift_of(row_max)
+  return x.astype(shift.dtype) - shift[..., None], shift
 
 
-def entropy_rows(norm: Normalizer, axes, axis_name=None) -> jax.Array:
-  """H(P) in nats per row (reduced axes kept), from P's normaliser."""
-  # H = -sum p log p = LSE - E_p[x] = log_sumexp - E_p[shifted].
-  return norm.log_sumexp - _expectation(norm, axes, norm.shifted, axis_name)
+def _recompute(logits, mask, shift, log_sumexp):
+  """The shifted logits and the softmax, from the saved per-row numbers."""
+  x = apply_mask(logits, mask)
+  shifted = x.astype(shift.dtype) - shift[..., None]
+  return shifted, jnp.exp(shifted - log_sumexp[..., None])
 
 
-def kl_rows(p: Normalizer, q: Normalizer, axes, axis_name=None) -> jax.Array:
-  """D_KL(P || Q) in nats per row (reduced axes kept), from normalisers."""
-  # sum p (log p - log q) = E_p[shifted_p - shifted_q] - log_sumexp_p
-  # + log_sumexp_q, for a P with any mass.
-  return _expectation(p, axes, p.shifted - q.shifted, axis_name) + jnp.where(
-      p.nonempty, q.log_sumexp - p.log_sumexp, 0)
+def _sums(axis_name, *terms):
+  """Row sums of the terms in one pass, over every shard of `axis_name`."""
+  sums = row_sums((terms[0].ndim - 1,), *terms)
+  return sums if axis_name is None else lax.psum(sums, axis_name)
+
+
+def _times_finite(weight, value):
+  """weight * value with 0 * (+-inf) = 0: value is swapped for 0 there.
+
+  Double where: the swap keeps the derivative finite too.
+  """
+  has_mass = weight > 0
+  return jnp.where(has_mass, weight * jnp.where(has_mass, value, 0), 0)
+
+
+def _row_tangent(axis_name, grad, dlogits):
+  tangent = jnp.sum(grad * dlogits.astype(grad.dtype), axis=-1)
+  return tangent if axis_name is None else lax.psum(tangent, axis_name)
+
+
+# --- entropy ------------------------------------------------------------------
+
+
+def _entropy_parts(axis_name, logits, mask):
+  shifted, shift = _shifted(logits, mask, axis_name)
+  e = jnp.exp(shifted)
+  sumexp, dot = _sums(axis_name, e, _times_finite(e, shifted))
+  log_sumexp = safe_log(sumexp)
+  # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
+  entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
+  return entropy, shift, log_sumexp
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def entropy_rows(axis_name, logits, mask):
+  """H(softmax(logits)) per row, classes last, in nats."""
+  return _entropy_parts(axis_name, logits, mask)[0]
+
+
+def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
+                     dlogits):
+  shifted, probs = _recompute(logits, mask, shift, log_sumexp)
+  # dH/dz_c = -p_c (log p_c + H), 0 where p_c = 0.
+  grad = -_times_finite(
+      probs, shifted - log_sumexp[..., None] + entropy[..., None])
+  return _row_tangent(axis_name, grad, dlogits)
+
+
+@functools.partial(entropy_rows.defjvp, symbolic_zeros=True)
+def _entropy_rows_jvp(axis_name, primals, tangents):
+  logits, mask = primals
+  dlogits, _ = tangents
+  entropy, shift, log_sumexp = _entropy_parts(axis_name, logits, mask)
+  # jax.checkpoint: reverse mode saves the logits and per-row numbers only.
+  tangent = jax.checkpoint(_entropy_tangent, static_argnums=(0,))(
+      axis_name, logits, mask, shift, log_sumexp, entropy, dlogits)
+  return entropy, tangent
+
+
+# --- cross-entropy and KL divergence --------------------------------------------
+
+
+def _pair_value(kind, axis_name, p_logits, q_logits, mask):
+  """The row values and P's and Q's per-row numbers, in one pass of sums."""
+  sp, shift_p = _shifted(p_logits, mask, axis_name)
+  sq, shift_q = _shifted(q_logits, mask, axis_name)
+  ep = jnp.exp(sp)
+  # KL sums p (shifted_p - shifted_q) in one term, so nearly equal P and Q
+  # do not cancel two large sums; the cross-entropy sums p (-shifted_q).
+  per_class = sp - sq if kind == "kl" else -sq
+  sum_p, sum_q, dot = _sums(axis_name, ep, jnp.exp(sq),
+                            _times_finite(ep, per_class))
+  lse_p, lse_q = safe_log(sum_p), safe_log(sum_q)
+  mean = dot / jnp.where(sum_p != 0, sum_p, 1)
+  # D_KL = E_p[shifted_p - shifted_q] - lse_p + lse_q and H(P, Q) =
+  # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
+  value = mean + lse_q - (lse_p if kind == "kl" else 0)
+  value = jnp.where(sum_p != 0, value, 0)
+  return value, (shift_p, lse_p, sum_p), (shift_q, lse_q)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def pair_rows(kind, axis_name, p_logits, q_logits, mask):
+  """H(P, Q) (kind "cross_entropy") or D_KL(P || Q) (kind "kl") per row."""
+  return _pair_value(kind, axis_name, p_logits, q_logits, mask)[0]
+
+
+def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
+               q_shift, q_lse, value, dlogits):
+  sp, probs_p = _recompute(p_logits, mask, p_shift, p_lse)
+  sq, _ = _recompute(q_logits, mask, q_shift, q_lse)
+  log_q = sq - q_lse[..., None]
+  if kind == "kl":
+    # dD/dz_p,c = p_c (log p_c - log q_c - D).
+    per_class = sp - p_lse[..., None] - log_q - value[..., None]
+  else:
+    # dH/dz_p,c = p_c (-log q_c - H).
+    per_class = -log_q - value[..., None]
+  return _row_tangent(axis_name, _times_finite(probs_p, per_class), dlogits)
+
+
+def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
+               q_shift, q_lse, dlogits):
+  # d/dz_q,c of both H(P, Q) and D_KL(P || Q) is q_c - p_c (0 for an
+  # empty P).
+  _, probs_p = _recompute(p_logits, mask, p_shift, p_lse)
+  _, probs_q = _recompute(q_logits, mask, q_shift, q_lse)
+  grad = jnp.where((p_sum != 0)[..., None], probs_q - probs_p, 0)
+  return _row_tangent(axis_name, grad, dlogits)
+
+
+@functools.partial(pair_rows.defjvp, symbolic_zeros=True)
+def _pair_rows_jvp(kind, axis_name, primals, tangents):
+  p_logits, q_logits, mask = primals
+  dp, dq, _ = tangents
+  value, p, q = _pair_value(kind, axis_name, p_logits, q_logits, mask)
+  tangent = jnp.zeros_like(value)
+  # jax.checkpoint: reverse mode saves the logits and per-row numbers only.
+  if not _is_zero(dp):
+    tangent = tangent + jax.checkpoint(_p_tangent, static_argnums=(0, 1))(
+        kind, axis_name, p_logits, q_logits, mask, p[0], p[1], q[0], q[1],
+        value, dp)
+  if not _is_zero(dq):
+    tangent = tangent + jax.checkpoint(_q_tangent, static_argnums=(0,))(
+        axis_name, p_logits, q_logits, mask, p[0], p[1], p[2], q[0], q[1],
+        dq)
+  return value, tangent
+
+
+# --- public functions of logits -------------------------------------------------
 
 
 def entropy_from_logits(
@@ -311,6 +451,10 @@ def entropy_from_logits(
 
   .. math:: H(P) = -\sum_x P(x) \log P(x), \qquad P = \operatorname{softmax}(z)
 
+  Every differentiation mode works; reverse mode keeps only the logits and
+  a few numbers per row, so an entropy bonus over a large vocabulary costs
+  no float32 copy of the logits.
+
   Args:
     logits: Unnormalised log-probabilities along `axis`; -inf marks an
       impossible class. Log-probabilities are valid logits.
@@ -320,7 +464,7 @@ def entropy_from_logits(
 
   Returns:
     Array of `logits.shape` without `axis`. A row with every class masked
-    has entropy 0.
+    (or a zero-length class axis) has entropy 0; a NaN logit gives NaN.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -332,17 +476,22 @@ def entropy_from_logits(
   logits = _logits("logits", logits)
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape)
-  entropy = entropy_rows(normalize(logits, axes, mask), axes)
-  return _in_base(jnp.squeeze(entropy, axes), log_base)
+  mask = None if mask is None else _classes_last(mask, axes)
+  value = entropy_rows(None, _classes_last(logits, axes), mask)
+  return _in_base(value, log_base)
 
 
 def _logits_pair(p_logits, q_logits, axis, where):
   p_logits = _logits("p_logits", p_logits)
   q_logits = _logits("q_logits", q_logits)
-  p_logits, q_logits, axes, mask = _pair(
-      "p_logits", p_logits, "q_logits", q_logits, axis, where
-  )
-  return normalize(p_logits, axes, mask), normalize(q_logits, axes, mask), axes
+  shape = _checks.broadcast_shapes("p_logits", p_logits, "q_logits",
+                                   q_logits)
+  axes = _checks.canonical_axes(axis, len(shape))
+  mask = _checks.broadcast_where(where, shape)
+  p_logits = _classes_last(jnp.broadcast_to(p_logits, shape), axes)
+  q_logits = _classes_last(jnp.broadcast_to(q_logits, shape), axes)
+  mask = None if mask is None else _classes_last(mask, axes)
+  return p_logits, q_logits, mask
 
 
 def cross_entropy_from_logits(
@@ -357,6 +506,8 @@ def cross_entropy_from_logits(
 
   .. math:: H(P, Q) = -\sum_x P(x) \log Q(x),
      \quad P = \operatorname{softmax}(z_p),\ Q = \operatorname{softmax}(z_q)
+
+  Differentiable in both arguments, in every mode.
 
   Args:
     p_logits: Logits of the data distribution P.
@@ -378,11 +529,8 @@ def cross_entropy_from_logits(
     0.3567
   """
   log_base = _checks.check_base(base)
-  p, q, axes = _logits_pair(p_logits, q_logits, axis, where)
-  # -sum p log q = log_sumexp_q - E_p[shifted_q], for a P with any mass.
-  value = jnp.where(p.nonempty, q.log_sumexp, 0) - _expectation(
-      p, axes, q.shifted)
-  return _in_base(jnp.squeeze(value, axes), log_base)
+  p, q, mask = _logits_pair(p_logits, q_logits, axis, where)
+  return _in_base(pair_rows("cross_entropy", None, p, q, mask), log_base)
 
 
 def kl_divergence_from_logits(
@@ -397,6 +545,9 @@ def kl_divergence_from_logits(
 
   .. math:: D_{KL}(P \| Q) = \sum_x P(x) (\log P(x) - \log Q(x))
 
+  Differentiable in both arguments, in every mode. Reverse mode keeps only
+  the logits and a few numbers per row, as distillation needs.
+
   Note:
     `p_logits`, the data distribution, comes first. optax's
     `kl_divergence_with_log_targets(log_predictions, log_targets)` takes the
@@ -410,7 +561,8 @@ def kl_divergence_from_logits(
     base: Logarithm base; None gives nats, 2 gives bits.
 
   Returns:
-    Array of the broadcast shape without `axis`.
+    Array of the broadcast shape without `axis`: 0 where P is empty,
+    `inf` where P has mass on a class that Q rules out.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -420,5 +572,5 @@ def kl_divergence_from_logits(
     0.3681
   """
   log_base = _checks.check_base(base)
-  p, q, axes = _logits_pair(p_logits, q_logits, axis, where)
-  return _in_base(jnp.squeeze(kl_rows(p, q, axes), axes), log_base)
+  p, q, mask = _logits_pair(p_logits, q_logits, axis, where)
+  return _in_base(pair_rows("kl", None, p, q, mask), log_base)

@@ -4,26 +4,37 @@ For a language model's output layer, `logits = x @ w (+ bias)` has shape
 [tokens, vocabulary], and its float32 copy dominates memory. Here the
 vocabulary is walked in blocks of `block_size` columns:
 
-* forward: each block's logits are made, folded into an online log-sum-exp
-  (a running max and a running sum rescaled by it), and dropped;
-* backward: each block's logits are made again, turned into the gradient of
-  the loss with respect to them, and pushed through the two matmuls that
-  give `dx` (accumulated) and the block's own slice of `dw` (written once).
+* forward: each block's logits are made, folded into online row statistics
+  (a running max, a sum of exponentials rescaled to it, the label's logit
+  and the smoothing sums), and dropped. The statistics are the `RowStats`
+  of `jxent._rows`, and the loss, its weight in the mean and the backward
+  coefficients come from the same row step as every other cross-entropy;
+* backward: each block's logits are made again, turned into the gradient
+  of the loss with respect to them by the shared element-wise pass, and
+  pushed through the two matmuls that give `dx` (accumulated) and the
+  block's own slice of `dw` (written once).
 
 Only per-row float32 numbers are kept between the passes, so the temporary
 memory is a few [tokens, block_size] buffers whatever the vocabulary.
+
+With `axis_name` (inside `shard_map`, W split by columns over that mesh
+axis), each device walks its own columns, the row statistics are combined
+with one `pmax` and `psum`s of per-row numbers, and `dx` is summed over the
+axis; nothing of vocabulary size is communicated.
 """
 
 import functools
 import math
+import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks
-from jxent._classification import _reduce, check_labels
+from jxent import _checks, _rows
+from jxent._logsumexp import shift_of
+from jxent._options import CrossEntropyOptions, parse_options
 
 # Bytes of one float32 [tokens, block] buffer that the automatic block size
 # aims for; a few such buffers are alive at once.
@@ -35,168 +46,306 @@ def default_block_size(tokens: int, vocab: int) -> int:
   """Picks the vocabulary block size from the shapes.
 
   A power of two with one float32 [tokens, block] buffer near 4 MiB,
-  clamped to [128, 8192] and never more than the vocabulary.
+  clamped to [128, 8192] and never more than the vocabulary (at least 1).
   """
   block = _BLOCK_BYTES // (4 * max(tokens, 1))
   block = 2 ** max(0, int(math.log2(max(block, 1))))
-  return int(min(max(block, _MIN_BLOCK), _MAX_BLOCK, vocab))
+  return int(max(min(max(block, _MIN_BLOCK), _MAX_BLOCK, vocab), 1))
 
 
-class _Options(NamedTuple):
-  """Static options, hashable for `nondiff_argnums`."""
+class Config(NamedTuple):
+  """Static settings of a vocabulary walk (hashable).
+
+  Attributes:
+    block: Columns per block.
+    cap: The logit soft cap, or None.
+    acc: The accumulation dtype.
+    num_classes: The true vocabulary size V. Columns at or past it (padding
+      of a sharded W) are masked out.
+    axis_name: The mesh axis W's columns are split over, or None.
+  """
 
   block: int
-  smoothing: float
-  z: float
   cap: float | None
-  ignore: int | None
-  acc: jnp.dtype  # the accumulation dtype
+  acc: jnp.dtype
+  num_classes: int
+  axis_name: _rows.AxisName | None = None
 
 
-def _block_logits(x, w, bias, i, opts):
-  """Logits of vocabulary block `i` in `opts.acc`, plus its columns."""
-  vocab = w.shape[1]
+def _num_blocks(local_vocab, block):
+  return -(-local_vocab // block)
+
+
+def walk_blocks(body, init, local_vocab, block, sharded):
+  """`fori_loop` over the vocabulary blocks; no blocks (V = 0) give `init`.
+
+  Inside `shard_map` the first block is peeled off: it gives the loop a
+  carry typed by the first block's results, which vary over the mesh axes
+  (vocabulary, and batch when x is split) that zeros made outside cannot
+  know. Elsewhere the loop runs whole, which lets XLA update the carried
+  `dw` in place.
+  """
+  blocks = _num_blocks(local_vocab, block)
+  if not blocks:
+    return init
+  if not sharded:
+    return lax.fori_loop(0, blocks, body, init)
+  carry = body(0, init)
+  return lax.fori_loop(1, blocks, body, carry) if blocks > 1 else carry
+
+
+def _offset(cfg, local_vocab):
+  if cfg.axis_name is None:
+    return 0
+  return lax.axis_index(cfg.axis_name) * local_vocab
+
+
+def block_logits(x, w, bias, i, cfg, offset):
+  """Logits of local block `i` in `cfg.acc`, and which columns count.
+
+  Returns:
+    `(logits, columns, live, start)`: the [tokens, block] logits, their
+    global column indices [1, block], whether each column takes part
+    [1, block], and the block's first local column.
+  """
+  local_vocab = w.shape[1]
   # The last block is shifted left to fit; its columns that earlier blocks
-  # already covered are marked stale and take no part.
-  start = jnp.minimum(i * opts.block, vocab - opts.block)
-  w_block = lax.dynamic_slice_in_dim(w, start, opts.block, axis=1)
-  raw = jnp.dot(x, w_block, preferred_element_type=opts.acc)
+  # already covered are stale and take no part.
+  start = jnp.minimum(i * cfg.block, local_vocab - cfg.block)
+  w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
+  raw = jnp.dot(x, w_block, preferred_element_type=cfg.acc)
   if bias is not None:
-    raw = raw + lax.dynamic_slice_in_dim(bias, start, opts.block).astype(
-        opts.acc)[None, :]
-  logits = raw if opts.cap is None else opts.cap * jnp.tanh(raw / opts.cap)
-  columns = start + lax.broadcasted_iota(jnp.int32, (1, opts.block), 1)
-  fresh = columns >= i * opts.block
-  return logits, columns, fresh, start
+    raw = raw + lax.dynamic_slice_in_dim(bias, start, cfg.block).astype(
+        cfg.acc)[None, :]
+  logits = raw if cfg.cap is None else cfg.cap * jnp.tanh(raw / cfg.cap)
+  local = start + lax.broadcasted_iota(jnp.int32, (1, cfg.block), 1)
+  columns = offset + local
+  live = (local >= i * cfg.block) & (columns < cfg.num_classes)
+  return logits, columns, live, start
 
 
-def _num_blocks(vocab, block):
-  return -(-vocab // block)
-
-
-def _forward(x, w, bias, labels, opts):
-  tokens, vocab = x.shape[0], w.shape[1]
+def online_stats(x, w, bias, label_index, opts, cfg) -> _rows.RowStats:
+  """The `RowStats` of `x @ w + bias`, one vocabulary block at a time."""
+  tokens, local_vocab = x.shape[0], w.shape[1]
+  offset = _offset(cfg, local_vocab)
+  num_classes = cfg.num_classes
 
   def body(i, carry):
-    shift, sumexp, label_logit, count, shifted_mean = carry
-    logits, columns, fresh, _ = _block_logits(x, w, bias, i, opts)
-    logits = jnp.where(fresh, logits, -jnp.inf)
-    new_shift = jnp.maximum(shift, jnp.max(logits, axis=1))
+    row_max, sumexp, label_logit, count, valid_mean = carry
+    logits, columns, live, _ = block_logits(x, w, bias, i, cfg, offset)
+    logits = jnp.where(live, logits, -jnp.inf)
+    new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
     # Online log-sum-exp: rescale the running sum to the new max before
     # adding this block, so no exp ever sees a positive argument. While a
-    # row has seen only -inf, its shift is -inf; exp is then taken against
-    # a safe 0, so -inf - -inf never makes a NaN.
-    safe = jnp.where(jnp.isfinite(new_shift), new_shift, 0)
-    sumexp = sumexp * jnp.exp(shift - safe) + jnp.sum(
+    # row has seen only -inf its max is -inf; exp is then taken against a
+    # safe 0, so -inf - -inf never makes a NaN. A NaN max stays NaN.
+    safe = shift_of(new_max)
+    sumexp = sumexp * jnp.exp(row_max - safe) + jnp.sum(
         jnp.exp(logits - safe[:, None]), axis=1)
-    is_label = (columns == labels[:, None]) & fresh
+    is_label = (columns == label_index[:, None]) & live
     label_logit = label_logit + jnp.sum(jnp.where(is_label, logits, 0), 1)
     if opts.smoothing:
-      # Smoothing needs the mean shifted logit over the valid classes. It is
-      # kept relative to the running shift (rebased when the shift moves),
-      # so huge logits lose nothing, and summed as (z - shift) / V, so rows
-      # near the float limits cannot overflow.
+      # The valid classes' mean logit, kept relative to the running shift
+      # (rebased when the shift moves) so huge logits lose nothing, and
+      # summed as (z - shift) / V so rows near the float limits cannot
+      # overflow.
       valid = logits > -jnp.inf
-      rebase = jnp.where(count > 0, count * (shift - safe) / vocab, 0)
-      shifted_mean = shifted_mean + rebase + jnp.sum(
-          jnp.where(valid, (logits - safe[:, None]) / vocab, 0), axis=1)
-      count = count + jnp.sum(valid, axis=1).astype(opts.acc)
-    return new_shift, sumexp, label_logit, count, shifted_mean
+      rebase = jnp.where(count > 0,
+                         count * (shift_of(row_max) - safe) / num_classes, 0)
+      valid_mean = valid_mean + rebase + jnp.sum(
+          jnp.where(valid, (logits - safe[:, None]) / num_classes, 0), 1)
+      count = count + jnp.sum(valid, axis=1).astype(cfg.acc)
+    return new_max, sumexp, label_logit, count, valid_mean
 
-  zeros = jnp.zeros((tokens,), opts.acc)
-  init = (jnp.full((tokens,), -jnp.inf, opts.acc), zeros, zeros, zeros,
+  zeros = jnp.zeros((tokens,), cfg.acc)
+  init = (jnp.full((tokens,), -jnp.inf, cfg.acc), zeros, zeros, zeros,
           zeros)
-  shift, sumexp, label_logit, count, shifted_mean = lax.fori_loop(
-      0, _num_blocks(vocab, opts.block), body, init)
-  nonempty = sumexp > 0
-  shift = jnp.where(jnp.isfinite(shift), shift, 0)
-  # Double where: an empty row (every logit -inf) keeps a finite log.
-  log_sumexp = jnp.log(jnp.where(nonempty, sumexp, 1))
-  # -log q_y = log_sumexp - (z_y - shift): exact for huge equal logits.
-  loss = (1 - opts.smoothing) * (log_sumexp - (label_logit - shift))
-  smooth_coef = None
-  if opts.smoothing:
-    # alpha / K sum over the K valid classes of (log_sumexp - shifted_c).
-    per_class = vocab / jnp.maximum(count, 1)
-    loss = loss + opts.smoothing * (
-        jnp.where(count > 0, log_sumexp, 0) - per_class * shifted_mean)
-    smooth_coef = opts.smoothing / jnp.maximum(count, 1)
-  lse = log_sumexp + shift
-  if opts.z:
-    loss = loss + opts.z * jnp.square(lse)
-  in_range = (labels >= 0) & (labels < vocab)
-  legal, counts = in_range, in_range & nonempty
-  if opts.ignore is not None:
-    legal = legal | (labels == opts.ignore)
-    counts = counts & (labels != opts.ignore)
-  # Rows that do not count weigh 0; illegal labels NaN, never a wrapped class.
-  keep = jnp.where(legal, counts.astype(opts.acc), jnp.nan)
-  loss = jnp.where(counts, loss, 0) * jnp.where(legal, 1, jnp.nan)
-  return loss, (shift, log_sumexp, keep, smooth_coef)
+  row_max, sumexp, label_logit, count, valid_mean = walk_blocks(
+      body, init, local_vocab, cfg.block, cfg.axis_name is not None)
+  if cfg.axis_name is not None:
+    # Combine the shards: one max, then sums rescaled to it.
+    local_shift = shift_of(row_max)
+    row_max = lax.pmax(lax.stop_gradient(row_max), cfg.axis_name)
+    scale = jnp.exp(local_shift - shift_of(row_max))
+    rebase = count * (local_shift - shift_of(row_max)) / num_classes
+    sumexp, label_logit, count, valid_mean = lax.psum(
+        (sumexp * scale, label_logit, count, valid_mean + rebase),
+        cfg.axis_name)
+  shift = shift_of(row_max)
+  return _rows.RowStats(
+      shift=shift, sumexp=sumexp, target_dot=label_logit - shift,
+      valid_count=count if opts.smoothing else None,
+      valid_mean=valid_mean if opts.smoothing else None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _linear_ce(x, w, bias, labels, opts):
-  return _forward(x, w, bias, labels, opts)[0]
+def _forward(cfg, x, w, bias, labels, opts):
+  stats = online_stats(x, w, bias, labels.index, opts, cfg)
+  result = _rows.row_step(stats, opts, cfg.num_classes, labels)
+  return stats, result
 
 
-def _linear_ce_fwd(x, w, bias, labels, opts):
-  loss, stats = _forward(x, w, bias, labels, opts)
-  return loss, (x, w, bias, labels, stats)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _linear_ce(cfg, x, w, bias, labels, opts):
+  _, result = _forward(cfg, x, w, bias, labels, opts)
+  return result.loss, result.weight
 
 
-def _linear_ce_bwd(opts, residuals, g):
-  x, w, bias, labels, (shift, log_sumexp, keep, smooth_coef) = residuals
-  vocab = w.shape[1]
-  g = g * keep
-  lse = log_sumexp + shift
-  # d/dz of the row loss is (1 + 2 z LSE) q - (1 - a) onehot(y) - a / K on
-  # the K valid classes (the target mass is 1 for a row that counts).
-  prob_coef = (g * (1 + 2 * opts.z * lse))[:, None]
-  label_coef = (g * (1 - opts.smoothing))[:, None]
-  if smooth_coef is not None:
-    smooth_coef = (g * smooth_coef)[:, None]
+def _linear_ce_fwd(cfg, x, w, bias, labels, opts):
+  # With symbolic zeros the rule sees which inputs are perturbed (unused
+  # here), and, unlike the default, the rule composes with checkify under
+  # `grad` (`jxent.checked`).
+  x, w, bias, labels, opts = jax.tree.map(
+      lambda p: p.value, (x, w, bias, labels, opts),
+      is_leaf=lambda p: isinstance(p, jax.custom_derivatives.CustomVJPPrimal))
+  stats, result = _forward(cfg, x, w, bias, labels, opts)
+  per_row = (stats.shift, result.log_sumexp, result.coefficients,
+             result.d_smoothing, result.d_z_loss)
+  return (result.loss, result.weight), (x, w, bias, labels, opts, per_row)
+
+
+def _linear_ce_bwd(cfg, residuals, cotangents):
+  x, w, bias, labels, opts, per_row = residuals
+  shift, log_sumexp, coefficients, d_smoothing, d_z_loss = per_row
+  g, _ = cotangents  # The weights are constants.
+  coefficients = jax.tree.map(lambda c: g * c, coefficients)
+  offset = _offset(cfg, w.shape[1])
   matmul_dtype = x.dtype
 
   def body(i, carry):
     dx, dw, dbias = carry
-    logits, columns, fresh, start = _block_logits(x, w, bias, i, opts)
-    probs = jnp.exp(logits - shift[:, None] - log_sumexp[:, None])
-    dlogits = prob_coef * probs - jnp.where(
-        columns == labels[:, None], label_coef, 0)
-    if smooth_coef is not None:
-      dlogits = dlogits - jnp.where(logits > -jnp.inf, smooth_coef, 0)
-    if opts.cap is not None:
+    logits, _, live, start = block_logits(x, w, bias, i, cfg, offset)
+    dlogits = _rows.logits_gradient(
+        logits, live, shift, log_sumexp,
+        coefficients, opts, label_index=labels.index, offset=offset + start)
+    if cfg.cap is not None:
       # Through the soft cap: d/dr c tanh(r / c) = 1 - (z / c)^2.
-      dlogits = dlogits * (1 - jnp.square(logits / opts.cap))
-    dlogits = jnp.where(fresh, dlogits, 0)
+      dlogits = dlogits * (1 - jnp.square(logits / cfg.cap))
     d16 = dlogits.astype(matmul_dtype)
-    w_block = lax.dynamic_slice_in_dim(w, start, opts.block, axis=1)
-    dx = dx + jnp.dot(d16, w_block.T, preferred_element_type=opts.acc)
-    dw_block = jnp.dot(x.T, d16, preferred_element_type=opts.acc)
+    w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
+    dx = dx + jnp.dot(d16, w_block.T, preferred_element_type=cfg.acc)
+    dw_block = jnp.dot(x.T, d16, preferred_element_type=cfg.acc)
     # Stale columns add 0, so the shifted last block can add in place.
-    old = lax.dynamic_slice_in_dim(dw, start, opts.block, axis=1)
+    old = lax.dynamic_slice_in_dim(dw, start, cfg.block, axis=1)
     dw = lax.dynamic_update_slice_in_dim(
-        dw, (old.astype(opts.acc) + dw_block).astype(dw.dtype), start,
+        dw, (old.astype(cfg.acc) + dw_block).astype(dw.dtype), start,
         axis=1)
     if dbias is not None:
-      old_b = lax.dynamic_slice_in_dim(dbias, start, opts.block)
+      old_b = lax.dynamic_slice_in_dim(dbias, start, cfg.block)
       dbias = lax.dynamic_update_slice_in_dim(
-          dbias, (old_b.astype(opts.acc) + jnp.sum(dlogits, 0)).astype(
+          dbias, (old_b.astype(cfg.acc) + jnp.sum(dlogits, 0)).astype(
               dbias.dtype), start, axis=0)
     return dx, dw, dbias
 
   init = (
-      jnp.zeros(x.shape, opts.acc),
+      jnp.zeros(x.shape, cfg.acc),
       jnp.zeros(w.shape, w.dtype),
       None if bias is None else jnp.zeros(bias.shape, bias.dtype),
   )
-  dx, dw, dbias = lax.fori_loop(0, _num_blocks(vocab, opts.block), body,
-                                init)
-  return dx.astype(x.dtype), dw, dbias, None
+  dx, dw, dbias = walk_blocks(body, init, w.shape[1], cfg.block,
+                              cfg.axis_name is not None)
+  d_opts = _options_cotangent(opts, g, d_smoothing, d_z_loss)
+  return (_sum_over_copies(dx, x).astype(x.dtype), _sum_over_copies(dw, w),
+          None if bias is None else _sum_over_copies(dbias, bias), None,
+          d_opts)
 
 
-_linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
+def _vma(x) -> frozenset:
+  """The mesh axes `x` varies over inside `shard_map` (empty outside).
+
+  JAX records them on the abstract value: as `vma` in recent versions, as
+  `mat.varying` in 0.10.
+  """
+  aval = jax.typeof(x)
+  vma = getattr(aval, "vma", None)
+  if vma is None:
+    vma = getattr(getattr(aval, "mat", None), "varying", None)
+  return frozenset(vma or ())
+
+
+def _sum_over_copies(cotangent, primal):
+  """Sums a cotangent over the mesh axes its primal is replicated over.
+
+  Inside `shard_map`, x is the same on every device of the vocabulary axis
+  (and W on every device of a batch axis), while each device's cotangent
+  covers only its own columns (or rows): the cotangent of a replicated
+  value is the sum of the devices' parts.
+  """
+  extra = _vma(cotangent) - _vma(primal)
+  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+
+
+def _options_cotangent(opts, g, d_smoothing, d_z_loss):
+  """Cotangents of the traced coefficients (label smoothing, z-loss)."""
+  def total(primal, per_row, on):
+    value = jnp.sum(g * per_row) if on else jnp.zeros(())
+    return _sum_over_copies(value, primal).astype(jnp.result_type(primal))
+  return CrossEntropyOptions(
+      label_smoothing=total(opts.label_smoothing, d_smoothing,
+                            opts.smoothing),
+      z_loss=total(opts.z_loss, d_z_loss, opts.z),
+      class_weights=None, ignore_index=opts.ignore_index,
+      reduction=opts.reduction, smoothing=opts.smoothing, z=opts.z)
+
+
+_linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd, symbolic_zeros=True)
+linear_ce_rows = _linear_ce
+
+
+def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,
+            logit_softcap, reduction, block_size, num_classes=None,
+            axis_name=None, w_name="w", bias_name="bias"):
+  """Validates a linear cross-entropy's inputs; returns what it runs on.
+
+  Returns:
+    `(flat_x, w, bias, labels, opts, cfg)`: x flattened to [tokens, D] and
+    both matmul operands in one dtype, the sorted flat labels, the parsed
+    options and the static `Config`.
+  """
+  x, w, labels = jnp.asarray(x), jnp.asarray(w), jnp.asarray(labels)
+  _checks.check_floating("x", x)
+  _checks.check_floating(w_name, w)
+  _checks.check_integer("labels", labels)
+  if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+    raise ValueError(
+        f"`x` must have shape [..., D] and `{w_name}` shape [D, V], got"
+        f" x.shape={x.shape} and {w_name}.shape={w.shape}."
+    )
+  if labels.shape != x.shape[:-1]:
+    raise ValueError(
+        f"`labels` must have shape x.shape[:-1]={x.shape[:-1]}, got"
+        f" labels.shape={labels.shape}."
+    )
+  local_vocab = w.shape[1]
+  if bias is not None:
+    bias = _checks.per_class(bias_name, bias, local_vocab)
+  if num_classes is None:
+    num_classes = local_vocab
+  cap = _checks.check_softcap(logit_softcap)
+  tokens = math.prod(x.shape[:-1])
+  if block_size is None:
+    block = default_block_size(tokens, local_vocab)
+  else:
+    try:
+      if isinstance(block_size, bool):
+        raise TypeError  # A flag passed by mistake.
+      block = operator.index(block_size)
+    except TypeError:
+      raise TypeError(
+          f"`block_size` must be an int or None, got {block_size!r}.") from None
+    if block < 1:
+      raise ValueError(f"`block_size` must be >= 1, got {block_size!r}.")
+    block = max(min(block, local_vocab), 1)
+  # Accumulate in float32, or float64 if an input is float64; both matmul
+  # operands in one dtype (the wider) when they differ.
+  acc = _checks.compute_dtype(x.dtype, w.dtype)
+  if x.dtype != w.dtype:
+    x, w = x.astype(acc), w.astype(acc)
+  opts = parse_options(label_smoothing=label_smoothing, z_loss=z_loss,
+                       ignore_index=ignore_index, reduction=reduction)
+  flat_labels = _checks.sort_labels(labels.reshape(tokens), num_classes,
+                                    opts.ignore_index)
+  cfg = Config(block, cap, acc, num_classes, axis_name)
+  return x.reshape(tokens, x.shape[-1]), w, bias, flat_labels, opts, cfg
 
 
 def linear_softmax_cross_entropy(
@@ -206,10 +355,10 @@ def linear_softmax_cross_entropy(
     *,
     bias: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
     logit_softcap: float | None = None,
-    reduction: str = "mean",
+    reduction: _checks.Reduction = "mean",
     block_size: int | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy of `x @ w + bias`, never materialising the logits.
@@ -221,21 +370,25 @@ def linear_softmax_cross_entropy(
 
   It is exact: the loss and the gradients for `x`, `w` and `bias` equal
   those of `softmax_cross_entropy_with_integer_labels(x @ w + bias, labels)`
-  to float tolerance. The vocabulary is processed in blocks with an online
-  log-sum-exp, and the backward pass recomputes each block, so only a few
-  float32 [tokens, block_size] buffers are ever alive. Reverse-mode only.
+  to float tolerance, "mean" included (rows whose logits are all -inf do
+  not count, as there). The vocabulary is processed in blocks with an
+  online log-sum-exp, and the backward pass recomputes each block, so only
+  a few float32 [tokens, block_size] buffers are ever alive. Reverse-mode
+  only (`grad`, `vjp`, Hessian-vector products by reverse over reverse are
+  not supported either: the backward pass is a custom loop).
 
   Args:
     x: Hidden states, floating, shape [..., D]. bfloat16 is allowed; the
       matmuls accumulate in float32.
     w: Output projection, floating, shape [D, V].
-    labels: Integer token labels, shape `x.shape[:-1]`.
+    labels: Integer token labels, shape `x.shape[:-1]`, any integer dtype.
     bias: Optional floating bias, shape [V].
     ignore_index: Label value whose rows give loss 0 and no gradient, and do
       not count in the "mean".
-    label_smoothing: :math:`\alpha` in [0, 1].
-    z_loss: :math:`\lambda_z \ge 0`, PaLM's auxiliary z-loss.
-    logit_softcap: Gemma 2's soft cap :math:`c > 0`, or None for no cap.
+    label_smoothing: :math:`\alpha` in [0, 1], a number or a traced scalar.
+    z_loss: :math:`\lambda_z \ge 0`, a number or a traced scalar.
+    logit_softcap: Gemma 2's soft cap :math:`c > 0` (finite), or None for no
+      cap.
     reduction: "mean" (default, over the rows that count), "sum" or "none".
     block_size: Vocabulary columns per block; by default picked from the
       shapes (`default_block_size`). Any size works, including one that
@@ -245,9 +398,9 @@ def linear_softmax_cross_entropy(
     Float32 (float64 for float64 inputs) scalar, or per-row losses of shape
     `x.shape[:-1]` for "none". Smoothing spreads over the K classes whose
     logit is above -inf (a -inf bias marks padding). A row whose logits are
-    all -inf gives 0.
-    A label outside [0, V) that is not `ignore_index` gives NaN (raise with
-    `jxent.checked`).
+    all -inf gives 0. A label outside [0, V) that is not `ignore_index`
+    gives NaN (raise with `jxent.checked`), and so does a NaN in `x`, `w`
+    or `bias` for the rows it reaches.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -258,50 +411,12 @@ def linear_softmax_cross_entropy(
     ...       .round(4))  # uniform over 5 tokens: log 5
     1.6094
   """
-  x, w, labels = jnp.asarray(x), jnp.asarray(w), jnp.asarray(labels)
-  _checks.check_floating("x", x)
-  _checks.check_floating("w", w)
-  labels = _checks.integer_labels(labels)
-  if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
-    raise ValueError(
-        f"`x` must have shape [..., D] and `w` shape [D, V], got"
-        f" x.shape={x.shape} and w.shape={w.shape}."
-    )
-  if labels.shape != x.shape[:-1]:
-    raise ValueError(
-        f"`labels` must have shape x.shape[:-1]={x.shape[:-1]}, got"
-        f" labels.shape={labels.shape}."
-    )
-  vocab = w.shape[1]
-  if bias is not None:
-    bias = _checks.per_class("bias", bias, vocab)
-  smoothing = _checks.check_label_smoothing(label_smoothing)
-  z = _checks.check_z_loss(z_loss)
-  reduction = _checks.check_reduction(reduction)
-  cap = _checks.check_softcap(logit_softcap)
-  ignore_index = _checks.check_ignore_index(ignore_index)
-  tokens = math.prod(x.shape[:-1])
-  if block_size is None:
-    block = default_block_size(tokens, vocab)
-  else:
-    block = int(block_size)
-    if block < 1:
-      raise ValueError(f"`block_size` must be >= 1, got {block_size!r}.")
-    block = min(block, vocab)
-  # Accumulate in float32, or float64 if an input is float64; both matmul
-  # operands in one dtype (the wider) when they differ.
-  acc = _checks.compute_dtype(x.dtype, w.dtype)
-  if x.dtype != w.dtype:
-    x, w = x.astype(acc), w.astype(acc)
-  flat_x = x.reshape(tokens, x.shape[-1])
-  flat_labels = labels.reshape(tokens)
-  check_labels(flat_labels, vocab, ignore_index=ignore_index)
-  opts = _Options(block, smoothing, z, cap, ignore_index, acc)
-  loss = _linear_ce(flat_x, w, bias, flat_labels, opts).reshape(labels.shape)
-  weight = None
-  if reduction == "mean":
-    weight = (labels >= 0) & (labels < vocab)
-    if ignore_index is not None:
-      weight = weight & (labels != ignore_index)
-    weight = weight.astype(acc)
-  return _reduce(loss, weight, reduction)
+  labels_shape = jnp.shape(labels)
+  flat_x, w, bias, flat_labels, opts, cfg = prepare(
+      x, w, labels, bias, ignore_index=ignore_index,
+      label_smoothing=label_smoothing, z_loss=z_loss,
+      logit_softcap=logit_softcap, reduction=reduction,
+      block_size=block_size)
+  loss, weight = linear_ce_rows(cfg, flat_x, w, bias, flat_labels, opts)
+  return _rows.reduce(loss.reshape(labels_shape),
+                      weight.reshape(labels_shape), opts.reduction)

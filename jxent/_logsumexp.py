@@ -6,12 +6,14 @@ log-probabilities through it, so the numerics are decided in one place:
 * the input is upcast to at least float32 before any arithmetic;
 * masked entries become -inf *before* any `exp`;
 * the max is shifted out under `stop_gradient`, and replaced by 0 when it is
-  not finite, so a row that is entirely -inf gives -inf, not NaN;
+  infinite, so a row that is entirely -inf gives -inf, not NaN; a NaN max is
+  kept, so a NaN anywhere in a row makes the whole row NaN, never 0;
 * the sum of exponentials is kept apart from the shift (`log_sumexp` and
   `shift` below), so callers can subtract the shifted logit of one class
   without the cancellation of `lse - x` when logits are huge.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -31,7 +33,8 @@ class Normalizer(NamedTuple):
       reduced axes kept as size 1. No gradient flows through it.
     log_sumexp: `log(sum(exp(shifted)))`, reduced axes kept as size 1. It is
       0 for an empty row (every entry -inf); see `nonempty`.
-    nonempty: Whether the row has any probability mass at all.
+    nonempty: Whether the row has any probability mass at all. A row with a
+      NaN is not empty: its sum is NaN, and so is everything made from it.
   """
 
   x: jax.Array
@@ -59,6 +62,55 @@ def apply_mask(x: jax.Array, where: jax.Array | None) -> jax.Array:
   return jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
 
 
+def shift_of(row_max: jax.Array) -> jax.Array:
+  """The shift for rows with this max: the max, or 0 where it is infinite.
+
+  An all -inf row (max -inf) or a row with +inf is shifted by 0, so that
+  -inf - max never makes a NaN. A NaN max is kept: the row is NaN anyway,
+  and a finite shift would hide it from the row sums. No gradient flows
+  through the shift: the results do not depend on it.
+  """
+  return lax.stop_gradient(jnp.where(jnp.isinf(row_max), 0, row_max))
+
+
+def is_nonempty(sumexp: jax.Array) -> jax.Array:
+  """Whether a row's shifted sum of exponentials has mass: not 0 (NaN is)."""
+  return sumexp != 0
+
+
+def safe_log(sumexp: jax.Array) -> jax.Array:
+  """log(sumexp), with a safe 0 for an empty row (sum 0).
+
+  Double where: log of a safe 1 keeps value and gradient finite for an
+  empty row (log 0 would give -inf and a 0 * inf = NaN gradient).
+  """
+  return jnp.log(jnp.where(is_nonempty(sumexp), sumexp, 1))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def row_sums(axes: tuple[int, ...], *terms: jax.Array) -> tuple[jax.Array, ...]:
+  """Sums of several same-shaped arrays over `axes`, in one pass.
+
+  One variadic reduce reads every term once. Separate `jnp.sum`s of terms
+  that share a float32 subexpression (say `e` and `e * shifted`) make XLA's
+  CPU backend materialise that subexpression, a float32 copy of the whole
+  input. The reduce has no derivative rule of its own; its derivative is
+  the sums of the tangents.
+  """
+  if len(terms) == 1:
+    return (jnp.sum(terms[0], axis=axes),)
+  init = tuple(jnp.zeros((), t.dtype) for t in terms)
+  return tuple(lax.reduce(
+      terms, init, lambda a, b: tuple(x + y for x, y in zip(a, b, strict=True)),
+      axes))
+
+
+@row_sums.defjvp
+def _row_sums_jvp(axes, primals, tangents):
+  return row_sums(axes, *primals), tuple(
+      jnp.sum(t, axis=axes) for t in tangents)
+
+
 def normalize(
     x: jax.Array,
     axis: tuple[int, ...],
@@ -69,7 +121,8 @@ def normalize(
 
   Args:
     x: A floating array; it is upcast to at least float32.
-    axis: Canonical (non-negative) axes to reduce over.
+    axis: Canonical (non-negative) axes to reduce over; they may be empty
+      (length 0), which gives empty rows.
     where: A boolean mask already broadcast to `x.shape`, or None.
     axis_name: Inside `shard_map`, the mesh axis (or axes) the class axis is
       split over: the max is combined with `pmax` and the sum with `psum`,
@@ -81,24 +134,19 @@ def normalize(
   x = apply_mask(x, where)
   # The max is exact in any float dtype, so take it before the upcast: a
   # 16-bit input is then read once more as 16 bits, not as a float32 copy.
-  shift = jnp.max(x, axis=axis).astype(_checks.compute_dtype(x.dtype))
+  # `initial` makes the max of a zero-length axis -inf, an empty row.
+  row_max = jnp.max(x, axis=axis, initial=-jnp.inf).astype(
+      _checks.compute_dtype(x.dtype))
   if axis_name is not None:
-    shift = lax.pmax(lax.stop_gradient(shift), axis_name)
-  x = x.astype(shift.dtype)
-  # Shift by the max so exp never overflows. A row with no finite max (all
-  # -inf, or a +inf) is shifted by 0, so -inf - max never makes a NaN. The
-  # result does not depend on the shift, so no gradient flows through it.
-  shift = lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
-  shift = jnp.expand_dims(shift, axis)
-  shifted = x - shift
+    row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
+  shift = jnp.expand_dims(shift_of(row_max), axis)
+  # Shift by the max so exp never overflows.
+  shifted = x.astype(shift.dtype) - shift
   sumexp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
   if axis_name is not None:
     sumexp = lax.psum(sumexp, axis_name)
-  nonempty = sumexp > 0
-  # Double where: log of a safe 1 for empty rows keeps value and gradient
-  # finite (log(0) would give -inf and a 0 * inf = NaN gradient).
-  log_sumexp = jnp.log(jnp.where(nonempty, sumexp, 1))
-  return Normalizer(x, shifted, shift, log_sumexp, nonempty)
+  return Normalizer(x, shifted, shift, safe_log(sumexp),
+                    is_nonempty(sumexp))
 
 
 def _prepare(x, axis, where, name="x"):

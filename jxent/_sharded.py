@@ -12,10 +12,13 @@ collectives over `axis_name`; nothing of vocabulary size is ever gathered:
   device that owns the label; the sum of logits for smoothing; entropy and
   KL terms) are summed locally and `psum`-ed.
 
-Gradients come from JAX's autodiff of `psum` inside `shard_map` (with its
-default `check_vma=True`), so the backward pass is local to each shard plus
-a `psum` of per-row numbers. Labels are *global* class indices; a shard
-knows its offset as `lax.axis_index(axis_name) * local_vocab`.
+The functions are the plain ones with an `axis_name`: the same row step
+(`jxent._rows`) and the same custom derivatives, whose tangent is summed
+over the axis with `psum`. The backward pass is local to each shard, and
+reverse mode saves only the local inputs and a few numbers per row, never
+a float32 copy of the local logits. The linear loss walks its local columns
+in blocks. Labels are *global* class indices; a shard knows its offset as
+`lax.axis_index(axis_name) * local_vocab`.
 
 Every function must be called inside `jax.shard_map` (or another context
 that binds `axis_name`). The vocabulary must split evenly over the axis;
@@ -26,93 +29,21 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks
-from jxent._classification import _valid_classes, check_labels
-from jxent._information import entropy_rows, kl_rows
-from jxent._logsumexp import Normalizer, normalize
+from jxent import _checks, _linear, _rows
+from jxent._classification import softmax_cross_entropy_rows
+from jxent._information import entropy_rows, pair_rows
+from jxent._options import parse_options
 
 _AxisName = str | tuple[str, ...]
 
 
-_LAST = (-1,)
-
-
-def _stats(x, axis_name, mask) -> Normalizer:
-  """The shared log-sum-exp over the whole, split class axis (last axis)."""
-  return normalize(x, _LAST, mask, axis_name)
-
-
-def _local(name, x, axis_name):
-  """Checks a floating local shard; returns it, its width and its offset."""
+def _local(name, x):
+  """Checks a floating local shard (classes last); returns it."""
   x = jnp.asarray(x)
   _checks.check_floating(name, x)
   if x.ndim < 1:
     raise ValueError(f"`{name}` needs a class axis, got a scalar.")
-  local_vocab = x.shape[-1]
-  offset = lax.axis_index(axis_name) * local_vocab
-  return x, local_vocab, offset
-
-
-def _finish(loss, weight, reduction, batch_axis_name):
-  """`_reduce`, with the batch sums also taken over `batch_axis_name`."""
-  if reduction == "none":
-    return loss
-  total = jnp.sum(loss)
-  if batch_axis_name is not None:
-    total = lax.psum(total, batch_axis_name)
-  if reduction == "sum":
-    return total
-  count = jnp.sum(weight)
-  if batch_axis_name is not None:
-    count = lax.psum(count, batch_axis_name)
-  # An all-ignored batch has no weight: give 0 (and a 0 gradient), not 0/0.
-  return total / jnp.where(count > 0, count, 1)
-
-
-def _integer_loss(stats, labels, offset, axis_name, smoothing, z, ignore,
-                  num_classes):
-  """Per-row integer-label loss and its "mean" weight, from global stats."""
-  local_vocab = stats.shifted.shape[-1]
-  local_labels = labels - offset
-  owns = (local_labels >= 0) & (local_labels < local_vocab)
-  safe = jnp.where(owns, local_labels, 0)[..., None]
-  picked = jnp.take_along_axis(stats.shifted, safe, axis=-1)
-  # Only the owner contributes; the others add an exact 0.
-  shifted_label = lax.psum(jnp.where(owns[..., None], picked, 0), axis_name)
-  # -log q_y = log_sumexp - shifted_y, exact for huge equal logits.
-  loss = (1 - smoothing) * (stats.log_sumexp - shifted_label)
-  if smoothing:
-    valid = _valid_classes(stats)
-    count = lax.psum(jnp.sum(valid, axis=-1, keepdims=True), axis_name)
-    count = jnp.maximum(count, 1).astype(loss.dtype)
-    shifted_sum = lax.psum(
-        jnp.sum(jnp.where(valid, stats.shifted, 0), axis=-1, keepdims=True),
-        axis_name)
-    # sum over the K valid classes of (log_sumexp - shifted_c), times a / K.
-    loss = loss + smoothing * (stats.log_sumexp - shifted_sum / count)
-  if z:
-    loss = loss + z * jnp.square(stats.log_sumexp + stats.shift)
-  in_range = (labels >= 0) & (labels < num_classes)
-  legal, counts = in_range, in_range & stats.nonempty[..., 0]
-  if ignore is not None:
-    legal = legal | (labels == ignore)
-    counts = counts & (labels != ignore)
-  # Rows that do not count give 0; an illegal label gives NaN.
-  loss = jnp.where(counts, loss[..., 0], 0) * jnp.where(legal, 1, jnp.nan)
-  return loss, counts.astype(loss.dtype)
-
-
-def _integer_options(labels, ignore_index, label_smoothing, z_loss,
-                     reduction):
-  labels = jnp.asarray(labels)
-  labels = _checks.integer_labels(labels)
-  return (
-      labels,
-      _checks.check_ignore_index(ignore_index),
-      _checks.check_label_smoothing(label_smoothing),
-      _checks.check_z_loss(z_loss),
-      _checks.check_reduction(reduction),
-  )
+  return x
 
 
 def _check_label_shape(labels, batch_shape, what):
@@ -130,9 +61,10 @@ def softmax_cross_entropy_with_integer_labels(
     where: jax.typing.ArrayLike | None = None,
     *,
     ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    reduction: str = "none",
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    class_weights: jax.typing.ArrayLike | None = None,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    reduction: _checks.Reduction = "none",
     batch_axis_name: _AxisName | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy with integer labels, vocabulary split on a mesh.
@@ -143,8 +75,9 @@ def softmax_cross_entropy_with_integer_labels(
        + \lambda_z \operatorname{LSE}(z)^2
 
   It equals `jxent.softmax_cross_entropy_with_integer_labels` on the full
-  logits (without `class_weights`), in value and gradient. Call it inside
-  `jax.shard_map`; the class axis is the last one.
+  logits, in value and in every derivative, with the same custom
+  derivative. Call it inside `jax.shard_map`; the class axis is the last
+  one.
 
   Args:
     local_logits: This device's floating logits, shape [..., V / n], the
@@ -156,8 +89,11 @@ def softmax_cross_entropy_with_integer_labels(
       no probability.
     ignore_index: Rows with this label give 0 and do not count in "mean".
     label_smoothing: :math:`\alpha` in [0, 1], spread over valid classes.
+    class_weights: Optional weights of *all* classes, shape [V] (not this
+      device's slice), PyTorch's `weight`; a constant.
     z_loss: :math:`\lambda_z \ge 0`.
-    reduction: "none", "sum" or "mean" (over the rows that count).
+    reduction: "none", "sum" or "mean" (over the total weight of the rows
+      that count).
     batch_axis_name: Mesh axis (or axes) the batch is split over. With it,
       "sum" and "mean" are over the global batch; without it, over this
       device's rows only. "none" always gives this device's rows.
@@ -169,7 +105,7 @@ def softmax_cross_entropy_with_integer_labels(
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jax.sharding import PartitionSpec as P
-    >>> from jxent import _sharded as sharded
+    >>> from jxent import sharded
     >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
     >>> loss = jax.shard_map(
     ...     lambda z, y: sharded.softmax_cross_entropy_with_integer_labels(
@@ -179,18 +115,21 @@ def softmax_cross_entropy_with_integer_labels(
     >>> print(loss(logits, jnp.array([0])).round(4))
     [0.3567]
   """
-  local_logits, local_vocab, offset = _local(
-      "local_logits", local_logits, axis_name)
-  labels, ignore, smoothing, z, reduction = _integer_options(
-      labels, ignore_index, label_smoothing, z_loss, reduction)
+  local_logits = _local("local_logits", local_logits)
+  labels = jnp.asarray(labels)
+  _checks.check_integer("labels", labels)
   _check_label_shape(labels, local_logits.shape[:-1], "`local_logits`")
-  num_classes = local_vocab * lax.axis_size(axis_name)
-  check_labels(labels, num_classes, ignore_index=ignore)
+  num_classes = local_logits.shape[-1] * lax.axis_size(axis_name)
+  opts = parse_options(
+      label_smoothing=label_smoothing, z_loss=z_loss,
+      class_weights=class_weights, num_classes=num_classes,
+      dtype=_checks.compute_dtype(local_logits.dtype),
+      ignore_index=ignore_index, reduction=reduction)
+  sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index)
   mask = _checks.broadcast_where(where, local_logits.shape)
-  stats = _stats(local_logits, axis_name, mask)
-  loss, weight = _integer_loss(stats, labels, offset, axis_name, smoothing,
-                               z, ignore, num_classes)
-  return _finish(loss, weight, reduction, batch_axis_name)
+  loss, weight = softmax_cross_entropy_rows(
+      axis_name, num_classes, local_logits, mask, sorted_labels, opts)
+  return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)
 
 
 def softmax_cross_entropy(
@@ -199,9 +138,10 @@ def softmax_cross_entropy(
     axis_name: _AxisName,
     where: jax.typing.ArrayLike | None = None,
     *,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    reduction: str = "none",
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    class_weights: jax.typing.ArrayLike | None = None,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
+    reduction: _checks.Reduction = "none",
     batch_axis_name: _AxisName | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy with soft labels, vocabulary split on a mesh.
@@ -211,8 +151,9 @@ def softmax_cross_entropy(
      \qquad t = (1 - \alpha)\, y + \alpha\, u
 
   It equals `jxent.softmax_cross_entropy` on the full arrays, in value and
-  in the gradients for both logits and labels, except that the gradient for
-  a label on a class whose logit is -inf is 0 here (+inf there).
+  in every derivative for both logits and labels (the same custom
+  derivative; a label's gradient on a class whose logit is -inf is 0 in
+  both).
 
   Args:
     local_logits: This device's floating logits, shape [..., V / n].
@@ -221,6 +162,8 @@ def softmax_cross_entropy(
     axis_name: The mesh axis (or axes) the vocabulary is split over.
     where: Boolean mask broadcastable to `local_logits`.
     label_smoothing: :math:`\alpha` in [0, 1].
+    class_weights: Optional weights of *all* classes, shape [V]; a
+      constant.
     z_loss: :math:`\lambda_z \ge 0`.
     reduction: "none", "sum" or "mean" (over rows that are not empty).
     batch_axis_name: Mesh axis the batch is split over, for "sum"/"mean".
@@ -231,7 +174,7 @@ def softmax_cross_entropy(
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jax.sharding import PartitionSpec as P
-    >>> from jxent import _sharded as sharded
+    >>> from jxent import sharded
     >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
     >>> loss = jax.shard_map(
     ...     lambda z, y: sharded.softmax_cross_entropy(z, y, "vocab"),
@@ -240,40 +183,19 @@ def softmax_cross_entropy(
     >>> print(loss(logits, jnp.array([[1.0, 0.0, 0.0, 0.0]])).round(4))
     [0.3567]
   """
-  local_logits, _, _ = _local("local_logits", local_logits, axis_name)
-  local_labels = jnp.asarray(local_labels)
-  _checks.check_floating("labels", local_labels)
+  local_logits = _local("local_logits", local_logits)
+  local_labels = _checks.as_floating("labels", local_labels)
   _checks.check_same_shape("local_logits", local_logits, "local_labels",
                            local_labels)
-  smoothing = _checks.check_label_smoothing(label_smoothing)
-  z = _checks.check_z_loss(z_loss)
-  reduction = _checks.check_reduction(reduction)
+  num_classes = local_logits.shape[-1] * lax.axis_size(axis_name)
+  opts = parse_options(
+      label_smoothing=label_smoothing, z_loss=z_loss,
+      class_weights=class_weights, num_classes=num_classes,
+      dtype=_checks.compute_dtype(local_logits.dtype), reduction=reduction)
   mask = _checks.broadcast_where(where, local_logits.shape)
-  stats = _stats(local_logits, axis_name, mask)
-  dtype = stats.shifted.dtype
-  labels = local_labels.astype(dtype)
-  if mask is not None:
-    labels = jnp.where(mask, labels, 0)
-  targets = (1 - smoothing) * labels
-  if smoothing:
-    count = lax.psum(jnp.sum(_valid_classes(stats), axis=-1, keepdims=True), axis_name)
-    per_class = smoothing / jnp.maximum(count, 1).astype(dtype)
-    targets = targets + jnp.where(_valid_classes(stats), per_class, 0)
-  # 0 log 0 = 0, with the double where keeping the gradient finite.
-  nonzero = targets != 0
-  neg_log_q = -stats.log_probs
-  terms = jnp.where(nonzero, lax.stop_gradient(targets) * jnp.where(
-      nonzero, neg_log_q, 0), 0)
-  # The labels' gradient, -(1 - a) log q_c, also where a label is 0: this
-  # term is 0 in value, and finite (0) on classes that cannot carry mass.
-  terms = terms + (targets - lax.stop_gradient(targets)) * jnp.where(
-      _valid_classes(stats), lax.stop_gradient(neg_log_q), 0)
-  loss = lax.psum(jnp.sum(terms, axis=-1, keepdims=True), axis_name)
-  if z:
-    loss = loss + z * jnp.square(stats.log_sumexp + stats.shift)
-  nonempty = stats.nonempty[..., 0]
-  loss = jnp.where(nonempty, loss[..., 0], 0)
-  return _finish(loss, nonempty.astype(dtype), reduction, batch_axis_name)
+  loss, weight = softmax_cross_entropy_rows(
+      axis_name, num_classes, local_logits, mask, local_labels, opts)
+  return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)
 
 
 def entropy_from_logits(
@@ -300,7 +222,7 @@ def entropy_from_logits(
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jax.sharding import PartitionSpec as P
-    >>> from jxent import _sharded as sharded
+    >>> from jxent import sharded
     >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
     >>> entropy = jax.shard_map(
     ...     lambda z: sharded.entropy_from_logits(z, "vocab"),
@@ -308,10 +230,9 @@ def entropy_from_logits(
     >>> print(entropy(jnp.zeros((1, 4))).round(4))  # log 4
     [1.3863]
   """
-  local_logits, _, _ = _local("local_logits", local_logits, axis_name)
+  local_logits = _local("local_logits", local_logits)
   mask = _checks.broadcast_where(where, local_logits.shape)
-  stats = _stats(local_logits, axis_name, mask)
-  return entropy_rows(stats, _LAST, axis_name)[..., 0]
+  return entropy_rows(axis_name, local_logits, mask)
 
 
 def kl_divergence_from_logits(
@@ -340,7 +261,7 @@ def kl_divergence_from_logits(
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jax.sharding import PartitionSpec as P
-    >>> from jxent import _sharded as sharded
+    >>> from jxent import sharded
     >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
     >>> kl = jax.shard_map(
     ...     lambda p, q: sharded.kl_divergence_from_logits(p, q, "vocab"),
@@ -349,14 +270,12 @@ def kl_divergence_from_logits(
     >>> print(kl(p, jnp.zeros((1, 2))).round(4))
     [0.3681]
   """
-  local_p_logits, _, _ = _local("local_p_logits", local_p_logits, axis_name)
-  local_q_logits, _, _ = _local("local_q_logits", local_q_logits, axis_name)
+  local_p_logits = _local("local_p_logits", local_p_logits)
+  local_q_logits = _local("local_q_logits", local_q_logits)
   _checks.check_same_shape("local_p_logits", local_p_logits,
                            "local_q_logits", local_q_logits)
   mask = _checks.broadcast_where(where, local_p_logits.shape)
-  p = _stats(local_p_logits, axis_name, mask)
-  q = _stats(local_q_logits, axis_name, mask)
-  return kl_rows(p, q, _LAST, axis_name)[..., 0]
+  return pair_rows("kl", axis_name, local_p_logits, local_q_logits, mask)
 
 
 def linear_softmax_cross_entropy(
@@ -368,23 +287,21 @@ def linear_softmax_cross_entropy(
     local_bias: jax.typing.ArrayLike | None = None,
     vocab_size: int | None = None,
     ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    label_smoothing: float | jax.typing.ArrayLike = 0.0,
+    z_loss: float | jax.typing.ArrayLike = 0.0,
     logit_softcap: float | None = None,
-    reduction: str = "mean",
+    reduction: _checks.Reduction = "mean",
     batch_axis_name: _AxisName | None = None,
+    block_size: int | None = None,
 ) -> jax.Array:
   r"""Cross-entropy of `x @ w + bias` with W split along the vocabulary.
 
-  Each device makes only its own [tokens, V / n] block of logits, and the
-  rows are combined as in `softmax_cross_entropy_with_integer_labels`. It
-  equals `jxent.linear_softmax_cross_entropy(x, w, labels, ...)`, in value
-  and in the gradients for `x`, `w` and `bias`. The gradient for `x` is
-  summed over `axis_name` by `shard_map`'s autodiff.
-
-  Unlike `jxent.linear_softmax_cross_entropy`, the local logits are made in
-  one block (memory [tokens, V / n] in float32 per device, kept for the
-  backward pass).
+  Each device walks its own columns of W in blocks, as
+  `jxent.linear_softmax_cross_entropy` does, so no device ever holds its
+  [tokens, V / n] logits; the per-row statistics are combined over
+  `axis_name`. It equals `jxent.linear_softmax_cross_entropy(x, w, labels,
+  ...)`, in value and in the gradients for `x`, `w` and `bias`; the
+  gradient for `x` is summed over `axis_name`. Reverse-mode only.
 
   Args:
     x: Hidden states, shape [..., D], the same on every device of
@@ -401,6 +318,8 @@ def linear_softmax_cross_entropy(
     logit_softcap: Soft cap :math:`c > 0` on the logits, or None.
     reduction: "mean" (default), "sum" or "none".
     batch_axis_name: Mesh axis the batch is split over, for "sum"/"mean".
+    block_size: Local vocabulary columns per block; by default picked from
+      the shapes.
 
   Returns:
     Float32 scalar, or per-row losses of shape `x.shape[:-1]` for "none".
@@ -411,7 +330,7 @@ def linear_softmax_cross_entropy(
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from jax.sharding import PartitionSpec as P
-    >>> from jxent import _sharded as sharded
+    >>> from jxent import sharded
     >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
     >>> loss = jax.shard_map(
     ...     lambda x, w, y: sharded.linear_softmax_cross_entropy(
@@ -421,17 +340,10 @@ def linear_softmax_cross_entropy(
     ...       .round(4))  # uniform over 5 tokens: log 5
     1.6094
   """
-  x, local_w = jnp.asarray(x), jnp.asarray(local_w)
-  _checks.check_floating("x", x)
-  _checks.check_floating("local_w", local_w)
-  if x.ndim < 1 or local_w.ndim != 2 or x.shape[-1] != local_w.shape[0]:
+  local_w = jnp.asarray(local_w)
+  if local_w.ndim != 2:
     raise ValueError(
-        f"`x` must have shape [..., D] and `local_w` shape [D, V / n], got"
-        f" x.shape={x.shape} and local_w.shape={local_w.shape}."
-    )
-  labels, ignore, smoothing, z, reduction = _integer_options(
-      labels, ignore_index, label_smoothing, z_loss, reduction)
-  _check_label_shape(labels, x.shape[:-1], "`x`")
+        f"`local_w` must have shape [D, V / n], got {local_w.shape}.")
   local_vocab = local_w.shape[1]
   padded_vocab = local_vocab * lax.axis_size(axis_name)
   num_classes = padded_vocab if vocab_size is None else int(vocab_size)
@@ -441,26 +353,18 @@ def linear_softmax_cross_entropy(
         f" ({local_vocab} columns on each of {padded_vocab // local_vocab}"
         f" devices), got {vocab_size!r}."
     )
-  cap = _checks.check_softcap(logit_softcap)
-  acc = _checks.compute_dtype(x.dtype, local_w.dtype)
-  if x.dtype != local_w.dtype:
-    x, local_w = x.astype(acc), local_w.astype(acc)
-  check_labels(labels, num_classes, ignore_index=ignore)
-  logits = jnp.dot(x, local_w, preferred_element_type=acc)
-  if local_bias is not None:
-    local_bias = _checks.per_class("local_bias", local_bias, local_vocab)
-    logits = logits + jnp.broadcast_to(local_bias.astype(acc), logits.shape)
-  if cap is not None:
-    logits = cap * jnp.tanh(logits / cap)
-  offset = lax.axis_index(axis_name) * local_vocab
-  mask = None
-  if num_classes < padded_vocab:
-    columns = offset + lax.broadcasted_iota(jnp.int32, (local_vocab,), 0)
-    mask = jnp.broadcast_to(columns < num_classes, logits.shape)
-  stats = _stats(logits, axis_name, mask)
-  loss, weight = _integer_loss(stats, labels, offset, axis_name, smoothing,
-                               z, ignore, num_classes)
-  return _finish(loss, weight, reduction, batch_axis_name)
+  labels_shape = jnp.shape(labels)
+  flat_x, local_w, local_bias, flat_labels, opts, cfg = _linear.prepare(
+      x, local_w, labels, local_bias, ignore_index=ignore_index,
+      label_smoothing=label_smoothing, z_loss=z_loss,
+      logit_softcap=logit_softcap, reduction=reduction,
+      block_size=block_size, num_classes=num_classes, axis_name=axis_name,
+      w_name="local_w", bias_name="local_bias")
+  loss, weight = _linear.linear_ce_rows(cfg, flat_x, local_w, local_bias,
+                                        flat_labels, opts)
+  return _rows.reduce(loss.reshape(labels_shape),
+                      weight.reshape(labels_shape), opts.reduction,
+                      batch_axis_name)
 
 
 def pad_vocab(
@@ -491,7 +395,7 @@ def pad_vocab(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from jxent import _sharded as sharded
+    >>> from jxent import sharded
     >>> print(sharded.pad_vocab(jnp.zeros((1, 3)), 4))
     [[  0.   0.   0. -inf]]
   """

@@ -424,7 +424,7 @@ def test_bad_input_fails_at_trace_time_with_clear_errors():
   with pytest.raises(TypeError, match="integer"):
     int_ce(x, jnp.zeros((4,)))
   with pytest.raises(TypeError, match="floating"):
-    soft_ce(x, jnp.zeros((4, 3), jnp.int32))
+    soft_ce(x, jnp.zeros((4, 3), jnp.complex64))
   for bad in (-0.1, 1.5):
     with pytest.raises(ValueError, match="label_smoothing"):
       int_ce(x, y, label_smoothing=bad)

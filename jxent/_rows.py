@@ -1,0 +1,450 @@
+r"""The row step every softmax cross-entropy shares.
+
+A cross-entropy is computed in three steps, and every path (plain, linear,
+sharded; XLA today, a GPU kernel later) shares the last two:
+
+1. **Row statistics** (`RowStats`): one pass over each row of logits
+   reduces it to a few float32 numbers: the shift (the row's max), the sum
+   of shifted exponentials, the label's shifted logit (or, for soft labels,
+   the target mass and its dot product with the shifted logits), and, with
+   label smoothing, the count, weight and mean of the valid classes.
+   `dense_row_stats` computes them with XLA from materialised logits; the
+   linear losses compute them block by block; a kernel only has to produce
+   the same numbers (see `row_statistics`, the one place that dispatches).
+2. **The row step** (`row_step`): from the statistics alone come the loss,
+   the row's weight in a "mean", and the per-row coefficients of the
+   backward pass. Label legality, NaN propagation, smoothing, z-loss and
+   class weights are decided here and nowhere else.
+3. **The element-wise pass** (`logits_gradient`): the derivative of a row's
+   loss with respect to its logits is
+
+   .. math:: \partial \ell / \partial z_c = a\, q_c - b\, t_c - s\, w_c [c\ \mathrm{valid}]
+
+   with per-row coefficients :math:`a, b, s` (`Coefficients`), the softmax
+   :math:`q`, the target :math:`t` (one-hot or soft) and class weights
+   :math:`w`. It reads the logits once and recomputes :math:`q` from the
+   saved shift and log-sum-exp, so no float32 [rows, classes] array is kept
+   between the passes.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jxent import _checks
+from jxent._logsumexp import (
+  apply_mask,
+  is_nonempty,
+  row_sums,
+  safe_log,
+  shift_of,
+)
+from jxent._options import CrossEntropyOptions
+
+AxisName = str | tuple[str, ...]
+
+
+class RowStats(NamedTuple):
+  """What one pass over a row of logits reduces it to (all float32, [rows]).
+
+  Attributes:
+    shift: The row's max, 0 where it is infinite (NaN stays NaN).
+    sumexp: The sum over classes of exp(logit - shift).
+    target_dot: Integer labels: the label's logit minus the shift. Soft
+      labels: the sum of u_c (logit_c - shift), u = class weight * label.
+    target_mass: Soft labels: the sum of u_c. None for integer labels.
+    valid_count: With smoothing, K, the number of valid classes (not masked,
+      logit above -inf); else None.
+    valid_weight: With smoothing and class weights, the sum of w_c over the
+      valid classes; else None (it is K).
+    valid_mean: With smoothing, the sum over valid classes of
+      w_c (logit_c - shift) / C, for C classes in all (divided by C so that
+      logits near the float limits cannot overflow the sum); else None.
+  """
+
+  shift: jax.Array
+  sumexp: jax.Array
+  target_dot: jax.Array
+  target_mass: jax.Array | None = None
+  valid_count: jax.Array | None = None
+  valid_weight: jax.Array | None = None
+  valid_mean: jax.Array | None = None
+
+
+class Coefficients(NamedTuple):
+  """Per-row coefficients of the element-wise backward pass ([rows]).
+
+  A row that does not count has coefficients 0; a row with an illegal label
+  has NaN, so the backward pass needs no other bookkeeping.
+
+  Attributes:
+    prob: Multiplies the softmax q_c: the target mass, plus smoothing's
+      weight, plus the z-loss term 2 z LSE.
+    label: Multiplies the target: one-hot (times the label's class weight)
+      for integer labels, u_c = w_c * label_c for soft labels.
+    smooth: Multiplies w_c on valid classes: alpha / K; None without
+      smoothing.
+  """
+
+  prob: jax.Array
+  label: jax.Array
+  smooth: jax.Array | None
+
+
+class RowResult(NamedTuple):
+  """The outputs of the row step ([rows]).
+
+  Attributes:
+    loss: The row's loss; 0 for rows that do not count, NaN for illegal
+      labels and for rows with a NaN.
+    weight: The row's weight in a "mean": the label's class weight (1
+      without class weights) for integer labels, 1 for soft labels; 0 for
+      rows that do not count.
+    log_sumexp: log(sumexp), 0 for an empty row.
+    coefficients: The backward pass's `Coefficients`.
+    d_smoothing: d loss / d label_smoothing.
+    d_z_loss: d loss / d z_loss, LSE^2.
+  """
+
+  loss: jax.Array
+  weight: jax.Array
+  log_sumexp: jax.Array
+  coefficients: Coefficients
+  d_smoothing: jax.Array
+  d_z_loss: jax.Array
+
+
+def _class_weight_row(opts: CrossEntropyOptions, shape, dtype, offset=0):
+  """Class weights of these columns, broadcast over rows, or None.
+
+  `opts.class_weights` holds every class; inside `shard_map` this shard's
+  columns start at `offset`.
+  """
+  weights = opts.class_weights
+  if weights is None:
+    return None
+  if weights.shape[0] != shape[-1]:
+    weights = lax.dynamic_slice_in_dim(weights, offset, shape[-1])
+  return jnp.broadcast_to(weights.astype(dtype), shape)
+
+
+def weighted_targets(targets: jax.Array, mask: jax.Array | None,
+                     opts: CrossEntropyOptions, dtype,
+                     offset: jax.Array | int = 0) -> jax.Array:
+  """u_c = w_c * label_c, with labels on masked classes ignored."""
+  u = targets.astype(dtype)
+  if mask is not None:
+    u = jnp.where(mask, u, 0)
+  weights = _class_weight_row(opts, u.shape, dtype, offset)
+  return u if weights is None else u * weights
+
+
+def dense_row_stats(
+    logits: jax.Array,
+    mask: jax.Array | None,
+    opts: CrossEntropyOptions,
+    num_classes: int,
+    *,
+    label_index: jax.Array | None = None,
+    targets: jax.Array | None = None,
+    axis_name: AxisName | None = None,
+    offset: jax.Array | int = 0,
+) -> RowStats:
+  """Row statistics of materialised logits [..., C], with XLA.
+
+  Args:
+    logits: Floating logits, classes last. Inside `shard_map` with
+      `axis_name`, this device's columns [offset, offset + C_local).
+    mask: Boolean mask of the logits' shape, or None.
+    opts: The parsed options.
+    num_classes: C, the number of classes in all (over every shard).
+    label_index: Integer labels: int32 class indices (global), or None.
+    targets: Soft labels of the logits' shape, or None.
+    axis_name: The mesh axis the classes are split over, or None.
+    offset: This shard's first class.
+
+  Returns:
+    A `RowStats`, the same on every shard of `axis_name`.
+  """
+  x = apply_mask(logits, mask)
+  dtype = _checks.compute_dtype(x.dtype)
+  # The max is exact in any dtype: take it before the upcast, so a 16-bit
+  # input is read as 16 bits. `initial` gives -inf for zero classes.
+  row_max = jnp.max(x, axis=-1, initial=-jnp.inf).astype(dtype)
+  if axis_name is not None:
+    row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
+  shift = shift_of(row_max)
+  shifted = x.astype(dtype) - shift[..., None]
+  terms = [jnp.exp(shifted)]
+  if targets is not None:
+    u = weighted_targets(targets, mask, opts, dtype, offset)
+    # 0 log 0 = 0: a class without label mass adds nothing, even at -inf.
+    terms += [u, u * jnp.where(u != 0, shifted, 0)]
+  if opts.smoothing:
+    valid = shifted > -jnp.inf
+    weights = _class_weight_row(opts, shifted.shape, dtype, offset)
+    w_valid = valid.astype(dtype) if weights is None else jnp.where(
+        valid, weights, 0)
+    terms.append(valid.astype(dtype))
+    if weights is not None:
+      terms.append(w_valid)
+    # Divided by C before the sum, so logits near the float limits cannot
+    # overflow it; the double where keeps -inf out of the product.
+    terms.append(w_valid * jnp.where(valid, shifted / num_classes, 0))
+  # One pass for every sum (see `row_sums`).
+  sums = list(row_sums((x.ndim - 1,), *terms))
+  if axis_name is not None:
+    sums = list(lax.psum(tuple(sums), axis_name))
+  sumexp = sums.pop(0)
+  target_mass = target_dot = None
+  if targets is not None:
+    target_mass, target_dot = sums.pop(0), sums.pop(0)
+  valid_count = valid_weight = valid_mean = None
+  if opts.smoothing:
+    valid_count = sums.pop(0)
+    if opts.class_weights is not None:
+      valid_weight = sums.pop(0)
+    valid_mean = sums.pop(0)
+  if label_index is not None:
+    target_dot = _label_logit(x, label_index, offset, axis_name) - shift
+  return RowStats(shift, sumexp, target_dot, target_mass, valid_count,
+                  valid_weight, valid_mean)
+
+
+def _label_logit(x, label_index, offset, axis_name):
+  """The logit of each row's label, in the compute dtype (a gather)."""
+  if x.shape[-1] == 0:
+    # No class to pick: every label is out of range, so the row is NaN.
+    return jnp.zeros(label_index.shape, _checks.compute_dtype(x.dtype))
+  local = label_index - offset
+  owns = (local >= 0) & (local < x.shape[-1])
+  local = jnp.where(owns, local, 0)
+  # The barrier keeps XLA from moving the float32 conversion in front of
+  # the gather, where the CPU backend would materialise a float32 copy of
+  # all the logits to serve both the gather and the sum of exponentials.
+  picked = jnp.take_along_axis(
+      lax.optimization_barrier(x), local[..., None], axis=-1)[..., 0]
+  picked = picked.astype(_checks.compute_dtype(x.dtype))
+  if axis_name is None:
+    return picked
+  # Only the owner of the label's column contributes; the others add 0.
+  return lax.psum(jnp.where(owns, picked, 0), axis_name)
+
+
+def row_statistics(
+    logits: jax.Array,
+    mask: jax.Array | None,
+    opts: CrossEntropyOptions,
+    num_classes: int,
+    **kwargs,
+) -> RowStats:
+  """Row statistics of materialised logits: the seam for GPU kernels.
+
+  Every materialised-logits cross-entropy gets its `RowStats` here. Today
+  this is XLA (`dense_row_stats`) on every platform; a kernel plugs in by
+  returning the same numbers for the shapes and dtypes it supports, and the
+  row step and backward pass stay as they are.
+  """
+  return dense_row_stats(logits, mask, opts, num_classes, **kwargs)
+
+
+def row_step(
+    stats: RowStats,
+    opts: CrossEntropyOptions,
+    num_classes: int,
+    labels: _checks.Labels | None = None,
+) -> RowResult:
+  r"""From row statistics to the loss, its weight and backward coefficients.
+
+  .. math::
+     \ell = (1 - \alpha) (M\, s - D)
+       + \frac{\alpha}{K} \Big(W s - \sum_{c\ \mathrm{valid}} w_c \bar z_c\Big)
+       + \lambda_z (s + m)^2
+
+  with :math:`\bar z = z - m` the shifted logits, :math:`s` the log of the
+  shifted sum of exponentials, the target mass :math:`M` and dot product
+  :math:`D` (:math:`w_y` and :math:`w_y \bar z_y` for an integer label),
+  :math:`K` valid classes of total weight :math:`W`. Every term is exact
+  after the shift: :math:`C` equal logits of 1e8 give :math:`\log C`.
+
+  Args:
+    stats: The `RowStats` of the rows.
+    opts: The parsed options.
+    num_classes: C, the number of classes in all.
+    labels: The sorted integer labels, or None for soft labels.
+
+  Returns:
+    A `RowResult`.
+  """
+  dtype = stats.sumexp.dtype
+  nonempty = is_nonempty(stats.sumexp)
+  s = safe_log(stats.sumexp)
+  alpha = opts.label_smoothing if opts.smoothing else 0.0
+  if labels is not None:
+    if opts.class_weights is None:
+      mass = jnp.ones_like(s)
+    else:
+      mass = opts.class_weights.astype(dtype)[labels.index]
+    dot = mass * stats.target_dot
+    counts, legal = labels.counts & nonempty, labels.legal
+  else:
+    mass, dot = stats.target_mass, stats.target_dot
+    counts, legal = nonempty, None
+  # -log q_y = s - (z_y - m): both sides exact after the shift.
+  label_part = mass * s - dot
+  loss = (1 - alpha) * label_part
+  prob = (1 - alpha) * mass
+  smooth = None
+  d_smoothing = -label_part
+  if opts.smoothing:
+    count = jnp.maximum(stats.valid_count, 1)
+    weight_sum = (stats.valid_count if stats.valid_weight is None
+                  else stats.valid_weight)
+    # Smoothing spreads alpha over the K valid classes of the row only.
+    # W s / K - (C / K) valid_mean: scaled before it is summed, so logits
+    # near the float limits cannot overflow.
+    smooth_part = jnp.where(
+        stats.valid_count > 0,
+        weight_sum / count * s - (num_classes / count) * stats.valid_mean, 0)
+    loss = loss + alpha * smooth_part
+    prob = prob + alpha * weight_sum / count
+    smooth = alpha / count
+    d_smoothing = d_smoothing + smooth_part
+  lse = s + stats.shift
+  if opts.z:
+    loss = loss + opts.z_loss * jnp.square(lse)
+    prob = prob + 2 * opts.z_loss * lse
+  # Rows that do not count weigh 0 and get coefficients 0; an illegal label
+  # has no class to pick, so its row is NaN, never a wrapped-around class.
+  # A row with a NaN counts (it is not empty), so a "mean" is NaN too.
+  keep = counts.astype(dtype)
+  loss = jnp.where(counts, loss, 0)
+  if legal is not None:
+    keep = jnp.where(legal, keep, jnp.nan)
+    loss = loss * jnp.where(legal, 1, jnp.nan).astype(dtype)
+  weight = jnp.where(counts, mass, 0) if labels is not None else keep
+  label_coef = keep * (1 - alpha)
+  if labels is not None:
+    label_coef = label_coef * mass
+  coefficients = Coefficients(
+      keep * prob, label_coef, None if smooth is None else keep * smooth)
+  return RowResult(loss, weight, s, coefficients, keep * d_smoothing,
+                   keep * jnp.square(lse))
+
+
+def logits_gradient(
+    logits: jax.Array,
+    mask: jax.Array | None,
+    shift: jax.Array,
+    log_sumexp: jax.Array,
+    coefficients: Coefficients,
+    opts: CrossEntropyOptions,
+    *,
+    label_index: jax.Array | None = None,
+    targets: jax.Array | None = None,
+    offset: jax.Array | int = 0,
+) -> jax.Array:
+  """The element-wise pass: d loss / d logits from the per-row numbers.
+
+  Args:
+    logits: The logits [..., C] (this shard's columns inside `shard_map`).
+    mask: Boolean mask of the logits' shape, or None.
+    shift: The rows' shift ([...]).
+    log_sumexp: The rows' log of the shifted sum of exponentials ([...]).
+    coefficients: The rows' `Coefficients`.
+    opts: The parsed options.
+    label_index: Integer labels (global int32 indices), or None.
+    targets: Soft labels, or None.
+    offset: This shard's first class.
+
+  Returns:
+    The derivative, in the compute dtype, of the logits' shape. Masked
+    classes get exactly 0.
+  """
+  x = apply_mask(logits, mask)
+  dtype = _checks.compute_dtype(x.dtype)
+  shifted = x.astype(dtype) - shift[..., None]
+  probs = jnp.exp(shifted - log_sumexp[..., None])
+  grad = coefficients.prob[..., None] * probs
+  if label_index is not None:
+    classes = offset + lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    # A compare and select per class, not a scatter: a scatter into a
+    # gradient whose class axis is sharded makes XLA's SPMD partitioner
+    # all-gather it.
+    grad = grad - jnp.where(classes == label_index[..., None],
+                            coefficients.label[..., None], 0)
+  else:
+    grad = grad - coefficients.label[..., None] * weighted_targets(
+        targets, mask, opts, dtype, offset)
+  if coefficients.smooth is not None:
+    weights = _class_weight_row(opts, shifted.shape, dtype, offset)
+    per_class = coefficients.smooth[..., None]
+    if weights is not None:
+      per_class = per_class * weights
+    grad = grad - jnp.where(shifted > -jnp.inf, per_class, 0)
+  if mask is not None:
+    # A masked class does not enter the loss; its NaN cannot leak either.
+    grad = jnp.where(mask, grad, 0)
+  return grad
+
+
+def targets_gradient(
+    logits: jax.Array,
+    mask: jax.Array | None,
+    shift: jax.Array,
+    log_sumexp: jax.Array,
+    coefficients: Coefficients,
+    opts: CrossEntropyOptions,
+    offset: jax.Array | int = 0,
+) -> jax.Array:
+  r"""d loss / d soft labels: :math:`(1 - \alpha) w_c (s - \bar z_c)`.
+
+  It is 0 on masked classes and on classes whose logit is -inf. There the
+  loss is 0 at label 0 and infinite above it; 0 keeps forward- and
+  reverse-mode finite for the labels that occur (0 on impossible classes),
+  as in the sharded loss.
+  """
+  x = apply_mask(logits, mask)
+  dtype = _checks.compute_dtype(x.dtype)
+  shifted = x.astype(dtype) - shift[..., None]
+  valid = shifted > -jnp.inf
+  neg_log_q = jnp.where(valid, log_sumexp[..., None] - shifted, 0)
+  grad = coefficients.label[..., None] * neg_log_q
+  weights = _class_weight_row(opts, shifted.shape, dtype, offset)
+  if weights is not None:
+    grad = grad * weights
+  return jnp.where(valid, grad, 0)
+
+
+def reduce(
+    loss: jax.Array,
+    weight: jax.Array,
+    reduction: _checks.Reduction,
+    batch_axis_name: AxisName | None = None,
+) -> jax.Array:
+  """Applies `reduction`; "mean" divides by the total weight that counts.
+
+  Args:
+    loss: Per-row losses.
+    weight: Per-row weights in the "mean".
+    reduction: "none", "sum" or "mean".
+    batch_axis_name: Inside `shard_map`, the mesh axis the rows are split
+      over: "sum" and "mean" are then over the global batch.
+
+  Returns:
+    `loss` for "none", else a scalar. An all-ignored batch has no weight:
+    its "mean" is 0 (with a 0 gradient), not 0/0.
+  """
+  if reduction == "none":
+    return loss
+  total = jnp.sum(loss)
+  if batch_axis_name is not None:
+    total = lax.psum(total, batch_axis_name)
+  if reduction == "sum":
+    return total
+  count = jnp.sum(weight)
+  if batch_axis_name is not None:
+    count = lax.psum(count, batch_axis_name)
+  return total / jnp.where(count > 0, count, 1)
