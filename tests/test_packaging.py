@@ -52,6 +52,12 @@ def _wheel_text(wheel, name):
     return archive.read(name).decode()
 
 
+def test_version_matches_pyproject():
+  import jxent
+
+  assert jxent.__version__ == VERSION
+
+
 def test_build_prints_no_deprecation_warning(dists):
   assert "deprecat" not in dists[2].lower(), dists[2]
 
