@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jxent
-from jxent.demo import checkpoint, train
+from jxent.demo import checkpoint, summary, train
 from jxent.demo import data as data_lib
 from jxent.demo import metrics as metrics_lib
 from jxent.demo.__main__ import main
@@ -142,16 +142,27 @@ def test_summary_decomposes_cross_entropy_with_label_smoothing(short_run):
   assert 0.0 <= m["test_ece"] <= 1.0
 
 
-def test_same_seed_gives_same_metrics(tmp_path):
+def test_same_seed_gives_same_metrics_and_one_progress_bar(tmp_path, capsys):
   path = _digits_subset(tmp_path / "small.npz", 200)
   runs = [
       train.train_and_evaluate(
-          _quick(data=path, epochs=2, batch_size=32, out=str(tmp_path / s))
+          _quick(data=path, epochs=2, batch_size=32, out=str(tmp_path / s),
+                 progress=s == "a")
       )
       for s in ("a", "b")
   ]
   a, b = ({k: v for k, v in r.items() if k not in UNSEEDED} for r in runs)
   assert a == b
+  # One bar for the whole run, left on screen as one line (issue 14).
+  bar = capsys.readouterr().err
+  assert bar.count("\n") == 1 and "training" in bar and "epoch=2/2" in bar
+
+
+def test_summary_says_epoch_in_the_singular(short_run):
+  _, m = short_run
+  text = summary.format_summary(m | {"epochs": 1})
+  assert "1 epoch," in text and "1 epochs" not in text
+  assert "5 epochs," in summary.format_summary(m)
 
 
 def test_cnn_smoke_run(tmp_path):

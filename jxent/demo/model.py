@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-MODELS = ("mlp", "cnn")
+from jxent.demo.config import MODELS as MODELS
 
 
 class Statistic(nnx.Variable):
@@ -27,7 +27,8 @@ class ModelConfig:
 
   Attributes:
     name: "mlp" or "cnn".
-    input_shape: Shape of one example; the CNN needs `(h, w)` or `(h, w, c)`.
+    input_shape: Shape of one example; the CNN needs `(h, w)` or `(h, w, c)`,
+      channels last (the MLP flattens any layout).
     num_classes: Number of outputs.
     widths: Hidden widths of the MLP, or convolution channels of the CNN.
   """
