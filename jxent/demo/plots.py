@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 80
 
@@ -47,14 +48,14 @@ def loss_curves(
   loss_ax, acc_ax = fig.subplots(1, 2)
   smoothed = floor > 0
   objective = "H(P,Q), smoothed P" if smoothed else "-log Q(y)"
-  for split, style in (("train", "-"), ("test", "--")):
+  for split, style in (("train", ".-"), ("test", ".--")):
     loss_ax.plot(epoch, [h[f"{split}_loss"] for h in history], style,
                  label=f"{split} {objective}")
     acc_ax.plot(epoch, [h[f"{split}_accuracy"] for h in history], style,
                 label=split)
   if smoothed:
     if "test_cross_entropy" in history[0]:
-      loss_ax.plot(epoch, [h["test_cross_entropy"] for h in history], "-.",
+      loss_ax.plot(epoch, [h["test_cross_entropy"] for h in history], ".-.",
                    label="test -log Q(y), the table's cross-entropy")
     loss_ax.axhline(floor, color="gray", linestyle=":",
                     label=f"floor of H(P,Q): H(P) = {floor:.3f}")
@@ -62,6 +63,9 @@ def loss_curves(
               title="loss" + (": H(P,Q) = H(P) + KL(P||Q)" if smoothed else ""))
   acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
   for ax in (loss_ax, acc_ax):
+    ax.set_xlim(0.5, epoch[-1] + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10],
+                                               min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
   return _save(fig, path)
