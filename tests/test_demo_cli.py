@@ -114,21 +114,30 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, flags, make, message):
   _assert_refused(result, tmp_path, message)
 
 
-@pytest.mark.parametrize("hidden", [DEMO_MODULES, ("sklearn",)],
-                         ids=["no-demo-extra", "no-sklearn"])
-def test_missing_demo_extra_says_what_to_install(tmp_path, hidden):
+RUN_MODULE = "runpy.run_module('jxent.demo', run_name='__main__')"
+# What the jxent-demo console script does.
+RUN_SCRIPT = "from jxent.demo.__main__ import main; sys.exit(main())"
+
+
+@pytest.mark.parametrize(
+    ("hidden", "run"),
+    [(DEMO_MODULES, RUN_MODULE), (("optax",), RUN_SCRIPT),
+     (("sklearn",), RUN_MODULE)],
+    ids=["python-m-no-demo-extra", "jxent-demo-no-optax", "no-sklearn"],
+)
+def test_missing_demo_extra_says_what_to_install(tmp_path, hidden, run):
   # As after `pip install jxent` without [demo]: the modules cannot load.
-  code = (
-      "import runpy, sys\n"
-      f"for name in {hidden!r}:\n"
-      "  sys.modules[name] = None\n"
-      "sys.argv[0] = 'jxent-demo'\n"
-      "runpy.run_module('jxent.demo', run_name='__main__')\n"
-  )
+  code = "\n".join([
+      "import runpy, sys",
+      f"for name in {hidden!r}:",
+      "  sys.modules[name] = None",
+      "sys.argv[0] = 'jxent-demo'",
+      run,
+  ])
   result = _run(tmp_path, ["--epochs", "1", "--out", str(tmp_path / "run")],
                 code=code)
   _assert_refused(result, tmp_path, 'pip install "jxent[demo]"')
-  assert f"needs {hidden[0]}" in result.stderr
+  assert f"needs {hidden[0]}," in result.stderr
 
 
 def test_diverging_training_says_so_and_writes_nothing(tmp_path):
