@@ -3,6 +3,7 @@
 import json
 import math
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -99,8 +100,6 @@ def test_checkpoint_with_garbage_members_raises_value_error(
 ):
   # Issue 14: np.load hands back raw bytes for a member that is not .npy,
   # which used to end in an AttributeError.
-  import zipfile
-
   src = short_run[1]["checkpoint"]
   (tmp_path / "model.json").write_text(open(f"{src}/model.json").read())
   with zipfile.ZipFile(tmp_path / "state.npz", "w") as z:

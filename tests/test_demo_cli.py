@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -48,8 +49,6 @@ def _npz(path, x=None, y=None, **arrays):
 
 
 def _garbage_members(path):
-  import zipfile
-
   with zipfile.ZipFile(path, "w") as z:
     z.writestr("x.npy", b"not an array")
     z.writestr("y.npy", b"nor this")
