@@ -3,12 +3,13 @@
 import json
 import math
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
 
 import jxent
-from jxent.demo import checkpoint, train
+from jxent.demo import checkpoint, summary, train
 from jxent.demo import data as data_lib
 from jxent.demo import metrics as metrics_lib
 from jxent.demo.__main__ import main
@@ -94,6 +95,22 @@ def test_checkpoint_loads_without_pickle(short_run):
     assert all(f[name].dtype != object for name in f.files)
 
 
+def test_checkpoint_with_garbage_members_raises_value_error(
+    short_run, tmp_path
+):
+  # Issue 14: np.load hands back raw bytes for a member that is not .npy,
+  # which used to end in an AttributeError.
+  src = short_run[1]["checkpoint"]
+  (tmp_path / "model.json").write_text(open(f"{src}/model.json").read())
+  with zipfile.ZipFile(tmp_path / "state.npz", "w") as z:
+    z.writestr("head/bias.npy", b"garbage")
+  with pytest.raises(ValueError, match="'head/bias' holds no NumPy array"):
+    checkpoint.load(tmp_path)
+  (tmp_path / "model.json").write_text("{}")
+  with pytest.raises(ValueError, match="not a model config"):
+    checkpoint.load(tmp_path)
+
+
 def test_checkpoint_with_wrong_shapes_is_refused(short_run, tmp_path):
   _, metrics = short_run
   src = metrics["checkpoint"]
@@ -124,16 +141,27 @@ def test_summary_decomposes_cross_entropy_with_label_smoothing(short_run):
   assert 0.0 <= m["test_ece"] <= 1.0
 
 
-def test_same_seed_gives_same_metrics(tmp_path):
+def test_same_seed_gives_same_metrics_and_one_progress_bar(tmp_path, capsys):
   path = _digits_subset(tmp_path / "small.npz", 200)
   runs = [
       train.train_and_evaluate(
-          _quick(data=path, epochs=2, batch_size=32, out=str(tmp_path / s))
+          _quick(data=path, epochs=2, batch_size=32, out=str(tmp_path / s),
+                 progress=s == "a")
       )
       for s in ("a", "b")
   ]
   a, b = ({k: v for k, v in r.items() if k not in UNSEEDED} for r in runs)
   assert a == b
+  # One bar for the whole run, left on screen as one line (issue 14).
+  bar = capsys.readouterr().err
+  assert bar.count("\n") == 1 and "training" in bar and "epoch=2/2" in bar
+
+
+def test_summary_says_epoch_in_the_singular(short_run):
+  _, m = short_run
+  text = summary.format_summary(m | {"epochs": 1})
+  assert "1 epoch," in text and "1 epochs" not in text
+  assert "5 epochs," in summary.format_summary(m)
 
 
 def test_cnn_smoke_run(tmp_path):
@@ -174,6 +202,14 @@ def _pickled_objects(path):
   np.savez(path, x=np.array([{"a": 1}] * 4, dtype=object), y=np.arange(4))
 
 
+def _overflowing_inputs(path):
+  np.savez(path, x=np.full((4, 2), 1e300), y=np.array([0, 1, 0, 1]))
+
+
+def _labels_from_one(path):
+  np.savez(path, x=np.zeros((4, 2)), y=np.array([1, 2, 1, 2]))
+
+
 def _pickle_file(path):
   path.write_bytes(pickle.dumps({"x": [1], "y": [0]}))
 
@@ -185,10 +221,16 @@ def _pickle_file(path):
         (_not_npz, "not an .npz file"),
         (_npy, "not an .npz file"),
         (_pickle_file, "not an .npz file"),
-        (_missing_y, "missing key(s) 'y'"),
-        (_float_labels, "labels 'y' must be integers, got dtype float64"),
+        (_missing_y, "expected arrays 'x' (inputs) and 'y' (integer labels),"
+         " found 'x'"),
+        (_float_labels, "labels 'y' must be integers of shape (n,), got"
+         " float64[4]"),
         (_length_mismatch, "'x' has 5 examples but 'y' has 4 labels"),
-        (_pickled_objects, "cannot read without pickle"),
+        (_pickled_objects, "cannot read 'x' (Object arrays cannot be loaded"
+         " when allow_pickle=False)"),
+        (_overflowing_inputs, "inputs 'x' hold NaN, infinity or values beyond"
+         " float32"),
+        (_labels_from_one, "found 2 distinct labels from 1 to 2"),
     ],
 )
 def test_bad_data_file_gives_one_line_error(tmp_path, capsys, make, message):

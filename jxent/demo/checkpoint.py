@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jxent.demo import data as data_lib
 from jxent.demo import model as model_lib
 
 CONFIG_FILE = "model.json"
@@ -92,7 +93,10 @@ def load(
     `(model, config)`; the model predicts exactly as the saved one did.
 
   Raises:
-    ValueError: If the arrays do not match the model the config describes.
+    OSError: If ``model.json`` cannot be opened.
+    ValueError: If ``model.json`` is not a model config, ``state.npz`` is
+      missing or unreadable (see :func:`jxent.demo.data.read_npz`), or its
+      arrays do not match the model the config describes.
 
   Examples:
     >>> import tempfile
@@ -105,12 +109,15 @@ def load(
     True
   """
   directory = os.fspath(directory)
-  with open(os.path.join(directory, CONFIG_FILE)) as f:
-    config = model_lib.ModelConfig.from_json(json.load(f))
+  path = os.path.join(directory, CONFIG_FILE)
+  with open(path) as f:
+    try:
+      config = model_lib.ModelConfig.from_json(json.load(f))
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{path}: not a model config ({e!r})") from None
   model = model_lib.make_model(config)
   state = nnx.state(model)
-  with np.load(os.path.join(directory, STATE_FILE), allow_pickle=False) as f:
-    arrays = {name: f[name] for name in f.files}
+  arrays = data_lib.read_npz(os.path.join(directory, STATE_FILE))
   template = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
   pure = _fill(template, arrays)
   unused = set(arrays) - set(_flatten(template))

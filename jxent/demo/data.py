@@ -11,8 +11,6 @@ import zipfile
 
 import numpy as np
 
-_REQUIRED_KEYS = ("x", "y")
-
 
 class DataError(ValueError):
   """A data file that cannot be used; the message is one line."""
@@ -64,96 +62,98 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
   return digits.images.astype(np.float32), digits.target.astype(np.int32)
 
 
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Every array in a NumPy ``.npz`` archive, read without pickle.
+
+  Args:
+    path: The archive, as written by `np.savez`.
+
+  Returns:
+    The arrays by name.
+
+  Raises:
+    ValueError: If the file is missing or not an archive, or a member is
+      not a plain array (garbage bytes, objects that need pickle). The
+      message names the file and the problem in one line.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    what = "a folder, not a file" if os.path.isdir(path) else "no such file"
+    raise ValueError(f"{path}: {what}")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path}: not an .npz file (expected a NumPy archive"
+                     " written by np.savez)")
+  arrays, name = {}, None
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      for name in archive.files:
+        arrays[name] = archive[name]
+  except Exception as e:  # Whatever np.load's zip, zlib, header readers raise.
+    reason = (str(e) or type(e).__name__).splitlines()[0]
+    raise ValueError(f"{path}: cannot read {name!r} ({reason})") from None
+  for name, array in arrays.items():
+    if not isinstance(array, np.ndarray):  # np.load gives bytes for non-.npy.
+      raise ValueError(f"{path}: {name!r} holds no NumPy array")
+  return arrays
+
+
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   """Reads and checks a user's ``.npz`` file with arrays `x` and `y`.
 
-  The file is opened with ``allow_pickle=False``, so it can hold only plain
-  numeric arrays.
+  Sparse labels such as `{0, 1, 1000000}` are refused, not renumbered, so
+  that output `k` of the model is label `k` of the file;
+  ``np.unique(y, return_inverse=True)`` renumbers them.
 
   Args:
-    path: A NumPy ``.npz`` archive with `x` (features of shape `(n, d)` or
-      images of shape `(n, h, w)` or `(n, h, w, c)`) and `y` (non-negative
-      integer labels of shape `(n,)`).
+    path: A ``.npz`` archive (see :func:`read_npz`) with `x`, finite
+      features of shape `(n, d)` or images of shape `(n, h, w)` or
+      `(n, h, w, c)`, channels last; and `y`, integer labels of shape `(n,)`
+      that take every value in `0..K-1`.
 
   Returns:
     `(x, y)` as float32 and int32 arrays.
 
   Raises:
-    DataError: If the file is missing, is not an ``.npz`` archive, lacks `x`
-      or `y`, holds labels that are not integers, or `x` and `y` differ in
-      length. The message names the file and the problem in one line.
+    DataError: If the file or its arrays break these rules, with one line
+      naming the file and the problem.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: no such file")
-  if os.path.isdir(path):
-    raise DataError(f"{path}: is a directory, not an .npz file")
-  if not zipfile.is_zipfile(path):
-    raise DataError(
-        f"{path}: not an .npz file (expected a NumPy archive written by"
-        " np.savez)"
-    )
   try:
-    with np.load(path, allow_pickle=False) as archive:
-      missing = [k for k in _REQUIRED_KEYS if k not in archive.files]
-      if missing:
-        found = ", ".join(repr(k) for k in archive.files) or "none"
-        raise DataError(
-            f"{path}: missing key(s) {', '.join(repr(k) for k in missing)};"
-            f" expected 'x' (inputs) and 'y' (integer labels), found {found}"
-        )
-      x, y = archive["x"], archive["y"]
-  except DataError:
-    raise
-  except ValueError as e:  # Object arrays need pickle, which is refused.
-    raise DataError(
-        f"{path}: cannot read without pickle ({_first_line(e)});"
-        " store plain numeric arrays"
-    ) from None
-  except (OSError, zipfile.BadZipFile, EOFError) as e:
-    raise DataError(
-        f"{path}: not a readable .npz file ({_first_line(e)})"
-    ) from None
-  return _check_arrays(path, x, y)
+    arrays = read_npz(path)
+  except ValueError as e:
+    raise DataError(str(e)) from None
+  problem = _problem(arrays)
+  if problem:
+    raise DataError(f"{path}: {problem}")
+  return arrays["x"].astype(np.float32), arrays["y"].astype(np.int32)
 
 
-def _first_line(error: Exception) -> str:
-  lines = str(error).strip().splitlines()
-  return lines[0] if lines else type(error).__name__
-
-
-def _check_arrays(
-    path: str, x: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-  """Checks dtypes and shapes of `x` and `y`; returns them cast."""
-  if y.dtype.kind not in "iu":
-    raise DataError(
-        f"{path}: labels 'y' must be integers, got dtype {y.dtype}"
-    )
-  if y.ndim != 1:
-    raise DataError(
-        f"{path}: labels 'y' must be one-dimensional, got shape {y.shape}"
-    )
-  if x.dtype.kind not in "biuf":
-    raise DataError(f"{path}: inputs 'x' must be numeric, got dtype {x.dtype}")
-  if x.ndim < 2:
-    raise DataError(
-        f"{path}: inputs 'x' must have shape (n, ...) with one row per"
-        f" example, got shape {x.shape}"
-    )
-  if x.shape[0] != y.shape[0]:
-    raise DataError(
-        f"{path}: lengths disagree: 'x' has {x.shape[0]} examples but 'y' has"
-        f" {y.shape[0]} labels"
-    )
-  if y.size and y.min() < 0:
-    raise DataError(
-        f"{path}: labels 'y' must be non-negative, found {int(y.min())}"
-    )
-  x = x.astype(np.float32)
-  if not np.all(np.isfinite(x)):
-    raise DataError(f"{path}: inputs 'x' contain NaN or infinity")
-  return x, y.astype(np.int32)
+def _problem(arrays: dict[str, np.ndarray]) -> str | None:
+  """What makes the arrays of :func:`load_npz` unusable; None if nothing."""
+  if "x" not in arrays or "y" not in arrays:
+    return ("expected arrays 'x' (inputs) and 'y' (integer labels), found"
+            f" {', '.join(map(repr, arrays)) or 'none'}")
+  x, y = arrays["x"], arrays["y"]
+  if y.dtype.kind not in "iu" or y.ndim != 1:
+    return ("labels 'y' must be integers of shape (n,), got"
+            f" {y.dtype}{list(y.shape)}")
+  if x.dtype.kind not in "biuf" or x.ndim < 2:
+    return ("inputs 'x' must be numbers of shape (n, ...), got"
+            f" {x.dtype}{list(x.shape)}")
+  if len(x) != len(y):
+    return (f"lengths disagree: 'x' has {len(x)} examples but 'y' has"
+            f" {len(y)} labels")
+  with np.errstate(over="ignore"):  # Overflow to inf is refused below.
+    x = x.astype(np.float32)
+  if not np.isfinite(x).all():
+    return "inputs 'x' hold NaN, infinity or values beyond float32"
+  classes = np.unique(y)
+  if classes.size and (classes[0] != 0 or classes[-1] != classes.size - 1):
+    return (f"labels 'y' must be 0..K-1 with every class present, found"
+            f" {classes.size} distinct labels from {classes[0]} to"
+            f" {classes[-1]}; renumber them with np.unique(y,"
+            " return_inverse=True)")
+  return None
 
 
 def split(
@@ -190,19 +190,17 @@ def split(
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
 
   counts = np.bincount(y)
-  present = np.flatnonzero(counts)
-  if present.size < 2:
-    raise DataError(f"{name}: need at least two classes, found {present.size}")
-  rare = present[counts[present] < 2]
-  if rare.size:
-    raise DataError(
-        f"{name}: class {int(rare[0])} has only one example; a stratified"
-        " split needs at least two per class"
-    )
   n_test = int(np.ceil(test_fraction * len(y)))
-  if n_test < present.size or len(y) - n_test < present.size:
+  if counts.size < 2:
+    raise DataError(f"{name}: need at least two classes, found {counts.size}")
+  if counts.min() < 2:
     raise DataError(
-        f"{name}: {len(y)} examples are too few to split {present.size}"
+        f"{name}: class {counts.argmin()} has {counts.min()} example(s); a"
+        " stratified split needs at least two per class"
+    )
+  if min(n_test, len(y) - n_test) < counts.size:
+    raise DataError(
+        f"{name}: {len(y)} examples are too few to split {counts.size}"
         f" classes with test fraction {test_fraction}"
     )
   x_train, x_test, y_train, y_test = model_selection.train_test_split(
@@ -238,12 +236,8 @@ def load_dataset(
   Raises:
     DataError: If the file cannot be used.
   """
-  if path is None:
-    x, y = load_digits()
-    name = "digits"
-  else:
-    x, y = load_npz(path)
-    name = os.path.basename(os.fspath(path))
+  x, y = load_digits() if path is None else load_npz(path)
+  name = "digits" if path is None else os.path.basename(os.fspath(path))
   return split(x, y, test_fraction=test_fraction, seed=seed, name=name)
 
 

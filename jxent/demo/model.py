@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-MODELS = ("mlp", "cnn")
+from jxent.demo.config import MODELS as MODELS
 
 
 class Statistic(nnx.Variable):
@@ -27,7 +27,8 @@ class ModelConfig:
 
   Attributes:
     name: "mlp" or "cnn".
-    input_shape: Shape of one example; the CNN needs `(h, w)` or `(h, w, c)`.
+    input_shape: Shape of one example; the CNN needs `(h, w)` or `(h, w, c)`,
+      channels last (the MLP flattens any layout).
     num_classes: Number of outputs.
     widths: Hidden widths of the MLP, or convolution channels of the CNN.
   """
@@ -116,9 +117,15 @@ class CNN(nnx.Module):
 
 
 def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
-  """`(h, w)` or `(h, w, c)` as `(h, w, c)`."""
+  """`(h, w)` or `(h, w, c)` as `(h, w, c)`; refuses `(c, h, w)`."""
   if len(shape) == 2:
     return (*shape, 1)
+  if len(shape) == 3 and shape[0] in (1, 3, 4) and min(shape[1:]) > 4:
+    raise ValueError(
+        f"--model cnn reads images as (n, h, w, c), and 'x' of shape (n,"
+        f" {', '.join(map(str, shape))}) looks channels-first; transpose it"
+        " to (n, h, w, c), e.g. with np.moveaxis(x, 1, -1)"
+    )
   if len(shape) == 3:
     return tuple(shape)
   raise ValueError(

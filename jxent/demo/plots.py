@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 80
 
@@ -26,33 +27,47 @@ def loss_curves(
 ) -> str:
   """Training and test loss and accuracy against the epoch.
 
+  The loss panel shows the objective, the cross-entropy `H(P,Q)` against
+  the (smoothed) targets `P`, for training and test. With label smoothing
+  it also shows the test cross-entropy `-log Q(y)` against the labels,
+  which is the summary table's headline number, and the floor `H(P)` that
+  `H(P,Q)` cannot go below.
+
   Args:
     history: One dict per epoch with `epoch`, `train_loss`, `test_loss`,
-      `train_accuracy` and `test_accuracy`.
+      `train_accuracy`, `test_accuracy` and, for the headline curve,
+      `test_cross_entropy`.
     path: PNG file to write.
-    floor: The target entropy `H(P)`, below which the loss cannot go; drawn
-      when positive (with label smoothing).
+    floor: The target entropy `H(P)`, positive with label smoothing.
 
   Returns:
     `path`.
   """
   epoch = [h["epoch"] for h in history]
-  fig = Figure(figsize=(8, 3.2), layout="constrained")
+  fig = Figure(figsize=(8, 3.4), layout="constrained")
   loss_ax, acc_ax = fig.subplots(1, 2)
-  for split, style in (("train", "-"), ("test", "--")):
+  smoothed = floor > 0
+  objective = "H(P,Q), smoothed P" if smoothed else "-log Q(y)"
+  for split, style in (("train", ".-"), ("test", ".--")):
     loss_ax.plot(epoch, [h[f"{split}_loss"] for h in history], style,
-                 label=split)
+                 label=f"{split} {objective}")
     acc_ax.plot(epoch, [h[f"{split}_accuracy"] for h in history], style,
                 label=split)
-  if floor > 0:
+  if smoothed:
+    if "test_cross_entropy" in history[0]:
+      loss_ax.plot(epoch, [h["test_cross_entropy"] for h in history], ".-.",
+                   label="test -log Q(y), the table's cross-entropy")
     loss_ax.axhline(floor, color="gray", linestyle=":",
-                    label=f"H(P) = {floor:.3f}")
-  loss_ax.set(xlabel="epoch", ylabel="loss H(P,Q) (nats)", yscale="log",
-              title="training objective")
+                    label=f"floor of H(P,Q): H(P) = {floor:.3f}")
+  loss_ax.set(xlabel="epoch", ylabel="nats per example", ylim=(0, None),
+              title="loss" + (": H(P,Q) = H(P) + KL(P||Q)" if smoothed else ""))
   acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
   for ax in (loss_ax, acc_ax):
+    ax.set_xlim(0.5, epoch[-1] + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10],
+                                               min_n_ticks=1))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
   return _save(fig, path)
 
 

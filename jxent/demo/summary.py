@@ -19,7 +19,8 @@ def format_summary(m: dict[str, Any]) -> str:
 
   return "\n".join([
       f"jxent demo: {m['model']} on {m['data']}, {m['num_train']} train /"
-      f" {m['num_test']} test examples, {m['epochs']} epochs,"
+      f" {m['num_test']} test examples, {m['epochs']}"
+      f" epoch{'' if m['epochs'] == 1 else 's'},"
       f" {m['seconds']:.1f} s",
       "",
       f"  {'train accuracy':<32}{m['train_accuracy']:>10.2%}",

@@ -6,7 +6,6 @@ smoothing passed through. :func:`train_and_evaluate` runs the whole demo
 and returns its metrics.
 """
 
-import dataclasses
 import datetime
 import functools
 import json
@@ -23,55 +22,17 @@ from flax import nnx
 
 import jxent
 from jxent.demo import checkpoint, summary
+from jxent.demo import config as config_lib
 from jxent.demo import data as data_lib
 from jxent.demo import metrics as metrics_lib
 from jxent.demo import model as model_lib
+from jxent.demo.config import Config as Config
 
 PREDICT_BATCH = 512
 
 
-class ConfigError(ValueError):
-  """A setting out of range; the message is one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Settings of one run; the command-line flags map onto these.
-
-  Attributes:
-    epochs: Passes over the training set.
-    batch_size: Examples per training step (capped at the training size).
-    lr: Peak learning rate of the warmup-then-cosine schedule.
-    weight_decay: AdamW's decoupled weight decay.
-    seed: Seed of the initial weights and of the batch order.
-    model: "mlp" or "cnn".
-    label_smoothing: Smoothing of the one-hot targets, in `[0, 1)`.
-    data: A ``.npz`` file with `x` and `y`, or None for the digits.
-    out: Output folder; None makes a new one under ``runs/``.
-    plots: Whether to write the PNG figures.
-    test_fraction: Share of the data held out for testing.
-    split_seed: Seed of the train/test split, kept apart from `seed` so
-      that runs with different seeds are scored on the same test set.
-    warmup_fraction: Share of the steps spent warming the learning rate up.
-    progress: Show progress bars; None shows them only on a terminal.
-    verbose: Print the summary table at the end.
-  """
-
-  epochs: int = 20
-  batch_size: int = 64
-  lr: float = 3e-3
-  weight_decay: float = 1e-4
-  seed: int = 0
-  model: str = "mlp"
-  label_smoothing: float = 0.1
-  data: str | None = None
-  out: str | None = None
-  plots: bool = True
-  test_fraction: float = 0.25
-  split_seed: int = 0
-  warmup_fraction: float = 0.1
-  progress: bool | None = None
-  verbose: bool = True
+class DivergenceError(RuntimeError):
+  """Training gave a loss or weights that are not finite; one line."""
 
 
 @functools.partial(jax.jit, static_argnames="label_smoothing")
@@ -185,32 +146,17 @@ def new_run_folder(root: str = "runs") -> str:
   return path
 
 
-def _check(config: Config) -> None:
-  """Raises ConfigError for a setting out of range."""
-  if config.epochs < 1:
-    raise ConfigError(f"epochs must be at least 1, got {config.epochs}")
-  if config.batch_size < 1:
-    raise ConfigError(f"batch size must be at least 1, got {config.batch_size}")
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise ConfigError(
-        f"label smoothing must be in [0, 1), got {config.label_smoothing}"
-    )
-  if not 0.0 < config.test_fraction < 1.0:
-    raise ConfigError(
-        f"test fraction must be in (0, 1), got {config.test_fraction}"
-    )
-  if config.model not in model_lib.MODELS:
-    raise ConfigError(
-        f"unknown model {config.model!r}; choose from {model_lib.MODELS}"
-    )
-
-
 def _fit(
     model: nnx.Module,
     data: data_lib.Dataset,
     config: Config,
 ) -> tuple[list[dict[str, float]], np.ndarray]:
-  """Trains `model` in place; returns the history and the last test logits."""
+  """Trains `model` in place; returns the history and the last test logits.
+
+  Raises:
+    DivergenceError: At the end of the first epoch whose loss or weights
+      are not finite.
+  """
   n_train = len(data.y_train)
   batch_size = min(config.batch_size, n_train)
   steps_per_epoch = n_train // batch_size
@@ -219,40 +165,55 @@ def _fit(
   rng = np.random.default_rng(config.seed)
   smoothing = float(config.label_smoothing)
   history = []
-  for epoch in range(1, config.epochs + 1):
-    bar = tqdm.tqdm(
-        total=steps_per_epoch,
-        desc=f"epoch {epoch}/{config.epochs}",
-        unit="step",
-        disable=None if config.progress is None else not config.progress,
-    )
-    losses, correct = [], []
-    for idx in data_lib.batch_indices(n_train, batch_size, rng):
-      loss, hits = train_step(
-          model, optimizer, data.x_train[idx], data.y_train[idx],
-          label_smoothing=smoothing,
+  with tqdm.tqdm(
+      total=config.epochs * steps_per_epoch,
+      desc="training",
+      unit="step",
+      disable=None if config.progress is None else not config.progress,
+  ) as bar:
+    for epoch in range(1, config.epochs + 1):
+      losses, correct = [], []
+      for idx in data_lib.batch_indices(n_train, batch_size, rng):
+        loss, hits = train_step(
+            model, optimizer, data.x_train[idx], data.y_train[idx],
+            label_smoothing=smoothing,
+        )
+        losses.append(loss)
+        correct.append(hits)
+        bar.update()
+      test_logits = predict(model, data.x_test)
+      record = {
+          "epoch": epoch,
+          "lr": float(schedule(epoch * steps_per_epoch - 1)),
+          "train_loss": float(jnp.mean(jnp.stack(losses))),
+          "train_accuracy": float(jnp.sum(jnp.stack(correct)))
+          / (steps_per_epoch * batch_size),
+          "test_loss": float(objective(test_logits, data.y_test, smoothing)),
+          "test_cross_entropy": float(objective(test_logits, data.y_test)),
+          "test_accuracy": metrics_lib.accuracy(test_logits, data.y_test),
+      }
+      _check_finite(model, record)
+      history.append(record)
+      bar.set_postfix(
+          epoch=f"{epoch}/{config.epochs}",
+          loss=f"{record['train_loss']:.4f}",
+          test_acc=f"{record['test_accuracy']:.3f}",
       )
-      losses.append(loss)
-      correct.append(hits)
-      bar.update()
-    test_logits = predict(model, data.x_test)
-    record = {
-        "epoch": epoch,
-        "lr": float(schedule(epoch * steps_per_epoch - 1)),
-        "train_loss": float(jnp.mean(jnp.stack(losses))),
-        "train_accuracy": float(jnp.sum(jnp.stack(correct)))
-        / (steps_per_epoch * batch_size),
-        "test_loss": float(objective(test_logits, data.y_test, smoothing)),
-        "test_accuracy": metrics_lib.accuracy(test_logits, data.y_test),
-    }
-    history.append(record)
-    bar.set_postfix(
-        loss=f"{record['train_loss']:.4f}",
-        acc=f"{record['train_accuracy']:.3f}",
-        test_acc=f"{record['test_accuracy']:.3f}",
-    )
-    bar.close()
   return history, test_logits
+
+
+def _check_finite(model: nnx.Module, record: dict[str, float]) -> None:
+  """Raises DivergenceError unless the epoch's losses and weights are finite."""
+  weights = jax.tree.leaves(nnx.state(model, nnx.Param))
+  finite_weights = all(bool(jnp.isfinite(w).all()) for w in weights)
+  losses = (record["train_loss"], record["test_loss"])
+  if finite_weights and np.isfinite(losses).all():
+    return
+  raise DivergenceError(
+      f"training diverged in epoch {record['epoch']}: training loss"
+      f" {record['train_loss']:.4g}, weights"
+      f" {'finite' if finite_weights else 'not finite'}; try a smaller --lr"
+  )
 
 
 def _test_metrics(
@@ -284,9 +245,11 @@ def _test_metrics(
 def train_and_evaluate(config: Config) -> dict[str, Any]:
   """Trains on the data, evaluates, writes the artefacts, prints a summary.
 
-  Under `config.out` it writes ``metrics.json``, the checkpoint folder
-  ``checkpoint/`` and, unless `config.plots` is False, ``loss.png``,
-  ``confusion.png`` and ``reliability.png``.
+  The settings, the data and the output folder are checked first: nothing
+  is trained or written before they pass. Under `config.out` it then
+  writes ``metrics.json``, the checkpoint folder ``checkpoint/`` and,
+  unless `config.plots` is False, ``loss.png``, ``confusion.png`` and
+  ``reliability.png``.
 
   Args:
     config: The run's settings.
@@ -295,11 +258,13 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     The metrics, as written to ``metrics.json``.
 
   Raises:
+    ConfigError: If a setting is out of range or `config.out` is unusable.
     DataError: If the data file cannot be used, or does not suit the model.
-    ConfigError: If a setting is out of range.
+    DivergenceError: If the loss or the weights stop being finite; nothing
+      is written then.
   """
-  _check(config)
   start = time.perf_counter()
+  config_lib.check(config)
   data = data_lib.load_dataset(
       config.data, test_fraction=config.test_fraction, seed=config.split_seed
   )
@@ -316,11 +281,12 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     )
   except ValueError as e:
     raise data_lib.DataError(f"{data.name}: {e}") from None
+  out = config.out or new_run_folder()
 
   history, test_logits = _fit(model, data, config)
 
-  out = config.out or new_run_folder()
   os.makedirs(out, exist_ok=True)
+  saved = checkpoint.save(os.path.join(out, "checkpoint"), model, model_config)
   results: dict[str, Any] = {
       "data": data.name,
       "model": config.model,
@@ -346,9 +312,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       },
       "backend": jax.default_backend(),
       "out": out,
-      "checkpoint": checkpoint.save(
-          os.path.join(out, "checkpoint"), model, model_config
-      ),
+      "checkpoint": saved,
   }
   if config.plots:
     from jxent.demo import plots  # pylint: disable=g-import-not-at-top
