@@ -91,9 +91,10 @@ def _parser(prog: str, suite: str | None) -> _Parser:
       epilog="Without --out, results go to bench/runs/<device>-<UTC time>/ "
       "(ignored by git).")
   p.add_argument("--suite", type=_names, default=suite and (suite,),
-                 help="comma list of suites (ce_int, ce_soft, entropy, kl, "
-                      "linear_ce, sharded), or 'all' (default: "
-                      f"{suite or 'ce_int,ce_soft,entropy,kl'})")
+                 help="comma list of suites (--list names them), or 'all' "
+                      f"(default: {suite or 'the suites on logits'})")
+  p.add_argument("--list", action="store_true",
+                 help="list the suites and their implementations, and exit")
   p.add_argument("--shapes", type=_shapes,
                  help="comma list of sizes joined by x, for every suite: "
                       "ROWSxCLASSES (TOKENSxDIMxVOCAB for linear_ce), e.g. "
@@ -111,12 +112,12 @@ def _parser(prog: str, suite: str | None) -> _Parser:
                  help="the implementation that time ratios and max abs diff "
                       "are taken against (default: jxent)")
   p.add_argument("--reps", type=_int_at_least(1),
-                 help="repetitions per case (default 10, linear_ce 5, "
-                      "--quick 3)")
+                 help="repetitions per case (default: the suite's, 10 for "
+                      "most; --quick 3)")
   p.add_argument("--max-case-s", type=_positive_float,
                  help="seconds of repetitions per implementation: a group "
                       "of N stops after N times this, once 3 rounds are done "
-                      "(default 2, --quick 0.3)")
+                      "(default: the suite's, 2 for most; --quick 0.3)")
   p.add_argument("--quick", action="store_true",
                  help="tiny grid, for tests and smoke runs (< 1 min on 2 CPUs)")
   p.add_argument("--out", help="output folder (default: "
@@ -239,6 +240,15 @@ def main(argv=None, *, prog: str = "python -m bench",
   argv = list(sys.argv[1:] if argv is None else argv)
   p = _parser(prog, suite)
   args = p.parse_args(argv)
+  if args.list:
+    from bench import registry
+
+    for s in registry.suites().values():
+      print(f"{s.name}: {s.title}; shapes {'x'.join(d.upper() for d in s.dims)}"
+            f"{'' if s.default else '; only with --suite'}")
+      for impl in s.impls():
+        print(f"  {impl.name}: {impl.code}")
+    return 0
   if args.from_json:
     try:
       results = report.read_json(args.from_json)

@@ -55,7 +55,7 @@ def figure(results: dict) -> Figure | None:
   implementation, one line style and marker per dtype. Each facet keeps the
   most frequent leading sizes (rows) of its suite, named in its title, so
   the x axis is classes alone. Titles give the reference's speed-up over
-  each baseline peer (peer time / reference time, geometric mean over the
+  each summarised implementation (peer time / reference time, geometric mean over the
   run's shapes), per dtype; the figure's title gives it over every case.
 
   Args:

@@ -101,7 +101,7 @@ class Suite:
       by memory (no GB/s, no plot).
     byte_model: What `min_bytes` counts, or why there is none; a phrase.
     baseline: The peers, as users run them, summarised against the
-      reference.
+      reference (with jxent's own implementations, `summarised`).
     modes: Modes run unless ``--modes`` says otherwise.
     grad_argnums: The inputs ``vjp`` differentiates.
     place: Puts the drawn arrays on the devices (e.g. sharded); None puts
@@ -149,6 +149,17 @@ class Suite:
              needs="jxent", f32=True)
         for v in JXENT if v.suites is None or self.name in v.suites)
     return own + self.peers
+
+  def summarised(self) -> tuple[str, ...]:
+    """The implementations table.md and the plot compare with the reference:
+    jxent's own and the baseline peers."""
+    return tuple(i.name for i in self.impls() if i.needs == "jxent"
+                 and i.name not in self.baseline) + self.baseline
+
+  def describe(self) -> dict:
+    """What results.json records of the suite, for its report."""
+    return {"title": self.title, "dims": list(self.dims),
+            "summarised": list(self.summarised()), "note": self.note}
 
 
 def _with_options(fn, options):

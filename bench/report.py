@@ -81,14 +81,13 @@ def shape_of(row: dict) -> str:
 
 
 def suite_info(results: dict) -> dict:
-  """Each suite's title, baseline and note, from the run or the registry."""
+  """Each suite's title, summarised implementations and note, from the run
+  or, for a file written before they were recorded, the registry."""
   if "suites" in results:
     return results["suites"]
   from bench import registry
 
-  return {name: {"title": s.title, "dims": list(s.dims),
-                 "baseline": list(s.baseline), "note": s.note}
-          for name, s in registry.suites().items()}
+  return {name: s.describe() for name, s in registry.suites().items()}
 
 
 def fmt(value, spec: str, scale: float = 1.0) -> str:
@@ -166,7 +165,8 @@ def geomean(values) -> float:
 def speedups(results: dict) -> dict[tuple, list[tuple[float, str]]]:
   """Peer time over reference time, per suite, mode, dtype and peer.
 
-  Only each suite's baseline peers count, as users run them. A ratio
+  Only each suite's summarised implementations count: jxent's own and the
+  peers as users run them (`registry.Suite.summarised`). A ratio
   above 1 means the reference is faster.
 
   Returns:
@@ -176,9 +176,10 @@ def speedups(results: dict) -> dict[tuple, list[tuple[float, str]]]:
   groups: dict[tuple, list[tuple[float, str]]] = {}
   for row in results["rows"]:
     ratio = _ratio(row)
-    baseline = suites.get(row["suite"], {}).get("baseline", ())
+    summarised = suites.get(row["suite"], {}).get("summarised", ())
     if (row.get("status") != "ok" or not ratio
-        or row["impl"] == row.get("reference") or row["impl"] not in baseline):
+        or row["impl"] == row.get("reference")
+        or row["impl"] not in summarised):
       continue
     key = (row["suite"], row["mode"], row["dtype"], row["impl"])
     groups.setdefault(key, []).append((ratio, shape_of(row)))

@@ -262,9 +262,7 @@ def run(opts: Options, out_dir: str, command: str) -> dict:
       "reference": opts.reference,
       "bandwidth": bandwidth,
       "byte_model": {s.name: s.byte_model for s in suites},
-      "suites": {s.name: {"title": s.title, "dims": list(s.dims),
-                          "baseline": list(s.baseline), "note": s.note}
-                 for s in suites},
+      "suites": {s.name: s.describe() for s in suites},
       "tolerances": {
           kind: {f"{dtype}, {'f32' if f32 else 'bf16'} arithmetic": tol
                  for (dtype, f32), tol in table.items()}

@@ -174,6 +174,15 @@ def test_spec_peak(kind, gbps):
   assert timing.spec_peak_gbps(kind) == gbps
 
 
+def test_list_names_every_suite_and_implementation(capsys):
+  assert main(["--list"]) == 0
+  text = capsys.readouterr().out
+  for name, suite in registry.suites().items():
+    assert f"{name}: {suite.title}" in text
+    for impl in suite.impls():
+      assert f"  {impl.name}: {impl.code}" in text
+
+
 def test_torch_is_optional():
   opts = runner.Options(suites=("ce_int",))
   suite = registry.get("ce_int")
@@ -208,6 +217,8 @@ def test_a_jxent_variant_is_one_entry(monkeypatch, tmp_path):
   assert row["agrees"] is True and row["loss_max_abs_diff"] == 0
   assert results["implementations"]["entropy"]["jxent_axis"] == (
       "jxent.entropy_from_logits(x), axis=-1")
+  assert "| entropy | fwd | float32 | jxent_axis |" in (
+      tmp_path / "table.md").read_text()
 
 
 def test_a_suite_is_one_entry(monkeypatch, tmp_path):
