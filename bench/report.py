@@ -5,6 +5,8 @@ import math
 import os
 import statistics
 
+# What every row of a results.json holds, even in old files.
+_ROW_KEYS = frozenset({"suite", "impl", "mode", "dtype"})
 # Old results.json files name a row's sizes, not its shape.
 _LEGACY_DIMS = (("tokens", "dim", "vocab"), ("rows", "classes"),
                 ("rows", "vocab"))
@@ -56,9 +58,10 @@ def read_json(path: str) -> dict:
       raise ValueError(f"{path} is not JSON: {e}") from None
   if (not isinstance(results, dict) or not isinstance(results.get("meta"), dict)
       or not isinstance(results.get("rows"), list)
-      or not all(isinstance(r, dict) and "suite" in r and "impl" in r
+      or not all(isinstance(r, dict) and _ROW_KEYS <= r.keys()
                  for r in results["rows"])):
-    raise ValueError(f"{path} is not a bench results.json (no meta and rows)")
+    raise ValueError(f"{path} is not a bench results.json: it needs meta, "
+                     f"and rows with {', '.join(sorted(_ROW_KEYS))}")
   return results
 
 

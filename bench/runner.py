@@ -222,6 +222,18 @@ def grid(suite, opts: Options, platform_name: str):
           opts.modes or suite.modes)
 
 
+def _new_rows(suite, mode, shape, dtype, impls, reference) -> list[dict]:
+  """A group's rows before it runs: what the case is, one per impl."""
+  ref = reference if any(i.name == reference for i in impls) else None
+  nbytes = suite.min_bytes(mode, shape, dtype) if suite.min_bytes else None
+  return [{
+      "suite": suite.name, "mode": mode, "impl": impl.name, "dtype": dtype,
+      **dict(zip(suite.dims, shape, strict=True)),
+      "shape": "x".join(map(str, shape)), "backend": impl.backend,
+      "bytes": nbytes, "reference": ref,
+  } for impl in impls]
+
+
 def run(opts: Options, out_dir: str, command: str) -> dict:
   """Runs the grid `opts` describe, writing results.json as it goes.
 
@@ -291,15 +303,7 @@ def run(opts: Options, out_dir: str, command: str) -> dict:
           except Exception as e:  # e.g. out of memory: record, go on
             skip = f"inputs: {type(e).__name__}: {str(e)[:300]}"
         for mode in modes:
-          rows = [{
-              "suite": suite.name, "mode": mode, "impl": impl.name,
-              "dtype": dtype, **dict(zip(suite.dims, shape, strict=True)),
-              "shape": "x".join(map(str, shape)), "backend": impl.backend,
-              "bytes": (suite.min_bytes(mode, shape, dtype)
-                        if suite.min_bytes else None),
-              "reference": (opts.reference if any(
-                  i.name == opts.reference for i in here) else None),
-          } for impl in here]
+          rows = _new_rows(suite, mode, shape, dtype, here, opts.reference)
           if skip is not None:
             for row in rows:
               row["status"], row["error"] = "skipped", skip

@@ -331,6 +331,8 @@ BAD_COMMANDS = {
                           "no such file: '/nonexistent.json'"),
     "from-json-garbage": (["--from-json", "{tmp}/garbage.json"],
                           "is not JSON"),
+    "from-json-not-results": (["--from-json", "{tmp}/list.json"],
+                              "is not a bench results.json"),
     "reps-zero": (["--reps", "0"], "--reps: expected an integer >= 1"),
     "seed-negative": (["--seed", "-1"], "--seed: expected an integer >= 0"),
     "max-case-nan": (["--max-case-s", "nan"], "expected a positive number"),
@@ -343,6 +345,7 @@ def bad_commands(tmp_path_factory):
   """Runs every bad command at once, in parallel processes."""
   tmp = tmp_path_factory.mktemp("cli")
   (tmp / "garbage.json").write_bytes(b"\x00\xff not json")
+  (tmp / "list.json").write_text("[]")
   procs = {}
   for name, (args, _) in BAD_COMMANDS.items():
     args = [a.format(tmp=tmp) for a in args] + ["--out", str(tmp / name)]
@@ -351,7 +354,8 @@ def bad_commands(tmp_path_factory):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   done = {name: (p.wait(timeout=120), *p.communicate())
           for name, p in procs.items()}
-  assert [p.name for p in tmp.iterdir()] == ["garbage.json"]  # none written
+  # Nothing written.
+  assert sorted(p.name for p in tmp.iterdir()) == ["garbage.json", "list.json"]
   return done
 
 
@@ -387,9 +391,12 @@ def test_options_the_registry_refuses(capsys, tmp_path, args, words):
 
 def test_out_folder_with_results_needs_force(capsys, tmp_path):
   (tmp_path / "results.json").write_text("{}")
-  with pytest.raises(SystemExit) as exit_:
-    main(["--suite", "entropy", *TINY, "--out", str(tmp_path)])
-  assert exit_.value.code == 2
-  assert "already holds a results.json" in capsys.readouterr().err
+  for out, words in ((tmp_path, "already holds a results.json"),
+                     (tmp_path / "results.json", "is a file, not a folder")):
+    with pytest.raises(SystemExit) as exit_:
+      main(["--suite", "entropy", *TINY, "--out", str(out)])
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert words in line
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
   assert (tmp_path / "results.json").read_text() == "{}"
