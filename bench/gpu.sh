@@ -90,9 +90,10 @@ step grid "$grid_s" "$PY" -m bench --out "$DIR" --budget-s $((grid_s - 25)) \
   --no-plot "${shapes[@]}" ${JXENT_BENCH_ARGS:-} >/dev/null || status=1
 
 # The linear cross-entropy suite (Gemma 2 2B's output layer in bfloat16):
-# jxent against the materialised logits and token chunks under checkpoint.
+# jxent against the materialised logits and token chunks under checkpoint;
+# --strict fails the step on an error (as before) or a disagreement.
 step linear "$(max 5 "$(min 60 $(($(left) - 30)))")" "$PY" -m bench.linear \
-  --out "$DIR/linear_ce" || status=1
+  --strict --out "$DIR/linear_ce" || status=1
 
 # The table and the plot, from whatever results.json holds.
 step report "$(max 5 "$(min 25 "$(left)")")" "$PY" -m bench \
