@@ -6,22 +6,25 @@
 # step has a timeout within one overall deadline, and the grid stops starting
 # new cases in time for the report to be written.
 #
-# Writes ${OUT:-bench/results}/<device-kind>-<date>/: results.json, table.md,
+# Writes ${OUT:-bench/runs}/<device-kind>-<date>/: results.json, table.md,
 # bench.png, gpu.log (this script's output), check/ (the correctness run) and
-# linear_ce/ (the linear cross-entropy suite).
+# linear_ce/ (the linear cross-entropy suite): 8 files, 2 folders deep. If
+# that folder exists already, the time is appended to its name.
+# Results are committed by copying the folder to bench/results/.
 #
 # Environment:
-#   OUT                  parent of the results folder (default bench/results)
+#   OUT                  parent of the results folder (default bench/runs,
+#                        ignored by git)
 #   PYTHON               interpreter (default python)
 #   JXENT_BENCH_SHAPES   override the grid, e.g. 512x4096,512x16384 (to try
 #                        the script on a CPU); default: the GPU grid in
-#                        bench/cases.py (8192 rows, 32768..262144 classes)
+#                        bench/logits.py (8192 rows, 32768..262144 classes)
 #   JXENT_BENCH_TOTAL_S  overall deadline in seconds (default 225)
 #   JXENT_BENCH_ARGS     extra arguments for the grid run
 set -euo pipefail
 
 PY=${PYTHON:-python}
-ROOT=${OUT:-bench/results}
+ROOT=${OUT:-bench/runs}
 TOTAL=${JXENT_BENCH_TOTAL_S:-225}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$ROOT"
@@ -56,8 +59,11 @@ from bench import timing
 d = jax.devices()[0]
 print(f"jax {jax.__version__}, devices {jax.devices()}, kind {d.device_kind!r}",
       file=sys.stderr)
-date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-print(os.path.join(sys.argv[1], f"{timing.device_slug(d)}-{date}"))
+now = datetime.datetime.now(datetime.UTC)
+out = os.path.join(sys.argv[1], f"{timing.device_slug(d)}-{now:%Y-%m-%d}")
+if os.path.exists(out):  # never write over an earlier run
+  out += f"-{now:%H%M%S}"
+print(out)
 ' "$ROOT")
 mkdir -p "$DIR"
 echo "results folder: $DIR"
@@ -84,9 +90,10 @@ step grid "$grid_s" "$PY" -m bench --out "$DIR" --budget-s $((grid_s - 25)) \
   --no-plot "${shapes[@]}" ${JXENT_BENCH_ARGS:-} >/dev/null || status=1
 
 # The linear cross-entropy suite (Gemma 2 2B's output layer in bfloat16):
-# jxent against the materialised logits and token chunks under checkpoint.
+# jxent against the materialised logits and token chunks under checkpoint;
+# --strict fails the step on an error (as before) or a disagreement.
 step linear "$(max 5 "$(min 60 $(($(left) - 30)))")" "$PY" -m bench.linear \
-  --out "$DIR/linear_ce" || status=1
+  --strict --out "$DIR/linear_ce" || status=1
 
 # The table and the plot, from whatever results.json holds.
 step report "$(max 5 "$(min 25 "$(left)")")" "$PY" -m bench \

@@ -1,18 +1,15 @@
 """Writes a run's results: results.json, the markdown table and the plot."""
 
-import io
 import json
 import math
 import os
 import statistics
-from collections import Counter
 
-from bench import cases, timing
-
-TABLE_COLUMNS = (
-    "suite", "mode", "dtype", "shape", "impl", "median ms", "IQR ms", "GB/s",
-    "% read BW", "% spec", "temp MB", "peak MB", "time / jxent", "max abs diff",
-)
+# What every row of a results.json holds, even in old files.
+_ROW_KEYS = frozenset({"suite", "impl", "mode", "dtype"})
+# Old results.json files name a row's sizes, not its shape.
+_LEGACY_DIMS = (("tokens", "dim", "vocab"), ("rows", "classes"),
+                ("rows", "vocab"))
 
 
 def _clean(value):
@@ -47,31 +44,56 @@ def write_json(results: dict, path: str) -> None:
   os.replace(tmp, path)
 
 
-def suite_dir(out: str | None, device, suite: str, date) -> str:
-  """A side suite's folder: `out`, or `<device>-<date>/<suite>` under
-  bench/results; created if missing."""
-  out = out or os.path.join(
-      "bench", "results", f"{timing.device_slug(device)}-{date:%Y-%m-%d}",
-      suite)
-  os.makedirs(out, exist_ok=True)
-  return out
-
-
-def write_suite(results: dict, table: str, out_dir: str) -> None:
-  """Writes a side suite's results.json and table.md, and prints the table."""
-  write_json(results, os.path.join(out_dir, "results.json"))
-  with open(os.path.join(out_dir, "table.md"), "w") as f:
-    f.write(table)
-  print(table)
-
-
 def read_json(path: str) -> dict:
-  """Reads a results.json written by `write_json`."""
+  """Reads a results.json written by `write_json`.
+
+  Raises:
+    ValueError: If the file is not JSON, or holds no ``meta`` and ``rows``.
+    OSError: If it cannot be read.
+  """
   with open(path) as f:
-    return json.load(f)
+    try:
+      results = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path} is not JSON: {e}") from None
+  if (not isinstance(results, dict) or not isinstance(results.get("meta"), dict)
+      or not isinstance(results.get("rows"), list)
+      or not all(isinstance(r, dict) and _ROW_KEYS <= r.keys()
+                 for r in results["rows"])):
+    raise ValueError(f"{path} is not a bench results.json: it needs meta, "
+                     f"and rows with {', '.join(sorted(_ROW_KEYS))}")
+  return results
 
 
-def _fmt(value, spec: str, scale: float = 1.0) -> str:
+def reference(results: dict) -> str:
+  """The implementation the run's ratios are taken against."""
+  return results.get("reference") or "jxent"
+
+
+def _ratio(row: dict):
+  return row.get("vs_ref", row.get("vs_jxent"))
+
+
+def shape_of(row: dict) -> str:
+  if row.get("shape"):
+    return row["shape"]
+  for dims in _LEGACY_DIMS:
+    if all(d in row for d in dims):
+      return "x".join(str(row[d]) for d in dims)
+  return "?"
+
+
+def suite_info(results: dict) -> dict:
+  """Each suite's title, summarised implementations and note, from the run
+  or, for a file written before they were recorded, the registry."""
+  if "suites" in results:
+    return results["suites"]
+  from bench import registry
+
+  return {name: s.describe() for name, s in registry.suites().items()}
+
+
+def fmt(value, spec: str, scale: float = 1.0) -> str:
   if value is None:
     return "–"
   if isinstance(value, float) and not math.isfinite(value):
@@ -90,12 +112,19 @@ def _mb(value) -> str:
   return "–" if value is None else f"{value / 2**20:.1f}"
 
 
-def _row_cells(row: dict) -> list[str]:
-  shape = f"{row['rows']}x{row['classes']}"
-  head = [row["suite"], row["mode"], row["dtype"], shape, row["impl"]]
-  if row.get("status") != "ok":
+def _columns(ref: str, notes: bool) -> tuple[str, ...]:
+  return ("suite", "mode", "dtype", "shape", "impl", "median ms", "IQR ms",
+          "GB/s", "% read BW", "% spec", "temp MB", "peak MB",
+          f"time / {ref}", "max abs diff",
+          *(("notes",) if notes else ()))
+
+
+def _row_cells(row: dict, notes: bool) -> list[str]:
+  head = [row["suite"], row["mode"], row["dtype"], shape_of(row), row["impl"]]
+  tail = [row.get("notes") or ""] if notes else []
+  if row.get("status", "ok") != "ok":
     reason = row.get("error") or row.get("status", "")
-    return head + [f"{row.get('status')}: {reason}"[:60]] + [""] * 8
+    return head + [f"{row.get('status')}: {reason}"[:60]] + [""] * 8 + tail
   iqr = None
   if row.get("p75_s") is not None and row.get("p25_s") is not None:
     iqr = row["p75_s"] - row["p25_s"]
@@ -103,26 +132,26 @@ def _row_cells(row: dict) -> list[str]:
   peak_cell = _mb(peak)
   if peak is not None and not row.get("gpu_peak_rose"):
     peak_cell = f"≤{peak_cell}"
-  diff = row.get("loss_max_abs_diff")
   if row["impl"] == row.get("reference"):
     diff_cell = "ref"
   else:
-    diff_cell = _fmt(diff, ".1e")
+    diff_cell = fmt(row.get("loss_max_abs_diff", row.get("loss_diff")),
+                     ".1e")
     if row["mode"] == "vjp" and row.get("grad_max_abs_diff") is not None:
-      diff_cell += f" / {_fmt(row['grad_max_abs_diff'], '.1e')}"
+      diff_cell += f" / {fmt(row['grad_max_abs_diff'], '.1e')}"
   if row.get("agrees") is False:
     diff_cell += " (!)"
   return head + [
       _ms(row.get("median_s")),
       _ms(iqr),
-      _fmt(row.get("gbps"), ".1f"),
-      _fmt(row.get("frac_read_bw"), ".0f", 100),
-      _fmt(row.get("frac_spec"), ".0f", 100),
+      fmt(row.get("gbps"), ".1f"),
+      fmt(row.get("frac_read_bw"), ".0f", 100),
+      fmt(row.get("frac_spec"), ".0f", 100),
       _mb(row.get("temp_bytes")),
       peak_cell,
-      _fmt(row.get("vs_jxent"), ".2f"),
+      fmt(_ratio(row), ".2f"),
       diff_cell,
-  ]
+  ] + tail
 
 
 def _md_table(header, body) -> list[str]:
@@ -132,31 +161,42 @@ def _md_table(header, body) -> list[str]:
   return lines
 
 
-def summary_rows(results: dict) -> list[list[str]]:
-  """Peer time over jxent time, per suite, mode, dtype and peer, over shapes.
+def geomean(values) -> float:
+  return math.exp(statistics.fmean(math.log(v) for v in values))
 
-  Only the suite's `cases.BASELINE` peers are summarised. A ratio above 1
-  means jxent is faster.
+
+def speedups(results: dict) -> dict[tuple, list[tuple[float, str]]]:
+  """Peer time over reference time, per suite, mode, dtype and peer.
+
+  Only each suite's summarised implementations count: jxent's own and the
+  peers as users run them (`registry.Suite.summarised`). A ratio
+  above 1 means the reference is faster.
 
   Returns:
-    Table cells: suite, mode, dtype, peer, min (at shape), geometric mean,
-    max (at shape), shapes.
+    ``(suite, mode, dtype, peer)`` to a list of ``(ratio, shape)``.
   """
+  suites = suite_info(results)
   groups: dict[tuple, list[tuple[float, str]]] = {}
   for row in results["rows"]:
-    ratio = row.get("vs_jxent")
-    if row.get("status") != "ok" or ratio is None or row["impl"] == "jxent":
-      continue
-    if row["impl"] not in cases.BASELINE.get(row["suite"], ()):
+    ratio = _ratio(row)
+    summarised = suites.get(row["suite"], {}).get("summarised", ())
+    if (row.get("status") != "ok" or not ratio
+        or row["impl"] == row.get("reference")
+        or row["impl"] not in summarised):
       continue
     key = (row["suite"], row["mode"], row["dtype"], row["impl"])
-    groups.setdefault(key, []).append((ratio, f"{row['rows']}x{row['classes']}"))
+    groups.setdefault(key, []).append((ratio, shape_of(row)))
+  return groups
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+  """`speedups` as table cells: suite, mode, dtype, peer, min (at shape),
+  geometric mean, max (at shape), shapes."""
   out = []
-  for key, values in groups.items():
-    lo = min(values)
-    hi = max(values)
-    geo = math.exp(statistics.fmean(math.log(r) for r, _ in values))
-    out.append(list(key) + [f"{lo[0]:.2f} ({lo[1]})", f"{geo:.2f}",
+  for key, values in speedups(results).items():
+    lo, hi = min(values), max(values)
+    out.append(list(key) + [f"{lo[0]:.2f} ({lo[1]})",
+                            f"{geomean(r for r, _ in values):.2f}",
                             f"{hi[0]:.2f} ({hi[1]})", str(len(values))])
   return out
 
@@ -171,129 +211,91 @@ def markdown(results: dict) -> str:
     Markdown text.
   """
   meta = results["meta"]
-  bw = results.get("bandwidth", {})
+  ref = reference(results)
+  bw = results.get("bandwidth") or {}
   spec = meta.get("spec_peak_gbps")
+  load = meta.get("load_avg_start")
   lines = [
-      f"# jxent bench: {meta['device_kind']} ({meta['platform']}), {meta['date']}",
+      f"# jxent bench: {meta.get('device_kind')} ({meta.get('platform')}), "
+      f"{meta.get('date')}",
       "",
       f"- Machine: {meta.get('machine', '')}"
-      + (f"; load average {meta['load_avg_start'][0]} at the start, "
-         f"{(meta.get('load_avg_end') or ['?'])[0]} at the end"
-         if meta.get("load_avg_start") else ""),
+      + (f"; load average {load[0]} at the start, "
+         f"{(meta.get('load_avg_end') or ['?'])[0]} at the end" if load else ""),
       f"- Versions: jax {meta.get('jax')}, jaxlib {meta.get('jaxlib')}, "
       f"optax {meta.get('optax')}, jxent {meta.get('jxent')}, "
       f"torch {meta.get('torch') or 'not installed'}, "
       f"Python {meta.get('python')}",
       f"- Command: `{meta.get('command')}`",
-      f"- Measured read bandwidth: {_fmt(bw.get('read_gbps'), '.1f')} GB/s, "
-      f"the better of a float32 full sum and row sum over "
-      f"{_mb(bw.get('bytes'))} MB"
-      + (f", measured at the start ({_fmt(bw['read_gbps_start'], '.1f')}) "
-         f"and the end ({_fmt(bw['read_gbps_end'], '.1f')}) of the run"
-         if bw.get("read_gbps_end") else "")
-      + f"; a copy `x * 2` gave {_fmt(bw.get('copy_gbps'), '.1f')} GB/s. "
-      f"Spec peak: {f'{spec:.0f} GB/s' if spec else 'none known'}.",
-      "- Byte model: the forward pass reads the logits once (and the soft "
-      "labels or `p` logits once); loss and gradient also write the gradient "
-      "once, in the logits' dtype. GB/s = those bytes / median time.",
-      "- `time / jxent` > 1: jxent is faster. `max abs diff`: per-row loss vs "
-      "jxent (fwd), or mean loss / gradient vs jxent (vjp); (!) beyond "
-      "tolerance.",
   ]
+  if bw.get("read_gbps"):
+    lines.append(
+        f"- Measured read bandwidth: {fmt(bw['read_gbps'], '.1f')} GB/s, "
+        f"the better of a float32 full sum and row sum over "
+        f"{_mb(bw.get('bytes'))} MB"
+        + (f", measured at the start ({fmt(bw['read_gbps_start'], '.1f')}) "
+           f"and the end ({fmt(bw['read_gbps_end'], '.1f')}) of the run"
+           if bw.get("read_gbps_end") else "")
+        + f"; a copy `x * 2` gave {fmt(bw.get('copy_gbps'), '.1f')} GB/s. "
+        f"Spec peak: {f'{spec:.0f} GB/s' if spec else 'none known'}.")
+    lines.append(
+        "- GB/s: the fewest bytes a case must move (the byte model below, "
+        "counted at the input dtype, so an upcast is that implementation's "
+        "own cost) over the median time.")
+  lines.append(
+      f"- Reference `{ref}`: `time / {ref}` divides an implementation's "
+      f"median time by {ref}'s in the same case: above 1, {ref} is faster. "
+      f"`max abs diff`: per-row loss against {ref} (fwd), or mean loss / "
+      "gradient against it (vjp); (!) beyond tolerance.")
   if meta.get("jxent_error"):
     lines.append(f"- jxent failed to import: {meta['jxent_error']}")
   if not results.get("complete", True):
     lines.append("- **Incomplete run**: the table holds the cases finished.")
+  suites = suite_info(results)
+  byte_model = results.get("byte_model")
+  present = list(dict.fromkeys(r["suite"] for r in results["rows"]))
+  if present:
+    lines += ["", "## Suites", ""]
+    for name in present:
+      info = suites.get(name, {})
+      text = f"- `{name}`: {info.get('title', '')}."
+      if isinstance(byte_model, dict) and byte_model.get(name):
+        text += f" Byte model: {byte_model[name]}."
+      if info.get("note"):
+        text += f" {info['note']}"
+      lines.append(text)
   summary = summary_rows(results)
   if summary:
-    lines += ["", "## Peer time / jxent time over the shapes", ""]
+    lines += ["", f"## Peer time / {ref} time over the shapes", ""]
     lines += _md_table(
         ("suite", "mode", "dtype", "peer", "min (shape)", "geomean",
          "max (shape)", "shapes"), summary)
+  notes = any(r.get("notes") for r in results["rows"])
   lines += ["", "## All cases", ""]
-  lines += _md_table(TABLE_COLUMNS, [_row_cells(r) for r in results["rows"]])
+  lines += _md_table(_columns(ref, notes),
+                     [_row_cells(r, notes) for r in results["rows"]])
   return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str) -> None:
-  """Plots the fraction of measured read bandwidth against classes.
-
-  One facet per suite and mode; one line per implementation (colour) and
-  dtype (solid float32, dashed bfloat16). Each facet keeps the most frequent
-  row count of its suite, named in its title, so the x axis is classes alone.
-
-  Args:
-    results: As written to results.json.
-    path: Destination PNG.
-  """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  rows = [r for r in results["rows"]
-          if r.get("status") == "ok" and r.get("frac_read_bw") is not None]
-  suites = [s for s in cases.SUITES if any(r["suite"] == s for r in rows)]
-  modes = [m for m in cases.MODES if any(r["mode"] == m for r in rows)]
-  if not suites:
-    return
-  impls = list(dict.fromkeys(r["impl"] for r in rows))
-  colours = {name: f"C{i}" for i, name in enumerate(impls)}
-  styles = {"float32": "-", "bfloat16": "--"}
-  fig, axes = plt.subplots(
-      len(suites), len(modes), figsize=(4.2 * len(modes), 2.6 * len(suites)),
-      squeeze=False, sharex=True)
-  meta = results["meta"]
-  for i, suite in enumerate(suites):
-    counts = Counter(r["rows"] for r in rows if r["suite"] == suite)
-    n_rows = max(counts, key=lambda n: (counts[n], n))
-    for j, mode in enumerate(modes):
-      ax = axes[i][j]
-      sel = [r for r in rows
-             if r["suite"] == suite and r["mode"] == mode and r["rows"] == n_rows]
-      for impl in impls:
-        for dtype, style in styles.items():
-          pts = sorted((r["classes"], 100 * r["frac_read_bw"]) for r in sel
-                       if r["impl"] == impl and r["dtype"] == dtype)
-          if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, style, marker="o", ms=3, color=colours[impl],
-                    lw=2.2 if impl == "jxent" else 1.2,
-                    label=f"{impl} {dtype}")
-      ax.set_xscale("log", base=2)
-      ax.set_title(f"{suite} {mode}, {n_rows} rows", fontsize=9)
-      ax.tick_params(labelsize=7)
-      ax.grid(True, alpha=0.3)
-      if j == 0:
-        ax.set_ylabel("% of measured read BW", fontsize=8)
-      if i == len(suites) - 1:
-        ax.set_xlabel("classes", fontsize=8)
-  handles, labels = {}, []
-  for ax in axes.flat:
-    for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-      if label not in handles:
-        handles[label] = h
-        labels.append(label)
-  fig.legend([handles[k] for k in labels], labels, loc="lower center",
-             ncol=min(4, len(labels)), fontsize=7, frameon=False)
-  bw = results.get("bandwidth", {}).get("read_gbps")
-  fig.suptitle(f"jxent bench, {meta['device_kind']}, {meta['date']}: "
-               f"100% = {_fmt(bw, '.0f')} GB/s read", fontsize=10)
-  legend_rows = math.ceil(len(labels) / 4)
-  fig.tight_layout(rect=(0, 0.025 * legend_rows + 0.02, 1, 0.97))
-  buf = io.BytesIO()
-  fig.savefig(buf, dpi=80)
-  plt.close(fig)
-  # A 64-colour palette keeps the file small enough to commit (< 150 KB).
-  from PIL import Image
-
-  buf.seek(0)
-  with Image.open(buf) as image:
-    image.convert("RGB").quantize(colors=64).save(path, optimize=True)
+def failures(results: dict) -> list[str]:
+  """Cases that failed or disagree with the reference beyond tolerance."""
+  bad = []
+  for row in results["rows"]:
+    name = f"{row['suite']} {row['mode']} {row['dtype']} {shape_of(row)} {row['impl']}"
+    if row.get("status") == "error":
+      bad.append(f"{name}: {row.get('error')}")
+    elif row.get("agrees") is False:
+      bad.append(f"{name}: max abs diff {row.get('loss_max_abs_diff')} "
+                 f"(loss), {row.get('grad_max_abs_diff')} (grad)")
+  if results["meta"].get("jxent_error"):
+    bad.append(f"jxent import: {results['meta']['jxent_error']}")
+  return bad
 
 
 def write_all(results: dict, out_dir: str, *, with_plot: bool = True) -> str:
   """Writes results.json, table.md and (unless told not to) bench.png.
+
+  bench.png is drawn only for suites with a byte model.
 
   Args:
     results: The run.
@@ -309,5 +311,7 @@ def write_all(results: dict, out_dir: str, *, with_plot: bool = True) -> str:
   with open(os.path.join(out_dir, "table.md"), "w") as f:
     f.write(text)
   if with_plot:
-    plot(results, os.path.join(out_dir, "bench.png"))
+    from bench import plot
+
+    plot.plot(results, os.path.join(out_dir, "bench.png"))
   return text

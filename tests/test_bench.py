@@ -1,19 +1,24 @@
-"""Tests of the benchmark harness (bench/): the --quick path, in-process.
+"""Tests of the benchmark harness (bench/): the registry, the runner, the
+report and the command line.
 
-The quick grid runs once per module (about 20 s on 2 CPU cores, compiles
+The quick grid runs once per module (about 15 s on 2 CPU cores, compiles
 included); torch is left out to keep it short and because it is optional.
 """
 
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
-from bench import cases, report, timing
+from bench import registry, report, runner, timing
 from bench.__main__ import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # jxent against a peer whose arithmetic is float32 (float32 inputs, or
 # bfloat16 inputs upcast first): relative to the largest |loss| (at least 1).
@@ -25,12 +30,18 @@ F32_GRAD_RTOL = {"float32": 1e-4, "bfloat16": 1e-2}
 BF16_LOSS_RTOL = 2e-2
 
 QUICK_IMPLS = "jxent,optax,optax_f32,jax_nn,jax_nn_f32,naive"
+LOGIT_SUITES = ("ce_int", "ce_soft", "entropy", "kl")
 
 ROW_KEYS = {
-    "suite", "mode", "impl", "dtype", "rows", "classes", "status", "bytes",
-    "median_s", "p25_s", "p75_s", "min_s", "max_s", "reps", "times_s", "gbps",
-    "frac_read_bw", "frac_spec", "temp_bytes", "compile_s", "vs_jxent",
+    "suite", "mode", "impl", "dtype", "rows", "classes", "shape", "status",
+    "bytes", "reference", "median_s", "p25_s", "p75_s", "min_s", "max_s",
+    "reps", "times_s", "gbps", "frac_read_bw", "frac_spec", "temp_bytes",
+    "compile_s", "vs_ref",
 }
+
+# A tiny case for the runs that test the registry and the command line.
+TINY = ["--shapes", "8x16", "--dtypes", "float32", "--reps", "1",
+        "--max-case-s", "0.01", "--bandwidth-mb", "1", "--no-plot"]
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +72,14 @@ def test_quick_writes_results_table_and_plot(quick):
               "optax", "machine"):
     assert meta[key], key
   assert meta["jxent_error"] is None
+  assert results["reference"] == "jxent"
   assert results["bandwidth"]["read_gbps"] > 0
-  assert "reads the logits once" in results["byte_model"]
+  assert set(results["byte_model"]) == set(LOGIT_SUITES)
+  assert "reads the logits once" in results["byte_model"]["entropy"]
   assert (out / "bench.png").stat().st_size > 0
   table = (out / "table.md").read_text()
   assert "| ce_int | vjp | bfloat16 |" in table
+  assert "time / jxent" in table
 
 
 def test_quick_rows_are_complete_and_finite(quick):
@@ -77,6 +91,7 @@ def test_quick_rows_are_complete_and_finite(quick):
   for row in rows:
     assert row["status"] == "ok", row
     assert ROW_KEYS <= row.keys()
+    assert row["shape"] == f"{row['rows']}x{row['classes']}"
     assert row["min_s"] <= row["median_s"] <= row["max_s"]
     assert row["reps"] == len(row["times_s"]) >= 3
     assert row["gbps"] > 0
@@ -86,13 +101,13 @@ def test_quick_rows_are_complete_and_finite(quick):
     assert row["finite"] is not False
 
 
-@pytest.mark.parametrize("suite", cases.SUITES)
-@pytest.mark.parametrize("mode", cases.MODES)
+@pytest.mark.parametrize("suite", LOGIT_SUITES)
+@pytest.mark.parametrize("mode", runner.MODES)
 def test_jxent_agrees_with_peers(quick, suite, mode):
   """jxent vs optax (or jax.nn for entropy), as-is and upcast, per case."""
   _, results = quick
-  as_is, upcast = cases.BASELINE[suite]
-  for dtype in cases.DTYPES:
+  as_is, upcast = registry.get(suite).baseline
+  for dtype in runner.DTYPES:
     [ref] = _rows(results, suite=suite, mode=mode, dtype=dtype, impl="jxent")
     peers = [as_is] if dtype == "float32" else [as_is, upcast]
     for name in peers:
@@ -105,7 +120,7 @@ def test_jxent_agrees_with_peers(quick, suite, mode):
         assert (row["grad_max_abs_diff"]
                 <= F32_GRAD_RTOL[dtype] * row["grad_ref_max_abs"]), row
       assert row["agrees"] is True
-    assert ref["vs_jxent"] == 1.0
+    assert ref["vs_ref"] == 1.0
 
 
 def test_from_json_rewrites_table(quick, tmp_path):
@@ -116,20 +131,36 @@ def test_from_json_rewrites_table(quick, tmp_path):
   assert "## Peer time / jxent time" in (tmp_path / "table.md").read_text()
 
 
+def test_from_json_reads_the_committed_results(tmp_path):
+  """Files written before the registry (`vs_jxent`, no `shape`) still read."""
+  committed = ROOT / "bench" / "results" / "cpu-2026-11-26"
+  for sub in ("", "linear_ce", "sharded"):
+    (tmp_path / sub).mkdir(exist_ok=True)
+    shutil.copy(committed / sub / "results.json", tmp_path / sub)
+    assert main(["--from-json", str(tmp_path / sub / "results.json"),
+                 "--no-plot"]) == 0
+  table = (tmp_path / "table.md").read_text()
+  assert "| ce_int | vjp | bfloat16 | 512x32768 | optax |" in table
+  assert "| ce_int | vjp | float32 | optax | 0.78 (512x4096) | 0.92 |" in table
+  assert "| 2048x512x32768 | float32 |" not in table
+  assert "| linear_ce | vjp | float32 | 2048x512x32768 | jxent |" in (
+      tmp_path / "linear_ce" / "table.md").read_text()
+  assert "| sharded | vjp | float32 | 1024x65536 | gathered |" in (
+      tmp_path / "sharded" / "table.md").read_text()
+
+
 def test_byte_model():
   n, v = 8192, 262144
-  assert cases.min_bytes("ce_int", "fwd", n, v, "float32") == n * v * 4 + 8 * n
-  assert cases.min_bytes("ce_int", "vjp", n, v, "bfloat16") == 2 * n * v * 2 + 4 * n
-  assert cases.min_bytes("ce_soft", "vjp", n, v, "bfloat16") == 3 * n * v * 2
-  assert cases.min_bytes("kl", "fwd", n, v, "float32") == 2 * n * v * 4 + 4 * n
-  assert cases.min_bytes("entropy", "fwd", n, v, "float32") == n * v * 4 + 4 * n
 
+  def count(suite, mode, dtype):
+    return registry.get(suite).min_bytes(mode, (n, v), dtype)
 
-def test_parse_shapes():
-  assert cases.parse_shapes("8192x32768, 8192X262144") == (
-      (8192, 32768), (8192, 262144))
-  with pytest.raises(ValueError, match="ROWSxCLASSES"):
-    cases.parse_shapes("8192-32768")
+  assert count("ce_int", "fwd", "float32") == n * v * 4 + 8 * n
+  assert count("ce_int", "vjp", "bfloat16") == 2 * n * v * 2 + 4 * n
+  assert count("ce_soft", "vjp", "bfloat16") == 3 * n * v * 2
+  assert count("kl", "fwd", "float32") == 2 * n * v * 4 + 4 * n
+  assert count("entropy", "fwd", "float32") == n * v * 4 + 4 * n
+  assert registry.get("linear_ce").min_bytes is None
 
 
 @pytest.mark.parametrize(("kind", "gbps"), [
@@ -143,38 +174,229 @@ def test_spec_peak(kind, gbps):
   assert timing.spec_peak_gbps(kind) == gbps
 
 
+def test_list_names_every_suite_and_implementation(capsys):
+  assert main(["--list"]) == 0
+  text = capsys.readouterr().out
+  for name, suite in registry.suites().items():
+    assert f"{name}: {suite.title}" in text
+    for impl in suite.impls():
+      assert f"  {impl.name}: {impl.code}" in text
+
+
 def test_torch_is_optional():
-  names = [i.name for i in cases.implementations("ce_int", jxent=None,
-                                                 torch=None)]
-  assert names == ["optax", "optax_f32", "naive"]
+  opts = runner.Options(suites=("ce_int",))
+  suite = registry.get("ce_int")
+  names = [i.name for i in runner.implementations(suite, opts)]
+  assert names == ["jxent", "optax", "optax_f32", "naive", "torch"]
+  names = [i.name for i in runner.implementations(suite, opts,
+                                                  missing={"torch"})]
+  assert names == ["jxent", "optax", "optax_f32", "naive"]
+
+
+def test_the_reference_comes_first():
+  opts = runner.Options(suites=("ce_int",), reference="optax",
+                        impls=frozenset({"jxent", "optax"}))
+  names = [i.name for i in runner.implementations(registry.get("ce_int"),
+                                                  opts)]
+  assert names == ["optax", "jxent"]
+
+
+def test_a_jxent_variant_is_one_entry(monkeypatch, tmp_path):
+  """Like "jxent_pallas": one `Variant`, run beside jxent and checked."""
+  monkeypatch.setattr(registry, "JXENT", (
+      *registry.JXENT, registry.Variant("jxent_axis", {"axis": -1},
+                                        suites=("entropy",))))
+  assert main(["--suite", "entropy,kl", *TINY, "--modes", "fwd", "--impls",
+               "jxent,jxent_axis", "--out", str(tmp_path)]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert [(r["suite"], r["impl"]) for r in results["rows"]
+          if r["impl"].startswith("jxent")] == [
+              ("entropy", "jxent"), ("entropy", "jxent_axis"),
+              ("kl", "jxent")]
+  [row] = _rows(results, impl="jxent_axis")
+  assert row["agrees"] is True and row["loss_max_abs_diff"] == 0
+  assert results["implementations"]["entropy"]["jxent_axis"] == (
+      "jxent.entropy_from_logits(x), axis=-1")
+  assert "| entropy | fwd | float32 | jxent_axis |" in (
+      tmp_path / "table.md").read_text()
+
+
+def test_a_suite_is_one_entry(monkeypatch, tmp_path):
+  """A suite registered here runs, with its peers checked and timed."""
+  monkeypatch.setattr(registry, "_SUITES", dict(registry.suites()))
+  registry.register(registry.Suite(
+      name="square_sum", title="sum of squares", dims=("rows", "classes"),
+      inputs=lambda draw, shape, dtype: (draw.normal(shape).astype(dtype),),
+      jxent=lambda x, **o: jnp.sum(x * x, axis=-1),
+      jxent_code="sum(x * x)",
+      peers=(
+          registry.Impl("einsum", lambda x: jnp.einsum("ij,ij->i", x, x),
+                        "einsum('ij,ij->i', x, x)"),
+          registry.Impl("wrong", lambda x: jnp.sum(x, axis=-1), "sum(x)"),
+      ),
+      shapes={"quick": ((4, 8),)}, dtypes={"quick": ("float32",)},
+      min_bytes=lambda mode, shape, dtype: 4 * math.prod(shape),
+      byte_model="reads x once", baseline=("einsum",), default=False))
+  opts = runner.Options(suites=("square_sum",), quick=True, reps=1,
+                        max_case_s=0.01, bandwidth_mb=1)
+  results = runner.run(opts, str(tmp_path), "test")
+  rows = {(r["mode"], r["impl"]): r for r in results["rows"]}
+  assert set(rows) == {(m, i) for m in runner.MODES
+                       for i in ("jxent", "einsum", "wrong")}
+  for mode in runner.MODES:
+    assert rows[mode, "jxent"]["vs_ref"] == 1.0
+    assert rows[mode, "einsum"]["agrees"] is True
+    assert rows[mode, "einsum"]["gbps"] > 0
+    assert rows[mode, "wrong"]["agrees"] is False
+  assert [line.split(":")[0] for line in report.failures(results)] == [
+      "square_sum fwd float32 4x8 wrong", "square_sum vjp float32 4x8 wrong"]
+  assert "| square_sum | fwd | float32 | 4x8 | einsum |" in report.markdown(
+      results)
 
 
 def test_linear_suite_runs_and_agrees(tmp_path):
-  from bench import linear
-
-  assert linear.main(["--shapes", "256x32x1000", "--dtypes", "float32",
-                      "--reps", "2", "--out", str(tmp_path)]) == 0
+  assert main(["--shapes", "256x32x1000", "--reps", "2", "--out",
+               str(tmp_path)], suite="linear_ce") == 0
   results = json.loads((tmp_path / "results.json").read_text())
   rows = {r["impl"]: r for r in results["rows"]}
   assert set(rows) == {"jxent", "materialised", "chunked"}
   for name in ("materialised", "chunked"):
-    assert rows[name]["loss_diff"] < 1e-5
-    assert rows[name]["dw_max_abs_diff"] < 1e-5
+    assert rows[name]["loss_max_abs_diff"] < 1e-5
+    assert rows[name]["agrees"] is True
+    assert rows[name]["vs_ref"] > 0
   assert rows["jxent"]["temp_bytes"] < rows["materialised"]["temp_bytes"]
-  assert "time / materialised" in (tmp_path / "table.md").read_text()
+  assert rows["materialised"]["temp_vs_ref"] > 1
+  assert "time / jxent" in (tmp_path / "table.md").read_text()
+  assert not (tmp_path / "bench.png").exists()  # no byte model, no plot
 
 
 def test_sharded_suite_runs_on_8_devices(tmp_path):
-  # A fresh process: the suite sets up its own 8 CPU devices.
+  # A fresh process: the command line sets up the 8 CPU devices.
   result = subprocess.run(
       [sys.executable, "-m", "bench.sharded", "--shapes", "64x1024",
        "--reps", "2", "--out", str(tmp_path)],
-      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
-      text=True, timeout=300)
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   rows = {r["impl"]: r for r in json.loads(
       (tmp_path / "results.json").read_text())["rows"]}
-  assert rows["gspmd"]["loss_diff"] < 1e-5
+  assert rows["jxent"]["devices"] == 8
+  assert rows["gspmd"]["agrees"] is True
   assert rows["gathered"]["grad_max_abs_diff"] < 1e-6
-  assert not rows["sharded"]["all_gather_in_hlo"]
+  assert not rows["jxent"]["all_gather_in_hlo"]
   assert rows["gathered"]["all_gather_in_hlo"]
+  assert "all-gather: yes" in (tmp_path / "table.md").read_text()
+
+
+def test_runs_without_out_go_to_a_new_ignored_folder(monkeypatch, tmp_path):
+  """Issue 14: `--quick` without `--out` overwrote bench/results/."""
+  from bench import __main__ as cli
+
+  assert pathlib.Path(cli.RUNS) == ROOT / "bench" / "runs"
+  ignored = subprocess.run(
+      ["git", "check-ignore", "-q", "bench/runs/cpu-20260101-000000/table.md"],
+      cwd=ROOT, check=False)
+  assert ignored.returncode == 0
+  monkeypatch.setattr(cli, "RUNS", str(tmp_path))
+  args = ["--suite", "entropy", *TINY, "--modes", "fwd", "--impls", "jxent"]
+  assert main(args) == 0
+  assert main(args) == 0
+  runs = sorted(tmp_path.iterdir())
+  assert len(runs) == 2
+  for run in runs:
+    assert run.name.startswith("cpu-")
+    assert (run / "results.json").exists()
+
+
+def test_the_plot_tells_dtypes_direction_and_speed_up(quick):
+  """Issue 14: dtypes apart as single points, which way is better, and the
+  headline ratio."""
+  from bench import plot
+
+  _, results = quick
+  fig = plot.figure(results)
+  assert "jxent speed-up over all cases: ×" in fig.get_suptitle()
+  ax = fig.axes[0]
+  assert "higher is better" in ax.get_ylabel()
+  assert "jxent speed-up: optax ×" in ax.get_title()
+  markers = {line.get_marker() for line in ax.get_lines()}
+  assert {"o", "s"} <= markers
+
+
+# Each bad command: the words its one line on stderr must hold. These are
+# refused before JAX loads, so each process takes a fraction of a second.
+BAD_COMMANDS = {
+    "shape-syntax": (["--shapes", "10by20"], "bad shape '10by20'"),
+    "shape-zero": (["--shapes", "0x10"], "every size must be at least 1"),
+    "from-json-missing": (["--from-json", "/nonexistent.json"],
+                          "no such file: '/nonexistent.json'"),
+    "from-json-garbage": (["--from-json", "{tmp}/garbage.json"],
+                          "is not JSON"),
+    "from-json-not-results": (["--from-json", "{tmp}/list.json"],
+                              "is not a bench results.json"),
+    "reps-zero": (["--reps", "0"], "--reps: expected an integer >= 1"),
+    "seed-negative": (["--seed", "-1"], "--seed: expected an integer >= 0"),
+    "max-case-nan": (["--max-case-s", "nan"], "expected a positive number"),
+    "budget-negative": (["--budget-s", "-1"], "expected a positive number"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_commands(tmp_path_factory):
+  """Runs every bad command at once, in parallel processes."""
+  tmp = tmp_path_factory.mktemp("cli")
+  (tmp / "garbage.json").write_bytes(b"\x00\xff not json")
+  (tmp / "list.json").write_text("[]")
+  procs = {}
+  for name, (args, _) in BAD_COMMANDS.items():
+    args = [a.format(tmp=tmp) for a in args] + ["--out", str(tmp / name)]
+    procs[name] = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  done = {name: (p.wait(timeout=120), *p.communicate())
+          for name, p in procs.items()}
+  # Nothing written.
+  assert sorted(p.name for p in tmp.iterdir()) == ["garbage.json", "list.json"]
+  return done
+
+
+@pytest.mark.parametrize("name", BAD_COMMANDS)
+def test_bad_command_says_why_in_one_line(bad_commands, name):
+  """Issue 14: bad flags traced back, or (--reps 0) were silently ignored."""
+  status, stdout, stderr = bad_commands[name]
+  assert status == 2, stderr
+  assert stdout == ""
+  [line] = stderr.splitlines()
+  assert line.startswith("python -m bench: error: ")
+  assert BAD_COMMANDS[name][1] in line
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--suite", "ce_int,nosuch"], "--suite: unknown nosuch"),
+    (["--shapes", "8x16x32"], "suite ce_int takes ROWSxCLASSES, got 8x16x32"),
+    (["--suite", "entropy", "--reference", "optax"],
+     "suite entropy has no implementation optax"),
+    (["--impls", "optax"], "--reference: jxent is not among --impls"),
+    (["--suite", "sharded", "--shapes", "8x12"],
+     "suite sharded: vocab 12 is not a multiple of the 8 devices"),
+])
+def test_options_the_registry_refuses(capsys, tmp_path, args, words):
+  """Checked against the registry, in this process: JAX is loaded here."""
+  with pytest.raises(SystemExit) as exit_:
+    main([*args, "--out", str(tmp_path / "out")])
+  assert exit_.value.code == 2
+  [line] = capsys.readouterr().err.splitlines()
+  assert words in line
+  assert not (tmp_path / "out").exists()
+
+
+def test_out_folder_with_results_needs_force(capsys, tmp_path):
+  (tmp_path / "results.json").write_text("{}")
+  for out, words in ((tmp_path, "already holds a results.json"),
+                     (tmp_path / "results.json", "is a file, not a folder")):
+    with pytest.raises(SystemExit) as exit_:
+      main(["--suite", "entropy", *TINY, "--out", str(out)])
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert words in line
+  assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+  assert (tmp_path / "results.json").read_text() == "{}"
