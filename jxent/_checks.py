@@ -73,7 +73,7 @@ class Labels(NamedTuple):
   """Integer labels, sorted into what each row's label means.
 
   Attributes:
-    index: The class index as int32, 0 where the label is out of range. It
+    class_index: The class index as int32, 0 where the label is out of range. It
       is never a wrapped-around class: the range was checked in the labels'
       own dtype before the conversion.
     counts: The label is a class in [0, num_classes) and not `ignore_index`.
@@ -81,7 +81,7 @@ class Labels(NamedTuple):
       and gradient are NaN.
   """
 
-  index: jax.Array
+  class_index: jax.Array
   counts: jax.Array
   legal: jax.Array
 

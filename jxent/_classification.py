@@ -48,7 +48,7 @@ def _offset(axis_name, local_classes):
 def _split_target(target):
   """(label_index, targets) from integer `Labels` or soft labels."""
   if isinstance(target, _checks.Labels):
-    return target.index, None
+    return target.class_index, None
   return None, target
 
 
@@ -142,7 +142,9 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
                                         jnp.zeros_like(result.weight))
 
 
-def _prepare_logits(logits, axis, where):
+def _prepare_logits(
+    logits, axis, where
+) -> tuple[jax.Array, jax.Array | None, tuple[int, ...], int]:
   """Validates logits; returns them classes-last, the mask, axes, C."""
   logits = jnp.asarray(logits)
   _checks.check_floating("logits", logits)
@@ -229,23 +231,24 @@ def softmax_cross_entropy_with_integer_labels(
     [1.0986]
   """
   logits_shape = jnp.shape(logits)
-  logits, mask, axes, num_classes = _prepare_logits(logits, axis, where)
-  labels = jnp.asarray(labels)
-  _checks.check_integer("labels", labels)
-  if labels.shape != logits.shape[:-1]:
+  rows, mask, _, num_classes = _prepare_logits(logits, axis, where)
+  label_array = jnp.asarray(labels)
+  _checks.check_integer("labels", label_array)
+  if label_array.shape != rows.shape[:-1]:
     raise ValueError(
         f"`labels` must have the shape of `logits` without the class axis"
-        f" {axis}: expected {logits.shape[:-1]}, got labels.shape="
-        f"{labels.shape} for logits.shape={logits_shape}."
+        f" {axis}: expected {rows.shape[:-1]}, got labels.shape="
+        f"{label_array.shape} for logits.shape={logits_shape}."
     )
   opts = parse_options(
       label_smoothing=label_smoothing, z_loss=z_loss,
       class_weights=class_weights, num_classes=num_classes,
-      dtype=_checks.compute_dtype(logits.dtype), ignore_index=ignore_index,
+      dtype=_checks.compute_dtype(rows.dtype), ignore_index=ignore_index,
       reduction=reduction)
-  sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index)
+  sorted_labels = _checks.sort_labels(label_array, num_classes,
+                                      opts.ignore_index)
   loss, weight = softmax_cross_entropy_rows(
-      None, num_classes, logits, mask, sorted_labels, opts)
+      None, num_classes, rows, mask, sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 
@@ -307,16 +310,15 @@ def softmax_cross_entropy(
   """
   logits_in = jnp.asarray(logits)
   _checks.check_floating("logits", logits_in)
-  labels = _checks.as_floating("labels", labels)
-  _checks.check_same_shape("logits", logits_in, "labels", labels)
-  logits, mask, axes, num_classes = _prepare_logits(logits_in, axis, where)
-  labels = _classes_last(labels, axes)
+  targets = _checks.as_floating("labels", labels)
+  _checks.check_same_shape("logits", logits_in, "labels", targets)
+  rows, mask, axes, num_classes = _prepare_logits(logits_in, axis, where)
   opts = parse_options(
       label_smoothing=label_smoothing, z_loss=z_loss,
       class_weights=class_weights, num_classes=num_classes,
-      dtype=_checks.compute_dtype(logits.dtype), reduction=reduction)
+      dtype=_checks.compute_dtype(rows.dtype), reduction=reduction)
   loss, weight = softmax_cross_entropy_rows(
-      None, num_classes, logits, mask, labels, opts)
+      None, num_classes, rows, mask, _classes_last(targets, axes), opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 

@@ -41,13 +41,15 @@ def _reduce_classes(terms, axes, mask, log_base):
   return _in_base(jnp.sum(terms, axis=axes), log_base)
 
 
-def _probabilities(name, p):
+def _probabilities(name: str, p) -> jax.Array:
   p = jnp.asarray(p)
   _checks.check_floating(name, p)
   return p
 
 
-def _pair(name_a, a, name_b, b, axis, where):
+def _pair(
+    name_a: str, a: jax.Array, name_b: str, b: jax.Array, axis, where
+) -> tuple[jax.Array, jax.Array, tuple[int, ...], jax.Array | None]:
   """Validates two arrays; returns them upcast and broadcast, axes, mask."""
   shape = _checks.broadcast_shapes(name_a, a, name_b, b)
   dtype = _checks.compute_dtype(a.dtype, b.dtype)
@@ -271,7 +273,7 @@ def js_divergence(
   return _reduce_classes(terms, axes, mask, log_base)
 
 
-def _logits(name, x):
+def _logits(name: str, x) -> jax.Array:
   x = jnp.asarray(x)
   _checks.check_floating(name, x)
   return x
@@ -481,7 +483,9 @@ def entropy_from_logits(
   return _in_base(value, log_base)
 
 
-def _logits_pair(p_logits, q_logits, axis, where):
+def _logits_pair(
+    p_logits, q_logits, axis, where
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
   p_logits = _logits("p_logits", p_logits)
   q_logits = _logits("q_logits", q_logits)
   shape = _checks.broadcast_shapes("p_logits", p_logits, "q_logits",

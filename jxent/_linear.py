@@ -179,7 +179,7 @@ def online_stats(x, w, bias, label_index, opts, cfg) -> _rows.RowStats:
 
 
 def _forward(cfg, x, w, bias, labels, opts):
-  stats = online_stats(x, w, bias, labels.index, opts, cfg)
+  stats = online_stats(x, w, bias, labels.class_index, opts, cfg)
   result = _rows.row_step(stats, opts, cfg.num_classes, labels)
   return stats, result
 
@@ -208,6 +208,11 @@ def _linear_ce_bwd(cfg, residuals, cotangents):
   shift, log_sumexp, coefficients, d_smoothing, d_z_loss = per_row
   g, _ = cotangents  # The weights are constants.
   coefficients = jax.tree.map(lambda c: g * c, coefficients)
+  # Recompute the blocks from x and W behind a barrier: when the whole
+  # vocabulary is one block, XLA would otherwise reuse the forward pass's
+  # logits and keep them alive until here.
+  primals = (x, w, bias)
+  x, w, bias = lax.optimization_barrier(primals)
   offset = _offset(cfg, w.shape[1])
   matmul_dtype = x.dtype
 
@@ -216,7 +221,7 @@ def _linear_ce_bwd(cfg, residuals, cotangents):
     logits, _, live, start = block_logits(x, w, bias, i, cfg, offset)
     dlogits = _rows.logits_gradient(
         logits, live, shift, log_sumexp,
-        coefficients, opts, label_index=labels.index, offset=offset + start)
+        coefficients, opts, label_index=labels.class_index, offset=offset + start)
     if cfg.cap is not None:
       # Through the soft cap: d/dr c tanh(r / c) = 1 - (z / c)^2.
       dlogits = dlogits * (1 - jnp.square(logits / cfg.cap))
@@ -244,6 +249,7 @@ def _linear_ce_bwd(cfg, residuals, cotangents):
   dx, dw, dbias = walk_blocks(body, init, w.shape[1], cfg.block,
                               cfg.axis_name is not None)
   d_opts = _options_cotangent(opts, g, d_smoothing, d_z_loss)
+  x, w, bias = primals  # Whose mesh axes the cotangents must match.
   return (_sum_over_copies(dx, x).astype(x.dtype), _sum_over_copies(dw, w),
           None if bias is None else _sum_over_copies(dbias, bias), None,
           d_opts)
@@ -288,7 +294,9 @@ def _options_cotangent(opts, g, d_smoothing, d_z_loss):
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd, symbolic_zeros=True)
-linear_ce_rows = _linear_ce
+# Under jit: JAX 0.10 cannot run a custom VJP with symbolic zeros eagerly
+# inside shard_map, but can trace one there.
+linear_ce_rows = jax.jit(_linear_ce, static_argnums=(0,))
 
 
 def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,

@@ -149,7 +149,9 @@ def normalize(
                     is_nonempty(sumexp))
 
 
-def _prepare(x, axis, where, name="x"):
+def _prepare(
+    x, axis, where, name: str = "x"
+) -> tuple[jax.Array, tuple[int, ...], jax.Array | None]:
   x = jnp.asarray(x)
   _checks.check_floating(name, x)
   axes = _checks.canonical_axes(axis, x.ndim) if x.ndim else ()

@@ -71,6 +71,8 @@ def parse_options(
   smoothing = _checks.check_label_smoothing(label_smoothing)
   z = _checks.check_z_loss(z_loss)
   if class_weights is not None:
+    if num_classes is None:
+      raise ValueError("`class_weights` needs the number of classes.")
     class_weights = _checks.per_class("class_weights", class_weights,
                                       num_classes)
     # PyTorch's `weight` is a constant of the loss, not a parameter.

@@ -209,6 +209,7 @@ def dense_row_stats(
     valid_mean = sums.pop(0)
   if label_index is not None:
     target_dot = _label_logit(x, label_index, offset, axis_name) - shift
+  assert target_dot is not None, "give integer labels or soft targets"
   return RowStats(shift, sumexp, target_dot, target_mass, valid_count,
                   valid_weight, valid_mean)
 
@@ -286,10 +287,11 @@ def row_step(
     if opts.class_weights is None:
       mass = jnp.ones_like(s)
     else:
-      mass = opts.class_weights.astype(dtype)[labels.index]
+      mass = opts.class_weights.astype(dtype)[labels.class_index]
     dot = mass * stats.target_dot
     counts, legal = labels.counts & nonempty, labels.legal
   else:
+    assert stats.target_mass is not None, "soft labels need the target mass"
     mass, dot = stats.target_mass, stats.target_dot
     counts, legal = nonempty, None
   # -log q_y = s - (z_y - m): both sides exact after the shift.
@@ -299,6 +301,7 @@ def row_step(
   smooth = None
   d_smoothing = -label_part
   if opts.smoothing:
+    assert stats.valid_count is not None and stats.valid_mean is not None
     count = jnp.maximum(stats.valid_count, 1)
     weight_sum = (stats.valid_count if stats.valid_weight is None
                   else stats.valid_weight)
@@ -376,6 +379,7 @@ def logits_gradient(
     grad = grad - jnp.where(classes == label_index[..., None],
                             coefficients.label[..., None], 0)
   else:
+    assert targets is not None, "give integer labels or soft targets"
     grad = grad - coefficients.label[..., None] * weighted_targets(
         targets, mask, opts, dtype, offset)
   if coefficients.smooth is not None:

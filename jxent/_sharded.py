@@ -37,7 +37,7 @@ from jxent._options import parse_options
 _AxisName = str | tuple[str, ...]
 
 
-def _local(name, x):
+def _local(name: str, x) -> jax.Array:
   """Checks a floating local shard (classes last); returns it."""
   x = jnp.asarray(x)
   _checks.check_floating(name, x)
