@@ -55,12 +55,13 @@ def _split_target(target):
 def _forward(axis_name, num_classes, logits, mask, target, opts):
   offset = _offset(axis_name, logits.shape[-1])
   label_index, targets = _split_target(target)
-  stats = _rows.row_statistics(
+  stats, exps = _rows.row_statistics(
       logits, mask, opts, num_classes, label_index=label_index,
-      targets=targets, axis_name=axis_name, offset=offset)
+      targets=targets, axis_name=axis_name, offset=offset,
+      keep_exp=_rows.keeps_exp(logits.dtype))
   labels = target if label_index is not None else None
   result = _rows.row_step(stats, opts, num_classes, labels)
-  return stats, result, offset
+  return stats, result, offset, exps
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -90,16 +91,17 @@ def softmax_cross_entropy_rows(
   Returns:
     `(loss, weight)`, both of the rows' shape.
   """
-  _, result, _ = _forward(axis_name, num_classes, logits, mask, target, opts)
+  _, result, _, _ = _forward(axis_name, num_classes, logits, mask, target,
+                             opts)
   return result.loss, result.weight
 
 
 def _logits_tangent(axis_name, logits, mask, shift, log_sumexp,
                     coefficients, opts, label_index, targets, offset,
-                    dlogits):
+                    dlogits, exps=None):
   grad = _rows.logits_gradient(
       logits, mask, shift, log_sumexp, coefficients, opts,
-      label_index=label_index, targets=targets, offset=offset)
+      label_index=label_index, targets=targets, offset=offset, exps=exps)
   tangent = jnp.sum(grad * dlogits.astype(grad.dtype), axis=-1)
   return tangent if axis_name is None else lax.psum(tangent, axis_name)
 
@@ -117,15 +119,21 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
                                     tangents):
   logits, mask, target, opts = primals
   dlogits, _, dtarget, dopts = tangents
-  stats, result, offset = _forward(axis_name, num_classes, logits, mask,
-                                   target, opts)
+  stats, result, offset, exps = _forward(axis_name, num_classes, logits,
+                                         mask, target, opts)
   label_index, targets = _split_target(target)
   tangent = jnp.zeros_like(result.loss)
-  # Under jax.checkpoint, reverse mode saves only these inputs and the
-  # per-row numbers, and recomputes the softmax in the backward pass. It
-  # also keeps XLA from merging that recomputation with the forward pass
-  # into one materialised float32 [rows, classes] array.
-  if not _is_zero(dlogits):
+  if not _is_zero(dlogits) and exps is not None:
+    # The forward pass's exp is kept for the backward (see keeps_exp).
+    tangent = tangent + _logits_tangent(
+        axis_name, logits, mask, stats.shift, result.log_sumexp,
+        result.coefficients, opts, label_index, targets, offset, dlogits,
+        exps)
+  elif not _is_zero(dlogits):
+    # Under jax.checkpoint, reverse mode saves only these inputs and the
+    # per-row numbers, and recomputes the softmax in the backward pass. It
+    # also keeps XLA from merging that recomputation with the forward pass
+    # into one materialised float32 [rows, classes] array.
     tangent = tangent + jax.checkpoint(_logits_tangent, static_argnums=(0,))(
         axis_name, logits, mask, stats.shift, result.log_sumexp,
         result.coefficients, opts, label_index, targets, offset, dlogits)

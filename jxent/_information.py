@@ -26,6 +26,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jxent import _checks
 from jxent._logsumexp import apply_mask, row_sums, safe_log, shift_of
+from jxent._rows import keeps_exp
 
 Axis = int | tuple[int, ...]
 
@@ -303,16 +304,29 @@ def _shifted(logits, mask, axis_name):
   return x.astype(shift.dtype) - shift[..., None], shift
 
 
-def _recompute(logits, mask, shift, log_sumexp):
-  """The shifted logits and the softmax, from the saved per-row numbers."""
+def _recompute(logits, mask, shift, log_sumexp, exps=None):
+  """The shifted logits and the softmax, from the saved per-row numbers.
+
+  With `exps`, the forward pass's exp(logits - shift), the softmax is
+  rescaled from it instead of recomputed.
+  """
   x = apply_mask(logits, mask)
   shifted = x.astype(shift.dtype) - shift[..., None]
+  if exps is not None:
+    return shifted, exps * jnp.exp(-log_sumexp)[..., None]
   return shifted, jnp.exp(shifted - log_sumexp[..., None])
 
 
-def _sums(axis_name, *terms):
-  """Row sums of the terms in one pass, over every shard of `axis_name`."""
-  sums = row_sums((terms[0].ndim - 1,), *terms)
+def _sums(axis_name, keep_exp, *terms):
+  """Row sums of the terms, over every shard of `axis_name`.
+
+  With `keep_exp` (see `jxent._rows.keeps_exp`) they are taken one by one,
+  and XLA materialises the shared exp; else in one pass that keeps nothing.
+  """
+  if keep_exp:
+    sums = tuple(jnp.sum(term, axis=-1) for term in terms)
+  else:
+    sums = row_sums((terms[0].ndim - 1,), *terms)
   return sums if axis_name is None else lax.psum(sums, axis_name)
 
 
@@ -334,13 +348,14 @@ def _row_tangent(axis_name, grad, dlogits):
 
 
 def _entropy_parts(axis_name, logits, mask):
+  keep = keeps_exp(logits.dtype)
   shifted, shift = _shifted(logits, mask, axis_name)
   e = jnp.exp(shifted)
-  sumexp, dot = _sums(axis_name, e, _times_finite(e, shifted))
+  sumexp, dot = _sums(axis_name, keep, e, _times_finite(e, shifted))
   log_sumexp = safe_log(sumexp)
   # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
   entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
-  return entropy, shift, log_sumexp
+  return entropy, shift, log_sumexp, e if keep else None
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -350,8 +365,8 @@ def entropy_rows(axis_name, logits, mask):
 
 
 def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
-                     dlogits):
-  shifted, probs = _recompute(logits, mask, shift, log_sumexp)
+                     dlogits, exps=None):
+  shifted, probs = _recompute(logits, mask, shift, log_sumexp, exps)
   # dH/dz_c = -p_c (log p_c + H), 0 where p_c = 0.
   grad = -_times_finite(
       probs, shifted - log_sumexp[..., None] + entropy[..., None])
@@ -362,10 +377,14 @@ def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
 def _entropy_rows_jvp(axis_name, primals, tangents):
   logits, mask = primals
   dlogits, _ = tangents
-  entropy, shift, log_sumexp = _entropy_parts(axis_name, logits, mask)
-  # jax.checkpoint: reverse mode saves the logits and per-row numbers only.
-  tangent = jax.checkpoint(_entropy_tangent, static_argnums=(0,))(
-      axis_name, logits, mask, shift, log_sumexp, entropy, dlogits)
+  entropy, shift, log_sumexp, exps = _entropy_parts(axis_name, logits, mask)
+  if exps is not None:  # Kept by the forward pass (see keeps_exp).
+    tangent = _entropy_tangent(axis_name, logits, mask, shift, log_sumexp,
+                               entropy, dlogits, exps)
+  else:
+    # jax.checkpoint: reverse mode saves the logits and per-row numbers.
+    tangent = jax.checkpoint(_entropy_tangent, static_argnums=(0,))(
+        axis_name, logits, mask, shift, log_sumexp, entropy, dlogits)
   return entropy, tangent
 
 
@@ -374,13 +393,14 @@ def _entropy_rows_jvp(axis_name, primals, tangents):
 
 def _pair_value(kind, axis_name, p_logits, q_logits, mask):
   """The row values and P's and Q's per-row numbers, in one pass of sums."""
+  keep = keeps_exp(p_logits.dtype) and keeps_exp(q_logits.dtype)
   sp, shift_p = _shifted(p_logits, mask, axis_name)
   sq, shift_q = _shifted(q_logits, mask, axis_name)
-  ep = jnp.exp(sp)
+  ep, eq = jnp.exp(sp), jnp.exp(sq)
   # KL sums p (shifted_p - shifted_q) in one term, so nearly equal P and Q
   # do not cancel two large sums; the cross-entropy sums p (-shifted_q).
   per_class = sp - sq if kind == "kl" else -sq
-  sum_p, sum_q, dot = _sums(axis_name, ep, jnp.exp(sq),
+  sum_p, sum_q, dot = _sums(axis_name, keep, ep, eq,
                             _times_finite(ep, per_class))
   lse_p, lse_q = safe_log(sum_p), safe_log(sum_q)
   mean = dot / jnp.where(sum_p != 0, sum_p, 1)
@@ -388,7 +408,8 @@ def _pair_value(kind, axis_name, p_logits, q_logits, mask):
   # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
   value = mean + lse_q - (lse_p if kind == "kl" else 0)
   value = jnp.where(sum_p != 0, value, 0)
-  return value, (shift_p, lse_p, sum_p), (shift_q, lse_q)
+  exps = (ep, eq) if keep else (None, None)
+  return value, (shift_p, lse_p, sum_p), (shift_q, lse_q), exps
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -398,8 +419,8 @@ def pair_rows(kind, axis_name, p_logits, q_logits, mask):
 
 
 def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
-               q_shift, q_lse, value, dlogits):
-  sp, probs_p = _recompute(p_logits, mask, p_shift, p_lse)
+               q_shift, q_lse, value, dlogits, p_exps=None):
+  sp, probs_p = _recompute(p_logits, mask, p_shift, p_lse, p_exps)
   sq, _ = _recompute(q_logits, mask, q_shift, q_lse)
   log_q = sq - q_lse[..., None]
   if kind == "kl":
@@ -412,11 +433,11 @@ def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
 
 
 def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
-               q_shift, q_lse, dlogits):
+               q_shift, q_lse, dlogits, p_exps=None, q_exps=None):
   # d/dz_q,c of both H(P, Q) and D_KL(P || Q) is q_c - p_c (0 for an
   # empty P).
-  _, probs_p = _recompute(p_logits, mask, p_shift, p_lse)
-  _, probs_q = _recompute(q_logits, mask, q_shift, q_lse)
+  _, probs_p = _recompute(p_logits, mask, p_shift, p_lse, p_exps)
+  _, probs_q = _recompute(q_logits, mask, q_shift, q_lse, q_exps)
   grad = jnp.where((p_sum != 0)[..., None], probs_q - probs_p, 0)
   return _row_tangent(axis_name, grad, dlogits)
 
@@ -425,17 +446,24 @@ def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
 def _pair_rows_jvp(kind, axis_name, primals, tangents):
   p_logits, q_logits, mask = primals
   dp, dq, _ = tangents
-  value, p, q = _pair_value(kind, axis_name, p_logits, q_logits, mask)
+  value, p, q, (p_exps, q_exps) = _pair_value(kind, axis_name, p_logits,
+                                              q_logits, mask)
   tangent = jnp.zeros_like(value)
-  # jax.checkpoint: reverse mode saves the logits and per-row numbers only.
+  # Without kept exps (see keeps_exp), under jax.checkpoint: reverse mode
+  # then saves the logits and per-row numbers only.
+  kept = p_exps is not None
   if not _is_zero(dp):
-    tangent = tangent + jax.checkpoint(_p_tangent, static_argnums=(0, 1))(
+    p_rule = _p_tangent if kept else jax.checkpoint(_p_tangent,
+                                                    static_argnums=(0, 1))
+    tangent = tangent + p_rule(
         kind, axis_name, p_logits, q_logits, mask, p[0], p[1], q[0], q[1],
-        value, dp)
+        value, dp, *((p_exps,) if kept else ()))
   if not _is_zero(dq):
-    tangent = tangent + jax.checkpoint(_q_tangent, static_argnums=(0,))(
+    q_rule = _q_tangent if kept else jax.checkpoint(_q_tangent,
+                                                    static_argnums=(0,))
+    tangent = tangent + q_rule(
         axis_name, p_logits, q_logits, mask, p[0], p[1], p[2], q[0], q[1],
-        dq)
+        dq, *((p_exps, q_exps) if kept else ()))
   return value, tangent
 
 

@@ -27,6 +27,7 @@ sharded; XLA today, a GPU kernel later) shares the last two:
    between the passes.
 """
 
+import contextlib
 from typing import NamedTuple
 
 import jax
@@ -44,6 +45,37 @@ from jxent._logsumexp import (
 from jxent._options import CrossEntropyOptions
 
 AxisName = str | tuple[str, ...]
+
+# Tests set this to take the accelerators' path on the CPU too.
+_recompute_everywhere = False
+
+
+def keeps_exp(dtype) -> bool:
+  """Whether the forward pass keeps exp(logits - shift) for the backward.
+
+  On a CPU, for float32 (or float64) logits, it does: exp costs more than
+  memory traffic there, and XLA computes a materialised exp on both cores
+  (with XNNPACK row sums) where a fused one runs on one. The kept array
+  is float32 [rows, classes], the one such buffer allowed, and XLA usually
+  writes the gradient into it. For 16-bit logits, and on accelerators,
+  every pass recomputes exp from the logits and only per-row numbers are
+  kept. The choice is made when the function is traced, from
+  `jax.default_backend()`.
+  """
+  return (not _recompute_everywhere
+          and jnp.dtype(dtype).itemsize >= 4
+          and jax.default_backend() == "cpu")
+
+
+@contextlib.contextmanager
+def recompute_everywhere():
+  """Traces the accelerators' path (recompute, no kept exp) on any backend."""
+  global _recompute_everywhere
+  saved, _recompute_everywhere = _recompute_everywhere, True
+  try:
+    yield
+  finally:
+    _recompute_everywhere = saved
 
 
 class RowStats(NamedTuple):
@@ -151,7 +183,8 @@ def dense_row_stats(
     targets: jax.Array | None = None,
     axis_name: AxisName | None = None,
     offset: jax.Array | int = 0,
-) -> RowStats:
+    keep_exp: bool = False,
+) -> tuple[RowStats, jax.Array | None]:
   """Row statistics of materialised logits [..., C], with XLA.
 
   Args:
@@ -164,9 +197,13 @@ def dense_row_stats(
     targets: Soft labels of the logits' shape, or None.
     axis_name: The mesh axis the classes are split over, or None.
     offset: This shard's first class.
+    keep_exp: Return exp(logits - shift) too (see `keeps_exp`), and take
+      the sums one by one from it; else take every sum in one pass that
+      keeps nothing.
 
   Returns:
-    A `RowStats`, the same on every shard of `axis_name`.
+    `(stats, exps)`: a `RowStats`, the same on every shard of `axis_name`,
+    and exp(logits - shift) in float32 (or wider) if `keep_exp`, else None.
   """
   x = apply_mask(logits, mask)
   dtype = _checks.compute_dtype(x.dtype)
@@ -193,8 +230,12 @@ def dense_row_stats(
     # Divided by C before the sum, so logits near the float limits cannot
     # overflow it; the double where keeps -inf out of the product.
     terms.append(w_valid * jnp.where(valid, shifted / num_classes, 0))
-  # One pass for every sum (see `row_sums`).
-  sums = list(row_sums((x.ndim - 1,), *terms))
+  if keep_exp:
+    # XLA materialises exp once and reads it for each sum.
+    sums = [jnp.sum(term, axis=-1) for term in terms]
+  else:
+    # One pass for every sum, keeping nothing (see `row_sums`).
+    sums = list(row_sums((x.ndim - 1,), *terms))
   if axis_name is not None:
     sums = list(lax.psum(tuple(sums), axis_name))
   sumexp = sums.pop(0)
@@ -210,8 +251,9 @@ def dense_row_stats(
   if label_index is not None:
     target_dot = _label_logit(x, label_index, offset, axis_name) - shift
   assert target_dot is not None, "give integer labels or soft targets"
-  return RowStats(shift, sumexp, target_dot, target_mass, valid_count,
-                  valid_weight, valid_mean)
+  stats = RowStats(shift, sumexp, target_dot, target_mass, valid_count,
+                   valid_weight, valid_mean)
+  return stats, terms[0] if keep_exp else None
 
 
 def _label_logit(x, label_index, offset, axis_name):
@@ -240,7 +282,7 @@ def row_statistics(
     opts: CrossEntropyOptions,
     num_classes: int,
     **kwargs,
-) -> RowStats:
+) -> tuple[RowStats, jax.Array | None]:
   """Row statistics of materialised logits: the seam for GPU kernels.
 
   Every materialised-logits cross-entropy gets its `RowStats` here. Today
@@ -348,6 +390,7 @@ def logits_gradient(
     label_index: jax.Array | None = None,
     targets: jax.Array | None = None,
     offset: jax.Array | int = 0,
+    exps: jax.Array | None = None,
 ) -> jax.Array:
   """The element-wise pass: d loss / d logits from the per-row numbers.
 
@@ -361,6 +404,8 @@ def logits_gradient(
     label_index: Integer labels (global int32 indices), or None.
     targets: Soft labels, or None.
     offset: This shard's first class.
+    exps: exp(logits - shift) kept by the forward pass, or None to
+      recompute it.
 
   Returns:
     The derivative, in the compute dtype, of the logits' shape. Masked
@@ -369,7 +414,10 @@ def logits_gradient(
   x = apply_mask(logits, mask)
   dtype = _checks.compute_dtype(x.dtype)
   shifted = x.astype(dtype) - shift[..., None]
-  probs = jnp.exp(shifted - log_sumexp[..., None])
+  if exps is None:
+    probs = jnp.exp(shifted - log_sumexp[..., None])
+  else:
+    probs = exps * jnp.exp(-log_sumexp)[..., None]
   grad = coefficients.prob[..., None] * probs
   if label_index is not None:
     classes = offset + lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
