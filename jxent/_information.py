@@ -333,9 +333,10 @@ def _sums(axis_name, keep_exp, *terms):
 def _times_finite(weight, value):
   """weight * value with 0 * (+-inf) = 0: value is swapped for 0 there.
 
-  Double where: the swap keeps the derivative finite too.
+  Double where: the swap keeps the derivative finite too. A NaN weight is
+  not 0, so it still makes the product NaN.
   """
-  has_mass = weight > 0
+  has_mass = weight != 0
   return jnp.where(has_mass, weight * jnp.where(has_mass, value, 0), 0)
 
 

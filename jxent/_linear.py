@@ -294,9 +294,17 @@ def _options_cotangent(opts, g, d_smoothing, d_z_loss):
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd, symbolic_zeros=True)
-# Under jit: JAX 0.10 cannot run a custom VJP with symbolic zeros eagerly
-# inside shard_map, but can trace one there.
-linear_ce_rows = jax.jit(_linear_ce, static_argnums=(0,))
+_linear_ce_jit = jax.jit(_linear_ce, static_argnums=(0,))
+
+
+def linear_ce_rows(cfg: Config, x, w, bias, labels, opts):
+  """Per-row loss and "mean" weight of the linear cross-entropy."""
+  if cfg.axis_name is not None:
+    # JAX 0.10 cannot run a custom VJP with symbolic zeros eagerly inside
+    # shard_map, but can trace one there. (Elsewhere no jit: checkify fails
+    # to linearise a jit that follows a check.)
+    return _linear_ce_jit(cfg, x, w, bias, labels, opts)
+  return _linear_ce(cfg, x, w, bias, labels, opts)
 
 
 def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,

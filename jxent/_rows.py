@@ -231,8 +231,13 @@ def dense_row_stats(
     # overflow it; the double where keeps -inf out of the product.
     terms.append(w_valid * jnp.where(valid, shifted / num_classes, 0))
   if keep_exp:
-    # XLA materialises exp once and reads it for each sum.
-    sums = [jnp.sum(term, axis=-1) for term in terms]
+    # XLA materialises exp (the one kept buffer) and sums it on its own;
+    # the label mass is a sum of an input. The rest, which would each need
+    # a float32 array of their own, go in one pass that keeps nothing.
+    plain = 2 if targets is not None else 1
+    sums = [jnp.sum(term, axis=-1) for term in terms[:plain]]
+    if terms[plain:]:
+      sums += list(row_sums((x.ndim - 1,), *terms[plain:]))
   else:
     # One pass for every sum, keeping nothing (see `row_sums`).
     sums = list(row_sums((x.ndim - 1,), *terms))

@@ -469,3 +469,273 @@ def test_shape_error_names_the_shape_the_user_passed():
 def test_non_integer_ignore_index_is_a_type_error():
   with pytest.raises(TypeError, match="ignore_index"):
     int_ce(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), ignore_index=1.5)
+
+
+# --- regressions of the core second pass (issue 11) ------------------------
+
+
+def test_nan_logit_makes_its_row_nan_and_the_mean_nan():
+  # Issue 11, defect 1: a NaN row was treated as fully masked (loss 0).
+  logits = jnp.array([[1.0, jnp.nan, 0.5], [1.0, 2.0, 0.5]])
+  labels = jnp.array([0, 1])
+  loss = int_ce(logits, labels)
+  assert np.isnan(loss[0])
+  np.testing.assert_allclose(loss[1], reference_int_ce(logits[1:], np.array(
+      [1]))[0][0], rtol=1e-6)
+  assert np.isnan(int_ce(logits, labels, reduction="mean"))
+  grad = jax.grad(lambda x: int_ce(x, labels).sum())(logits)
+  assert np.isnan(grad[0]).all() and np.isfinite(grad[1]).all()
+  soft = jax.nn.one_hot(labels, 3)
+  assert np.isnan(soft_ce(logits, soft)[0])
+  assert np.isnan(soft_ce(logits, soft, reduction="mean"))
+  # optax agrees on the row; PyTorch's mean is NaN too.
+  assert np.isnan(optax.softmax_cross_entropy_with_integer_labels(
+      logits, labels)[0])
+
+
+def test_all_nan_batch_gives_nan_mean_and_gradient():
+  logits = jnp.full((2, 3), jnp.nan)
+  for fn, lab in [(int_ce, jnp.array([0, 1])),
+                  (soft_ce, jnp.eye(3)[:2])]:
+    value, grad = jax.value_and_grad(
+        lambda x, fn=fn, lab=lab: fn(x, lab, reduction="mean"))(logits)
+    assert np.isnan(value) and np.isnan(grad).all()
+
+
+def test_nan_on_a_masked_class_is_ignored():
+  logits = jnp.array([[1.0, jnp.nan, 0.5]])
+  where = jnp.array([[True, False, True]])
+  expected = -np.log(scipy.special.softmax([1.0, 0.5])[0])
+  for smoothing in (0.0, 0.1):
+    value, grad = jax.value_and_grad(lambda x, s=smoothing: int_ce(
+        x, jnp.array([0]), where=where, label_smoothing=s).sum())(logits)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    assert grad[0, 1] == 0.0
+  np.testing.assert_allclose(int_ce(logits, jnp.array([0]), where=where),
+                             [expected], rtol=1e-6)
+
+
+def test_sigmoid_gradient_at_zero_logit_is_minus_half():
+  # Issue 11, defect 2: the gradient at logit 0 was -1.0 (|x| differentiated
+  # as slope 1); sigmoid(0) - 1 = -0.5, as optax and PyTorch give.
+  for label, expected in [(1.0, -0.5), (0.0, 0.5), (0.3, 0.2)]:
+    grad = jax.grad(lambda a, y=label: jxent.sigmoid_binary_cross_entropy(
+        a, jnp.float32(y)))(0.0)
+    optax_grad = jax.grad(lambda a, y=label: optax.sigmoid_binary_cross_entropy(
+        a, jnp.float32(y)))(0.0)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    np.testing.assert_allclose(grad, optax_grad, rtol=1e-6)
+
+
+def test_labels_are_range_checked_in_their_own_dtype():
+  # Issue 11, defect 3: labels were cast to int32 before the range check, so
+  # with x64, 2**32 + 3 became class 3 and 2**32 - 100 matched -100.
+  with jax.enable_x64(True):
+    logits = jnp.zeros((3, 5), jnp.float32)
+    labels = jnp.array([2**32 + 3, 2**32 - 100, 3], jnp.int64)
+    loss = int_ce(logits, labels, ignore_index=-100)
+    assert np.isnan(loss[:2]).all() and np.isfinite(loss[2])
+    grad = jax.grad(lambda x: int_ce(x, labels, ignore_index=-100).sum())(
+        logits)
+    assert np.isnan(grad[:2]).all()
+    x = jnp.ones((3, 2), jnp.float32)
+    w = jnp.zeros((2, 5), jnp.float32)
+    linear = jxent.linear_softmax_cross_entropy(
+        x, w, labels, ignore_index=-100, reduction="none")
+    assert np.isnan(linear[:2]).all() and np.isfinite(linear[2])
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.uint32, jnp.int8])
+def test_ignore_index_outside_the_label_dtype_never_matches(dtype):
+  # -100 cannot be a uint8 label: no label is ignored, and none wraps.
+  logits = jnp.zeros((2, 4))
+  labels = jnp.array([1, 3], dtype)
+  np.testing.assert_allclose(int_ce(logits, labels, ignore_index=-100),
+                             np.log(4), rtol=1e-6)
+  np.testing.assert_allclose(int_ce(logits, labels, ignore_index=300),
+                             np.log(4), rtol=1e-6)
+
+
+def test_zero_classes_give_empty_rows_or_nan_for_labels():
+  # Issue 11, defect 4: a zero-length class axis crashed.
+  logits = jnp.zeros((3, 0))
+  assert np.isnan(int_ce(logits, jnp.zeros((3,), jnp.int32))).all()
+  np.testing.assert_array_equal(
+      int_ce(logits, jnp.full((3,), -100), ignore_index=-100), 0.0)
+  np.testing.assert_array_equal(soft_ce(logits, logits), 0.0)
+
+
+# --- every differentiation mode (issue 11, defect 7) -------------------------
+
+
+def _float64_int_ce(x, y, *, smoothing=0.0, z=0.0, weights=None, mask=None):
+  """Plain float64 autodiff reference of the integer-label loss."""
+  x = x.astype(jnp.float64)
+  if mask is not None:
+    x = jnp.where(mask, x, -jnp.inf)
+  w = jnp.ones(x.shape[-1]) if weights is None else weights.astype(
+      jnp.float64)
+  valid = x > -jnp.inf
+  log_q = jax.nn.log_softmax(x)
+  safe = jnp.where(valid, log_q, 0)
+  nll = -jnp.take_along_axis(log_q, y[:, None], -1)[:, 0]
+  k = valid.sum(-1).astype(jnp.float64)
+  smooth = -(jnp.where(valid, w[None, :] * safe, 0)).sum(-1) / k
+  lse = jax.nn.logsumexp(x, -1)
+  return (1 - smoothing) * w[y] * nll + smoothing * smooth + z * lse**2
+
+
+def _float64_soft_ce(x, t, *, smoothing=0.0, z=0.0, weights=None):
+  x, t = x.astype(jnp.float64), t.astype(jnp.float64)
+  c = x.shape[-1]
+  w = jnp.ones(c) if weights is None else weights.astype(jnp.float64)
+  target = (1 - smoothing) * t + smoothing / c
+  lse = jax.nn.logsumexp(x, -1)
+  return -(w[None, :] * target * jax.nn.log_softmax(x)).sum(-1) + z * lse**2
+
+
+MODES = {
+    "grad": lambda f, x: jax.grad(lambda x: f(x).sum())(x),
+    "jvp": lambda f, x: jax.jvp(f, (x,), (jnp.cos(3 * x),))[1],
+    "linearize": lambda f, x: jax.linearize(f, x)[1](jnp.sin(x)),
+    "jacfwd": lambda f, x: jax.jacfwd(f)(x),
+    "jacrev": lambda f, x: jax.jacrev(f)(x),
+    "hessian": lambda f, x: jax.hessian(lambda x: f(x).sum())(x),
+    "vmap_grad": lambda f, x: jax.vmap(jax.grad(lambda x: f(x).sum()))(
+        jnp.stack([x, 2 * x])),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("options", [
+    {}, {"smoothing": 0.2, "z": 0.05, "weights": True, "mask": True}])
+def test_every_differentiation_mode_matches_float64_autodiff(rng, mode,
+                                                            options):
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(3, 5)) * 2)
+    y = jnp.array([0, 4, 2])
+    weights = jnp.asarray(rng.uniform(0.5, 2, 5)) if options.get(
+        "weights") else None
+    mask = jnp.array([True, True, True, False, True]) if options.get(
+        "mask") else None
+    y = jnp.where(y == 3, 0, y)
+    smoothing, z = options.get("smoothing", 0.0), options.get("z", 0.0)
+    kw = dict(label_smoothing=smoothing, z_loss=z, class_weights=weights,
+              where=None if mask is None else jnp.broadcast_to(mask, x.shape))
+    got = MODES[mode](lambda x: int_ce(x.astype(jnp.float32), y, **kw), x)
+    want = MODES[mode](lambda x: _float64_int_ce(
+        x, y, smoothing=smoothing, z=z, weights=weights, mask=mask), x)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_soft_labels_every_mode_in_logits_and_labels(rng, mode):
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(3, 5)) * 2)
+    t = jnp.asarray(rng.dirichlet(np.ones(5), size=3))
+    weights = jnp.asarray(rng.uniform(0.5, 2, 5))
+    kw = dict(label_smoothing=0.1, z_loss=0.02)
+    for argnum in (0, 1):
+      def f(v, argnum=argnum):
+        a, b = (v, t) if argnum == 0 else (x, v)
+        return soft_ce(a.astype(jnp.float32), b.astype(jnp.float32),
+                       class_weights=weights.astype(jnp.float32), **kw)
+
+      def ref(v, argnum=argnum):
+        a, b = (v, t) if argnum == 0 else (x, v)
+        return _float64_soft_ce(a, b, smoothing=0.1, z=0.02, weights=weights)
+
+      v = x if argnum == 0 else t
+      np.testing.assert_allclose(MODES[mode](f, v), MODES[mode](ref, v),
+                                 rtol=2e-5, atol=1e-6)
+
+
+def test_derivative_with_respect_to_traced_smoothing_and_z_loss(rng):
+  logits, labels = _problem(rng)
+  def loss(s, z):
+    return int_ce(logits, labels, label_smoothing=s, z_loss=z).sum()
+  def ref(s, z):
+    return _float64_int_ce(logits, labels, smoothing=s, z=z).sum()
+  got = jax.grad(loss, (0, 1))(0.1, 0.01)
+  with jax.enable_x64(True):
+    want = jax.grad(ref, (0, 1))(0.1, 0.01)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+# --- drop-in gaps --------------------------------------------------------------
+
+
+def test_integer_labels_are_accepted_where_optax_accepts_them(rng):
+  logits, labels = _problem(rng)
+  one_hot = jax.nn.one_hot(labels, 7, dtype=jnp.int32)
+  np.testing.assert_allclose(soft_ce(logits, one_hot),
+                             int_ce(logits, labels), rtol=1e-6)
+  y = jnp.array([[1, 0, 1]])
+  np.testing.assert_allclose(
+      jxent.sigmoid_binary_cross_entropy(jnp.array([[0.5, -1.0, 2.0]]), y),
+      optax.sigmoid_binary_cross_entropy(jnp.array([[0.5, -1.0, 2.0]]),
+                                         y.astype(jnp.float32)), rtol=1e-6)
+
+
+def test_axis_none_reduces_over_every_axis(rng):
+  x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+  t = jax.nn.softmax(jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                     axis=None)
+  np.testing.assert_allclose(soft_ce(x, t, axis=None),
+                             optax.softmax_cross_entropy(x, t, axis=None),
+                             rtol=1e-6)
+  np.testing.assert_allclose(int_ce(x, jnp.array(7), axis=None),
+                             int_ce(x.reshape(-1), jnp.array(7)), rtol=1e-6)
+
+
+def test_soft_labels_with_class_weights_follow_pytorch(rng):
+  # PyTorch's `weight` with probability targets: -sum_c w_c t_c log q_c, and
+  # "mean" divides by the number of rows, not by the weights.
+  x = rng.normal(size=(4, 5))
+  t = rng.dirichlet(np.ones(5), size=4)
+  w = rng.uniform(0.5, 2, 5)
+  s = 0.2
+  target = (1 - s) * t + s / 5
+  log_q = x - scipy.special.logsumexp(x, -1, keepdims=True)
+  expected = -(w[None, :] * target * log_q).sum(-1)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  got = soft_ce(f32(x), f32(t), class_weights=f32(w), label_smoothing=s)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      soft_ce(f32(x), f32(t), class_weights=f32(w), label_smoothing=s,
+              reduction="mean"), expected.mean(), rtol=1e-5)
+
+
+def test_traced_smoothing_and_z_loss_do_not_recompile(rng):
+  logits, labels = _problem(rng)
+  traces = []
+
+  def loss(x, s, z):
+    traces.append(None)  # Runs once per trace, not per call.
+    return int_ce(x, labels, label_smoothing=s, z_loss=z, reduction="mean")
+
+  step = jax.jit(loss)
+  for s in (0.0, 0.1, 0.2):
+    traced = step(logits, jnp.float32(s), jnp.float32(s / 10))
+    static = int_ce(logits, labels, label_smoothing=s, z_loss=s / 10,
+                    reduction="mean")
+    np.testing.assert_allclose(traced, static, rtol=1e-6)
+  assert len(traces) == 1
+
+
+def test_per_row_where_mask_as_in_optax(rng):
+  logits, labels = _problem(rng, batch=4)
+  rows = jnp.array([True, False, True, True])
+  out = int_ce(logits, labels, where=rows)
+  np.testing.assert_allclose(out[1], 0.0)
+  np.testing.assert_allclose(out[rows], int_ce(logits[rows], labels[rows]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      out, optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels, where=rows), rtol=1e-6)
+
+
+def test_reduction_is_a_literal_type():
+  import typing
+  hints = typing.get_type_hints(int_ce)
+  assert typing.get_args(hints["reduction"]) == ("none", "sum", "mean")

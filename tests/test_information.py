@@ -246,3 +246,72 @@ def test_everything_finite_for_extreme_logits(z):
     value, grad = jax.value_and_grad(lambda a, fn=fn: fn(a).sum())(
         jnp.asarray(z))
     assert np.isfinite(value) and np.isfinite(grad).all()
+
+
+# --- regressions of the core second pass (issue 11) ------------------------
+
+
+def test_nan_logit_gives_nan_entropy_and_divergences():
+  # Issue 11, defect 1: entropy_from_logits([1, nan, .5]) gave -3.54.
+  x = jnp.array([1.0, jnp.nan, 0.5])
+  assert np.isnan(jxent.entropy_from_logits(x))
+  assert np.isnan(jxent.kl_divergence_from_logits(x, jnp.zeros(3)))
+  assert np.isnan(jxent.kl_divergence_from_logits(jnp.zeros(3), x))
+  assert np.isnan(jxent.cross_entropy_from_logits(jnp.zeros(3), x))
+  grad = jax.grad(jxent.entropy_from_logits)(x)
+  assert np.isnan(grad).all()
+
+
+def test_zero_length_class_axis_gives_zero():
+  # Issue 11, defect 4.
+  x = jnp.zeros((2, 0))
+  np.testing.assert_array_equal(jxent.entropy_from_logits(x), 0.0)
+  np.testing.assert_array_equal(jxent.kl_divergence_from_logits(x, x), 0.0)
+  np.testing.assert_array_equal(jxent.cross_entropy_from_logits(x, x), 0.0)
+
+
+def _float64_kl(p, q):
+  lp, lq = jax.nn.log_softmax(p), jax.nn.log_softmax(q)
+  return (jnp.exp(lp) * (lp - lq)).sum(-1)
+
+
+def _float64_ce(p, q):
+  return -(jax.nn.softmax(p) * jax.nn.log_softmax(q)).sum(-1)
+
+
+def _float64_entropy(z):
+  lp = jax.nn.log_softmax(z)
+  return -(jnp.exp(lp) * lp).sum(-1)
+
+
+DERIVATIVES = {
+    "grad": lambda f, x: jax.grad(lambda x: f(x).sum())(x),
+    "jvp": lambda f, x: jax.jvp(f, (x,), (jnp.cos(3 * x),))[1],
+    "jacfwd": lambda f, x: jax.jacfwd(f)(x),
+    "hessian": lambda f, x: jax.hessian(lambda x: f(x).sum())(x),
+}
+
+
+@pytest.mark.parametrize("mode", DERIVATIVES)
+@pytest.mark.parametrize("which", ["entropy", "kl_p", "kl_q", "ce_p", "ce_q"])
+def test_every_derivative_matches_float64_autodiff(rng, mode, which):
+  with jax.enable_x64(True):
+    a = jnp.asarray(rng.normal(size=(3, 6)) * 2)
+    b = jnp.asarray(rng.normal(size=(3, 6)) * 2)
+    f32 = lambda v: v.astype(jnp.float32)
+    fns = {
+        "entropy": (lambda v: jxent.entropy_from_logits(f32(v)),
+                    _float64_entropy),
+        "kl_p": (lambda v: jxent.kl_divergence_from_logits(f32(v), f32(b)),
+                 lambda v: _float64_kl(v, b)),
+        "kl_q": (lambda v: jxent.kl_divergence_from_logits(f32(b), f32(v)),
+                 lambda v: _float64_kl(b, v)),
+        "ce_p": (lambda v: jxent.cross_entropy_from_logits(f32(v), f32(b)),
+                 lambda v: _float64_ce(v, b)),
+        "ce_q": (lambda v: jxent.cross_entropy_from_logits(f32(b), f32(v)),
+                 lambda v: _float64_ce(b, v)),
+    }
+    got_fn, want_fn = fns[which]
+    np.testing.assert_allclose(DERIVATIVES[mode](got_fn, a),
+                               DERIVATIVES[mode](want_fn, a),
+                               rtol=5e-5, atol=5e-6)

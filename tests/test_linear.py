@@ -235,3 +235,72 @@ def test_float64_inputs_accumulate_in_float64(rng):
     np.testing.assert_allclose(
         out, materialised(x, w, labels, label_smoothing=0.1,
                           reduction="mean"), rtol=1e-12)
+
+
+# --- regressions of the core second pass (issue 11) ------------------------
+
+
+def test_mean_skips_rows_whose_logits_are_all_minus_inf():
+  # Issue 11, defect 5: the linear "mean" counted empty rows, so on this
+  # two-row example it was half the integer-label loss's.
+  x = jnp.array([[1.0], [-jnp.inf]])  # Row 1's logits are all -inf.
+  w = jnp.array([[1.0, 2.0]])
+  labels = jnp.array([0, 1])
+  expected = np.log1p(np.e)  # -log softmax([1, 2])[0], row 0 alone.
+  for block in (1, 2):
+    np.testing.assert_allclose(
+        linear_ce(x, w, labels, block_size=block), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        linear_ce(x, w, labels, block_size=block, reduction="none"),
+        [expected, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(
+      materialised(x, w, labels, reduction="mean"), expected, rtol=1e-6)
+
+
+def test_infinite_softcap_is_refused():
+  # Issue 11, defect 5: logit_softcap=inf returned loss 0.
+  x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+  with pytest.raises(ValueError, match="logit_softcap"):
+    linear_ce(x, w, jnp.array([0, 1]), logit_softcap=float("inf"))
+
+
+def test_zero_vocabulary_is_not_a_crash():
+  # Issue 11, defect 4: w of shape [D, 0] raised ZeroDivisionError.
+  x = jnp.ones((2, 3))
+  w = jnp.zeros((3, 0))
+  out = linear_ce(x, w, jnp.array([0, -100]), ignore_index=-100,
+                  reduction="none")
+  assert np.isnan(out[0]) and out[1] == 0.0
+  grad = jax.grad(lambda x: linear_ce(x, w, jnp.array([-100, -100]),
+                                      ignore_index=-100))(x)
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_nan_in_x_or_w_makes_its_rows_nan(rng):
+  # Issue 11, defect 1, in the linear loss.
+  x, w, bias, labels = _problem(rng)
+  labels = jnp.abs(labels)
+  bad_x = x.at[3, 0].set(jnp.nan)
+  out = linear_ce(bad_x, w, labels, reduction="none", block_size=64)
+  assert np.isnan(out[3]) and np.isfinite(np.delete(np.asarray(out), 3)).all()
+  assert np.isnan(linear_ce(bad_x, w, labels, block_size=64))
+  dx = jax.grad(lambda x: linear_ce(x, w, labels, block_size=64))(bad_x)
+  assert np.isnan(dx[3]).any()
+  bad_w = w.at[0, 5].set(jnp.nan)
+  assert np.isnan(linear_ce(x, bad_w, labels, reduction="none",
+                            block_size=64)).all()
+
+
+def test_traced_smoothing_and_z_loss_match_static_and_differentiate(rng):
+  x, w, bias, labels = _problem(rng)
+  def loss(x, s, z):
+    return linear_ce(x, w, labels, ignore_index=-100, label_smoothing=s,
+                     z_loss=z, block_size=64)
+  static = loss(x, 0.1, 0.01)
+  traced = jax.jit(loss)(x, jnp.float32(0.1), jnp.float32(0.01))
+  np.testing.assert_allclose(traced, static, rtol=1e-6)
+  ds, dz = jax.grad(loss, (1, 2))(x, 0.1, 0.01)
+  ref_s, ref_z = jax.grad(lambda s, z: materialised(
+      x, w, labels, ignore_index=-100, label_smoothing=s, z_loss=z,
+      reduction="mean"), (0, 1))(0.1, 0.01)
+  np.testing.assert_allclose([ds, dz], [ref_s, ref_z], rtol=1e-4)

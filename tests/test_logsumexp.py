@@ -79,3 +79,28 @@ def test_primitives_reject_integer_input():
     jxent.logsumexp(jnp.arange(3))
   with pytest.raises(ValueError, match="out of range"):
     jxent.softmax(jnp.zeros(3), axis=2)
+
+
+# --- regressions of the core second pass (issue 11) ------------------------
+
+
+def test_nan_anywhere_in_a_row_makes_it_nan():
+  # Issue 11, defect 1: logsumexp([1, nan, .5]) gave -inf and softmax kept
+  # the finite entries.
+  x = jnp.array([1.0, jnp.nan, 0.5])
+  assert np.isnan(jxent.logsumexp(x))
+  assert np.isnan(jxent.softmax(x)).all()
+  assert np.isnan(jxent.log_softmax(x)).all()
+  # A NaN on a class masked by `where` is ignored.
+  where = jnp.array([True, False, True])
+  np.testing.assert_allclose(jxent.logsumexp(x, where=where),
+                             scipy.special.logsumexp([1.0, 0.5]), rtol=1e-6)
+
+
+def test_zero_length_axis_gives_minus_inf_as_scipy():
+  # Issue 11, defect 4: the max of a zero-length axis raised.
+  x = jnp.zeros((3, 0))
+  np.testing.assert_array_equal(jxent.logsumexp(x), [-np.inf] * 3)
+  np.testing.assert_array_equal(scipy.special.logsumexp(np.zeros((3, 0)),
+                                                        axis=-1), -np.inf)
+  assert jxent.softmax(x).shape == (3, 0)

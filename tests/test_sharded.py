@@ -1,4 +1,4 @@
-"""Tests for the vocabulary-parallel losses in jxent._sharded.
+"""Tests for the vocabulary-parallel losses in jxent.sharded.
 
 They need 8 CPU devices, which conftest.py asks for (`jax_num_cpu_devices`).
 Each sharded loss is run inside `jax.shard_map` on meshes (8,), (2, 4) and
@@ -14,7 +14,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jxent
-from jxent import _sharded as sharded
+from jxent import sharded
 
 RTOL, ATOL = 2e-5, 2e-6
 MESHES = [(1, 8), (2, 4), (4, 2)]  # (data, vocab); (1, 8) is the (8,) mesh.
@@ -163,13 +163,11 @@ def test_soft_labels_match_unsharded(rng, shape, options):
   fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=P())
   ref = lambda z, y: jxent.softmax_cross_entropy(  # noqa: E731
       z, y, reduction="mean", **options)
-  _check(fn, ref, (logits, labels), (0,))
-  # The labels' gradient, -(1 - a) log q, is +inf unsharded at the -inf
-  # logit and 0 here (documented); compare the other classes.
-  got = jax.jit(jax.grad(fn, 1))(logits, labels)
-  want = jax.grad(ref, 1)(logits, labels)
-  assert np.all(np.asarray(got[:, 3]) == 0)
-  _close(np.delete(np.asarray(got), 3, 1), np.delete(np.asarray(want), 3, 1))
+  # Both arguments, the labels' gradient at the -inf logit included (0 in
+  # both, issue 11; it was 0 here and +inf unsharded).
+  _check(fn, ref, (logits, labels), (0, 1))
+  assert np.all(np.asarray(jax.jit(jax.grad(fn, 1))(logits, labels)[:, 3])
+                == 0)
 
 
 @pytest.mark.parametrize("shape", MESHES)
@@ -372,3 +370,69 @@ def test_shard_map_losses_do_not_all_gather():
       _compiled_text(jax.grad(linear, (0, 1)), x, w, labels),
   ):
     _assert_vocab_stays_split(hlo)
+
+
+# --- regressions of the core second pass (issue 11) -------------------------
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_class_weights_match_unsharded(rng, shape):
+  mesh = _mesh(shape)
+  data = _data_axis(mesh)
+  logits = _logits(rng)
+  labels = _labels(rng).at[0].set(-100)
+  soft = jnp.asarray(rng.dirichlet(np.ones(VOCAB), size=BATCH), jnp.float32)
+  weights = jnp.asarray(rng.uniform(0.5, 2.0, VOCAB), jnp.float32)
+  options = dict(class_weights=weights, label_smoothing=0.1,
+                 reduction="mean")
+
+  def integer(z, y):
+    return sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", ignore_index=-100, batch_axis_name=data, **options)
+
+  def soft_local(z, t):
+    return sharded.softmax_cross_entropy(z, t, "vocab", batch_axis_name=data,
+                                         **options)
+
+  spec = P(data, "vocab")
+  fn = jax.shard_map(integer, mesh=mesh, in_specs=(spec, P(data)),
+                     out_specs=P())
+  _check(fn, lambda z, y: jxent.softmax_cross_entropy_with_integer_labels(
+      z, y, ignore_index=-100, **options), (logits, labels), (0,))
+  fn = jax.shard_map(soft_local, mesh=mesh, in_specs=(spec, spec),
+                     out_specs=P())
+  _check(fn, lambda z, t: jxent.softmax_cross_entropy(z, t, **options),
+         (logits, soft), (0, 1))
+
+
+def test_forward_mode_matches_unsharded(rng):
+  mesh = _mesh((2, 4))
+  logits, labels = _logits(rng), _labels(rng)
+  tangent = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+
+  def local(z, y):
+    return sharded.softmax_cross_entropy_with_integer_labels(
+        z, y, "vocab", label_smoothing=0.1, z_loss=1e-3)
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P("data", "vocab"),
+                                                  P("data")),
+                     out_specs=P("data"))
+  ref = lambda z: jxent.softmax_cross_entropy_with_integer_labels(  # noqa
+      z, labels, label_smoothing=0.1, z_loss=1e-3)
+  got = jax.jit(lambda z, t: jax.jvp(lambda z: fn(z, labels), (z,), (t,)))(
+      logits, tangent)
+  want = jax.jvp(ref, (logits,), (tangent,))
+  for g, w in zip(got, want, strict=True):
+    _close(g, w)
+
+
+def test_nan_logit_on_one_shard_makes_the_row_nan(rng):
+  mesh = _mesh((1, 8))
+  logits = _logits(rng).at[2, 30].set(jnp.nan)
+  labels = _labels(rng)
+  fn = jax.jit(jax.shard_map(
+      lambda z, y: sharded.softmax_cross_entropy_with_integer_labels(
+          z, y, "vocab"),
+      mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P()))
+  out = np.asarray(fn(logits, labels))
+  assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()

@@ -1,0 +1,133 @@
+"""Compiled memory: no float32 [batch, classes] temporary for 16-bit logits.
+
+Issue 11: under `jit`, the loss and gradient of 16-bit logits must keep no
+float32 array of the logits' shape, on any platform, for every
+cross-entropy, entropy and KL from logits. XLA's own accounting
+(`memory_analysis().temp_size_in_bytes`) is the measure, a control shows
+that it sees such a buffer when one exists, and the accelerators' path is
+checked on the CPU too, by forcing it (`jxent._rows.recompute_everywhere`).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import jxent
+from jxent import _rows
+
+BATCH, CLASSES = 256, 8192
+FLOAT32_COPY = BATCH * CLASSES * 4
+# Anything near a float32 copy of the logits is a failure; per-row numbers
+# and XLA's small scratch are far below it.
+LIMIT = FLOAT32_COPY // 4
+
+
+def _temp(loss, *args):
+  """Temporary bytes of loss and gradient (w.r.t. the first argument)."""
+  step = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(loss(*a))))
+  return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def _sharded(fn, n_inputs):
+  mesh = jax.make_mesh((1,), ("vocab",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  spec = P(None, "vocab")
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * n_inputs,
+                       out_specs=P())
+
+
+LABELS = jnp.zeros((BATCH,), jnp.int32)
+SOFT = jnp.zeros((BATCH, CLASSES), jnp.bfloat16)
+
+
+def _cases(dtype):
+  other = jnp.zeros((BATCH, CLASSES), dtype)
+  return {
+      "int_ce": lambda x: jxent.softmax_cross_entropy_with_integer_labels(
+          x, LABELS, label_smoothing=0.1, z_loss=1e-4),
+      "soft_ce": lambda x: jxent.softmax_cross_entropy(
+          x, SOFT.astype(dtype), label_smoothing=0.1),
+      "entropy": jxent.entropy_from_logits,
+      "kl_p": lambda x: jxent.kl_divergence_from_logits(x, other),
+      "kl_q": lambda x: jxent.kl_divergence_from_logits(other, x),
+      "cross_entropy": lambda x: jxent.cross_entropy_from_logits(other, x),
+      "sharded_int_ce": _sharded(
+          lambda x: jnp.sum(jxent.sharded.softmax_cross_entropy_with_integer_labels(
+              x, LABELS, "vocab", label_smoothing=0.1)), 1),
+      "sharded_entropy": _sharded(
+          lambda x: jnp.sum(jxent.sharded.entropy_from_logits(x, "vocab")), 1),
+  }
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", list(_cases(jnp.bfloat16)))
+def test_16_bit_logits_keep_no_float32_copy(name, dtype):
+  # 16-bit logits take the recomputing path on every platform.
+  logits = jnp.zeros((BATCH, CLASSES), dtype)
+  temp = _temp(_cases(dtype)[name], logits)
+  assert temp < LIMIT, (name, temp, FLOAT32_COPY)
+
+
+@pytest.mark.parametrize("name", list(_cases(jnp.float32)))
+def test_accelerator_path_keeps_no_float32_copy_of_float32_logits(name):
+  # Forced, the path every accelerator takes: recompute, keep per-row
+  # numbers only, whatever the dtype.
+  logits = jnp.zeros((BATCH, CLASSES), jnp.float32)
+  with _rows.recompute_everywhere():
+    temp = _temp(_cases(jnp.float32)[name], logits)
+  assert temp < LIMIT, (name, temp, FLOAT32_COPY)
+
+
+@pytest.mark.parametrize("name", ["int_ce", "soft_ce", "entropy", "kl_q"])
+def test_cpu_keeps_at_most_one_float32_buffer_for_float32_logits(name):
+  # The CPU may keep exp for float32 logits (see jxent._rows.keeps_exp):
+  # one buffer of the logits' size at most, often none (the gradient takes
+  # its place).
+  logits = jnp.zeros((BATCH, CLASSES), jnp.float32)
+  temp = _temp(_cases(jnp.float32)[name], logits)
+  assert temp <= FLOAT32_COPY * 1.05, (name, temp, FLOAT32_COPY)
+
+
+def test_the_check_can_fail():
+  # Controls: the usual recipe (upcast, then optax) keeps float32 arrays of
+  # the logits' shape, and the measure sees them.
+  logits = jnp.zeros((BATCH, CLASSES), jnp.bfloat16)
+  upcast = lambda x: optax.softmax_cross_entropy_with_integer_labels(  # noqa
+      x.astype(jnp.float32), LABELS)
+  assert _temp(upcast, logits) >= FLOAT32_COPY
+  entropy = lambda x: -jnp.sum(  # noqa: E731
+      jax.nn.softmax(x.astype(jnp.float32)) * jax.nn.log_softmax(
+          x.astype(jnp.float32)), -1)
+  assert _temp(entropy, logits) >= FLOAT32_COPY
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_linear_losses_keep_no_logits(dtype):
+  tokens, dim, vocab = 256, 64, 32768
+  logits_copy = tokens * vocab * 4
+  x = jnp.zeros((tokens, dim), dtype)
+  w = jnp.zeros((dim, vocab), dtype)
+  labels = jnp.zeros((tokens,), jnp.int32)
+  mesh = jax.make_mesh((1,), ("vocab",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.shard_map(
+      lambda x, w: jxent.sharded.linear_softmax_cross_entropy(
+          x, w, labels, "vocab", label_smoothing=0.1, block_size=1024),
+      mesh=mesh, in_specs=(P(), P(None, "vocab")), out_specs=P())
+  plain = lambda x, w: jxent.linear_softmax_cross_entropy(  # noqa: E731
+      x, w, labels, label_smoothing=0.1, block_size=1024)
+  materialised = lambda x, w: jxent.softmax_cross_entropy_with_integer_labels(  # noqa
+      jnp.dot(x, w, preferred_element_type=jnp.float32), labels,
+      label_smoothing=0.1, reduction="mean")
+
+  def temp(loss):
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    return step.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+
+  assert temp(materialised) >= logits_copy  # The check can fail.
+  # A few [tokens, block] buffers (and, on a CPU, a float32 copy of a
+  # bfloat16 W for XLA's dots), far from the logits.
+  for loss in (plain, sharded):
+    assert temp(loss) < logits_copy // 2, temp(loss)
