@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bench import registry, report, runner, timing
@@ -402,3 +403,30 @@ def test_out_folder_with_results_needs_force(capsys, tmp_path):
     assert words in line
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
   assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_compare_exports_jxent_at_a_revision(tmp_path):
+  import importlib
+  import sys
+
+  from bench import compare
+  name = compare.export_package("HEAD", tmp_path)
+  assert name == "jxent_HEAD"
+  sys.path.insert(0, str(tmp_path))
+  try:
+    old = importlib.import_module(name)
+    loss = old.softmax_cross_entropy_with_integer_labels(
+        jnp.zeros((2, 4)), jnp.array([0, 3]))
+    np.testing.assert_allclose(loss, np.log(4), rtol=1e-6)
+    assert old.__file__.startswith(str(tmp_path))
+  finally:
+    sys.path.remove(str(tmp_path))
+    for module in [m for m in sys.modules if m.startswith(name)]:
+      del sys.modules[module]
+
+
+def test_compare_without_a_revision_is_a_one_line_error(capsys):
+  from bench import compare
+  assert compare.main([]) == 2
+  assert compare.main(["--quick"]) == 2
+  assert len(capsys.readouterr().err.strip().splitlines()) == 2
