@@ -17,25 +17,11 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from jxent import _checks, _rows
 from jxent._options import CrossEntropyOptions, parse_options
 
 Axis = int | tuple[int, ...] | None
-
-
-def _classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """Moves the class axes to the end and flattens them into one."""
-  if axes == (x.ndim - 1,):
-    return x
-  batch = [a for a in range(x.ndim) if a not in axes]
-  x = jnp.transpose(x, batch + list(axes))
-  return x.reshape(x.shape[: len(batch)] + (-1,))
-
-
-def _is_zero(tangent) -> bool:
-  return tangent is None or isinstance(tangent, SymbolicZero)
 
 
 def _offset(axis_name, local_classes):
@@ -123,13 +109,13 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
                                          mask, target, opts)
   label_index, targets = _split_target(target)
   tangent = jnp.zeros_like(result.loss)
-  if not _is_zero(dlogits) and exps is not None:
+  if not _rows.is_zero_tangent(dlogits) and exps is not None:
     # The forward pass's exp is kept for the backward (see keeps_exp).
     tangent = tangent + _logits_tangent(
         axis_name, logits, mask, stats.shift, result.log_sumexp,
         result.coefficients, opts, label_index, targets, offset, dlogits,
         exps)
-  elif not _is_zero(dlogits):
+  elif not _rows.is_zero_tangent(dlogits):
     # Under jax.checkpoint, reverse mode saves only these inputs and the
     # per-row numbers, and recomputes the softmax in the backward pass. It
     # also keeps XLA from merging that recomputation with the forward pass
@@ -137,13 +123,13 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
     tangent = tangent + jax.checkpoint(_logits_tangent, static_argnums=(0,))(
         axis_name, logits, mask, stats.shift, result.log_sumexp,
         result.coefficients, opts, label_index, targets, offset, dlogits)
-  if targets is not None and not _is_zero(dtarget):
+  if targets is not None and not _rows.is_zero_tangent(dtarget):
     tangent = tangent + jax.checkpoint(_targets_tangent, static_argnums=(0,))(
         axis_name, logits, mask, stats.shift, result.log_sumexp,
         result.coefficients, opts, offset, dtarget)
-  if opts.smoothing and not _is_zero(dopts.label_smoothing):
+  if opts.smoothing and not _rows.is_zero_tangent(dopts.label_smoothing):
     tangent = tangent + dopts.label_smoothing * result.d_smoothing
-  if opts.z and not _is_zero(dopts.z_loss):
+  if opts.z and not _rows.is_zero_tangent(dopts.z_loss):
     tangent = tangent + dopts.z_loss * result.d_z_loss
   # The weights are constants: which rows count, and their class weights.
   return (result.loss, result.weight), (tangent,
@@ -159,8 +145,8 @@ def _prepare_logits(
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape, per_row_axes=axes)
   num_classes = math.prod(logits.shape[a] for a in axes)
-  logits = _classes_last(logits, axes)
-  mask = None if mask is None else _classes_last(mask, axes)
+  logits = _rows.classes_last(logits, axes)
+  mask = None if mask is None else _rows.classes_last(mask, axes)
   return logits, mask, axes, num_classes
 
 
@@ -326,7 +312,7 @@ def softmax_cross_entropy(
       class_weights=class_weights, num_classes=num_classes,
       dtype=_checks.compute_dtype(rows.dtype), reduction=reduction)
   loss, weight = softmax_cross_entropy_rows(
-      None, num_classes, rows, mask, _classes_last(targets, axes), opts)
+      None, num_classes, rows, mask, _rows.classes_last(targets, axes), opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 

@@ -22,9 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
-from jxent import _checks
+from jxent import _checks, _rows
 from jxent._logsumexp import apply_mask, row_sums, safe_log, shift_of
 from jxent._rows import keeps_exp
 
@@ -280,19 +279,6 @@ def _logits(name: str, x) -> jax.Array:
   return x
 
 
-def _classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """Moves the class axes to the end and flattens them into one."""
-  if axes == (x.ndim - 1,):
-    return x
-  batch = [a for a in range(x.ndim) if a not in axes]
-  x = jnp.transpose(x, batch + list(axes))
-  return x.reshape(x.shape[: len(batch)] + (-1,))
-
-
-def _is_zero(tangent) -> bool:
-  return tangent is None or isinstance(tangent, SymbolicZero)
-
-
 def _shifted(logits, mask, axis_name):
   """Masked logits minus their row's shift (classes last), and the shift."""
   x = apply_mask(logits, mask)
@@ -453,13 +439,13 @@ def _pair_rows_jvp(kind, axis_name, primals, tangents):
   # Without kept exps (see keeps_exp), under jax.checkpoint: reverse mode
   # then saves the logits and per-row numbers only.
   kept = p_exps is not None
-  if not _is_zero(dp):
+  if not _rows.is_zero_tangent(dp):
     p_rule = _p_tangent if kept else jax.checkpoint(_p_tangent,
                                                     static_argnums=(0, 1))
     tangent = tangent + p_rule(
         kind, axis_name, p_logits, q_logits, mask, p[0], p[1], q[0], q[1],
         value, dp, *((p_exps,) if kept else ()))
-  if not _is_zero(dq):
+  if not _rows.is_zero_tangent(dq):
     q_rule = _q_tangent if kept else jax.checkpoint(_q_tangent,
                                                     static_argnums=(0,))
     tangent = tangent + q_rule(
@@ -507,8 +493,8 @@ def entropy_from_logits(
   logits = _logits("logits", logits)
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape)
-  mask = None if mask is None else _classes_last(mask, axes)
-  value = entropy_rows(None, _classes_last(logits, axes), mask)
+  mask = None if mask is None else _rows.classes_last(mask, axes)
+  value = entropy_rows(None, _rows.classes_last(logits, axes), mask)
   return _in_base(value, log_base)
 
 
@@ -521,9 +507,9 @@ def _logits_pair(
                                    q_logits)
   axes = _checks.canonical_axes(axis, len(shape))
   mask = _checks.broadcast_where(where, shape)
-  p_logits = _classes_last(jnp.broadcast_to(p_logits, shape), axes)
-  q_logits = _classes_last(jnp.broadcast_to(q_logits, shape), axes)
-  mask = None if mask is None else _classes_last(mask, axes)
+  p_logits = _rows.classes_last(jnp.broadcast_to(p_logits, shape), axes)
+  q_logits = _rows.classes_last(jnp.broadcast_to(q_logits, shape), axes)
+  mask = None if mask is None else _rows.classes_last(mask, axes)
   return p_logits, q_logits, mask
 
 

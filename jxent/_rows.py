@@ -50,6 +50,21 @@ AxisName = str | tuple[str, ...]
 _recompute_everywhere = False
 
 
+def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Moves the class axes to the end and flattens them into one: rows."""
+  if axes == (x.ndim - 1,):
+    return x
+  batch = [a for a in range(x.ndim) if a not in axes]
+  x = jnp.transpose(x, batch + list(axes))
+  return x.reshape(x.shape[: len(batch)] + (-1,))
+
+
+def is_zero_tangent(tangent) -> bool:
+  """Whether a custom JVP rule's tangent is a symbolic zero (unperturbed)."""
+  return tangent is None or isinstance(
+      tangent, jax.custom_derivatives.SymbolicZero)
+
+
 def keeps_exp(dtype) -> bool:
   """Whether the forward pass keeps exp(logits - shift) for the backward.
 
