@@ -2,15 +2,23 @@
 # The GPU benchmark, in one script: run it unchanged from the repository root
 #   bash bench/gpu.sh
 # on a machine with JAX (CUDA), optax and flax preinstalled and no network.
-# It installs nothing (PYTHONPATH=.) and finishes in under 4 minutes: every
-# step has a timeout within one overall deadline, and the grid stops starting
-# new cases in time for the report to be written.
+# It installs nothing (PYTHONPATH=.) and finishes in under 5 minutes: every
+# step has a timeout within one overall deadline, and the sweep and the grid
+# stop starting new cases in time for the report to be written.
+#
+# Steps: the devices; a correctness run (jxent's implementations, the Pallas
+# kernels included, against optax, --strict); a tile sweep of the kernels
+# at 8192 x {32768, 131072, 262144} bfloat16 (sweep.json: the fastest
+# configuration per shape and kernel); the benchmark grid with the swept
+# configurations; the linear cross-entropy suite; the report.
 #
 # Writes ${OUT:-bench/runs}/<device-kind>-<date>/: results.json, table.md,
-# bench.png, gpu.log (this script's output), check/ (the correctness run) and
-# linear_ce/ (the linear cross-entropy suite): 8 files, 2 folders deep. If
-# that folder exists already, the time is appended to its name.
-# Results are committed by copying the folder to bench/results/.
+# bench.png, sweep.json, gpu.log (this script's output) and linear_ce/
+# (results.json, table.md): 7 files, 2 folders deep. If that folder exists
+# already, the time is appended to its name. Results are committed by
+# copying the folder to bench/results/, and the sweep's best configurations
+# become the kernels' defaults by copying sweep.json to
+# jxent/_kernels/tuned.json.
 #
 # Environment:
 #   OUT                  parent of the results folder (default bench/runs,
@@ -19,13 +27,17 @@
 #   JXENT_BENCH_SHAPES   override the grid, e.g. 512x4096,512x16384 (to try
 #                        the script on a CPU); default: the GPU grid in
 #                        bench/logits.py (8192 rows, 32768..262144 classes)
-#   JXENT_BENCH_TOTAL_S  overall deadline in seconds (default 225)
+#   JXENT_BENCH_TOTAL_S  overall deadline in seconds (default 285)
 #   JXENT_BENCH_ARGS     extra arguments for the grid run
+#   JXENT_SWEEP_ARGS     arguments for the sweep instead of the GPU defaults
+#                        (say --interpret --shapes 8x1000 --blocks 64,128)
+#   JXENT_BENCH_INTERPRET=1  runs the kernels in Pallas' interpreter, to
+#                        rehearse the whole script on a CPU
 set -euo pipefail
 
 PY=${PYTHON:-python}
 ROOT=${OUT:-bench/runs}
-TOTAL=${JXENT_BENCH_TOTAL_S:-225}
+TOTAL=${JXENT_BENCH_TOTAL_S:-285}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$ROOT"
 LOG="$ROOT/gpu-$$.log"
@@ -68,11 +80,29 @@ print(out)
 mkdir -p "$DIR"
 echo "results folder: $DIR"
 
-# Correctness first: jxent against optax (and jax.nn) on a tiny grid, on this
-# device; --strict fails on any disagreement beyond tolerance.
-step check "$(max 5 "$(min 50 $(($(left) - 90)))")" "$PY" -m bench --quick \
-  --strict --no-plot --out "$DIR/check" \
-  --impls jxent,optax,optax_f32,jax_nn,jax_nn_f32 >/dev/null || status=1
+# Correctness first: jxent's implementations (the default, XLA alone, the
+# Pallas kernels) against optax (and jax.nn) on a tiny grid, on this device;
+# --strict fails on any disagreement beyond tolerance. Its files stay out of
+# the results folder; the table lands in the log.
+CHECK=$(mktemp -d)
+step check "$(max 5 "$(min 50 $(($(left) - 150)))")" "$PY" -m bench --quick \
+  --strict --no-plot --out "$CHECK" \
+  --impls jxent,jxent_xla,jxent_pallas,optax,optax_f32,jax_nn,jax_nn_f32 \
+  >/dev/null || status=1
+grep -E '^\| (ce|entropy|kl)' "$CHECK/table.md" || true
+
+# The tile sweep of the kernels: the fastest configuration per shape and
+# kernel, into sweep.json, which the grid below then uses.
+sweep_args=()
+if [[ -n ${JXENT_SWEEP_ARGS:-} ]]; then
+  read -r -a sweep_args <<<"$JXENT_SWEEP_ARGS"
+fi
+sweep_s=$(max 10 "$(min 80 $(($(left) - 150)))")
+step sweep "$sweep_s" "$PY" -m bench.sweep --out "$DIR/sweep.json" \
+  --budget-s $((sweep_s - 20)) "${sweep_args[@]}" || status=1
+if [[ -f $DIR/sweep.json ]]; then
+  export JXENT_KERNEL_CONFIGS="$DIR/sweep.json"
+fi
 
 # The grid: ce_int at 8192 x {32768, 131072, 262144}, the other suites at two
 # shapes, float32 and bfloat16, forward and loss+gradient. It writes

@@ -15,6 +15,7 @@ the loss; ``vjp``: the loss and its gradient), dtype and shape. The runner
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -65,16 +66,38 @@ class Variant:
     name: Its name in tables and for ``--impls`` and ``--reference``.
     options: Keyword arguments added to every suite's ``jxent`` call.
     suites: The suites it runs in; None for all.
+    platforms: The JAX backends it runs on (``"gpu"``, ...); None for all.
+      With $JXENT_BENCH_INTERPRET=1 it runs anywhere, its Pallas kernels in
+      interpret mode (to rehearse the GPU script on a CPU).
   """
 
   name: str
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   suites: tuple[str, ...] | None = None
+  platforms: tuple[str, ...] | None = None
+
+  def runs_here(self) -> bool:
+    """Whether this backend (or interpret mode) runs it."""
+    if self.platforms is None or interpret_kernels():
+      return True
+    return jax.default_backend() in self.platforms
 
 
-# jxent's implementations, compared side by side in every suite they name.
+def interpret_kernels() -> bool:
+  """$JXENT_BENCH_INTERPRET=1: run jxent's Pallas kernels interpreted."""
+  return os.environ.get("JXENT_BENCH_INTERPRET", "") == "1"
+
+
+# jxent's implementations, compared side by side in every suite they name:
+# the default (on a GPU, the forward kernel inside the XLA path), XLA alone,
+# and the Pallas kernels for both passes.
+_KERNEL_SUITES = ("ce_int", "ce_soft")
 JXENT = (
     Variant("jxent"),
+    Variant("jxent_xla", {"implementation": "xla"}, suites=_KERNEL_SUITES,
+            platforms=("gpu",)),
+    Variant("jxent_pallas", {"implementation": "pallas"},
+            suites=_KERNEL_SUITES, platforms=("gpu",)),
 )
 
 
@@ -147,7 +170,8 @@ class Suite:
              self.jxent_code + "".join(f", {k}={o!r}"
                                        for k, o in v.options.items()),
              needs="jxent", f32=True)
-        for v in JXENT if v.suites is None or self.name in v.suites)
+        for v in JXENT
+        if (v.suites is None or self.name in v.suites) and v.runs_here())
     return own + self.peers
 
   def summarised(self) -> tuple[str, ...]:
@@ -163,9 +187,17 @@ class Suite:
 
 
 def _with_options(fn, options):
-  if not options:
+  if not options and not interpret_kernels():
     return fn
-  return lambda *inputs: fn(*inputs, **options)
+
+  def call(*inputs):
+    if not interpret_kernels():
+      return fn(*inputs, **options)
+    from jxent import _implementation  # The kernels on any backend.
+    with _implementation.kernels_anywhere(interpret=True, block=64):
+      return fn(*inputs, **options)
+
+  return call
 
 
 _SUITES: dict[str, Suite] = {}

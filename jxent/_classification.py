@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks, _rows
+from jxent import _checks, _implementation, _rows
+from jxent._implementation import Implementation
 from jxent._options import CrossEntropyOptions, parse_options
 
 Axis = int | tuple[int, ...] | None
@@ -38,22 +39,23 @@ def _split_target(target):
   return None, target
 
 
-def _forward(axis_name, num_classes, logits, mask, target, opts):
+def _forward(axis_name, num_classes, kernel, logits, mask, target, opts):
   offset = _offset(axis_name, logits.shape[-1])
   label_index, targets = _split_target(target)
   stats, exps = _rows.row_statistics(
-      logits, mask, opts, num_classes, label_index=label_index,
+      logits, mask, opts, num_classes, kernel, label_index=label_index,
       targets=targets, axis_name=axis_name, offset=offset,
-      keep_exp=_rows.keeps_exp(logits.dtype))
+      keep_exp=kernel is None and _rows.keeps_exp(logits.dtype))
   labels = target if label_index is not None else None
   result = _rows.row_step(stats, opts, num_classes, labels)
   return stats, result, offset, exps
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def softmax_cross_entropy_rows(
     axis_name: _rows.AxisName | None,
     num_classes: int,
+    kernel,
     logits: jax.Array,
     mask: jax.Array | None,
     target: _checks.Labels | jax.Array,
@@ -68,6 +70,8 @@ def softmax_cross_entropy_rows(
     axis_name: The mesh axis the classes are split over (inside
       `shard_map`), or None.
     num_classes: The number of classes in all.
+    kernel: The Pallas forward kernel's configuration, or None to compute
+      the row statistics with XLA (see `jxent._implementation`).
     logits: Floating logits, classes last.
     mask: Boolean mask of the logits' shape, or None.
     target: Sorted integer labels (`Labels`), or soft labels of the logits'
@@ -77,8 +81,8 @@ def softmax_cross_entropy_rows(
   Returns:
     `(loss, weight)`, both of the rows' shape.
   """
-  _, result, _, _ = _forward(axis_name, num_classes, logits, mask, target,
-                             opts)
+  _, result, _, _ = _forward(axis_name, num_classes, kernel, logits, mask,
+                             target, opts)
   return result.loss, result.weight
 
 
@@ -101,12 +105,12 @@ def _targets_tangent(axis_name, logits, mask, shift, log_sumexp,
 
 
 @functools.partial(softmax_cross_entropy_rows.defjvp, symbolic_zeros=True)
-def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
+def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, kernel, primals,
                                     tangents):
   logits, mask, target, opts = primals
   dlogits, _, dtarget, dopts = tangents
-  stats, result, offset, exps = _forward(axis_name, num_classes, logits,
-                                         mask, target, opts)
+  stats, result, offset, exps = _forward(axis_name, num_classes, kernel,
+                                         logits, mask, target, opts)
   label_index, targets = _split_target(target)
   tangent = jnp.zeros_like(result.loss)
   if not _rows.is_zero_tangent(dlogits) and exps is not None:
@@ -136,6 +140,17 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, primals,
                                         jnp.zeros_like(result.weight))
 
 
+def _rows_on(implementation, num_classes, rows, mask, target, opts):
+  """The per-row loss and weight, on the implementation `plan` picks."""
+  plan = _implementation.plan(implementation, rows.dtype, num_classes)
+  if plan.gradient is not None:
+    from jxent import _kernels  # Pallas is imported only when used.
+    return _kernels.softmax_cross_entropy_rows(
+        num_classes, (plan.stats, plan.gradient), rows, mask, target, opts)
+  return softmax_cross_entropy_rows(None, num_classes, plan.stats, rows,
+                                    mask, target, opts)
+
+
 def _prepare_logits(
     logits, axis, where
 ) -> tuple[jax.Array, jax.Array | None, tuple[int, ...], int]:
@@ -161,6 +176,7 @@ def softmax_cross_entropy_with_integer_labels(
     class_weights: jax.typing.ArrayLike | None = None,
     z_loss: float | jax.typing.ArrayLike = 0.0,
     reduction: _checks.Reduction = "none",
+    implementation: Implementation = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy against integer class labels.
 
@@ -205,6 +221,8 @@ def softmax_cross_entropy_with_integer_labels(
     reduction: "none" (one value per row), "sum", or "mean", which divides
       by the total weight :math:`\sum w_y` of the rows that count (for an
       all-ignored batch it gives 0, where PyTorch gives NaN).
+    implementation: None (choose), "xla" or "pallas"; see
+      `softmax_cross_entropy`.
 
   Returns:
     Float32 (or wider) array of the batch shape for "none", else a scalar.
@@ -241,8 +259,8 @@ def softmax_cross_entropy_with_integer_labels(
       reduction=reduction)
   sorted_labels = _checks.sort_labels(label_array, num_classes,
                                       opts.ignore_index)
-  loss, weight = softmax_cross_entropy_rows(
-      None, num_classes, rows, mask, sorted_labels, opts)
+  loss, weight = _rows_on(implementation, num_classes, rows, mask,
+                          sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 
@@ -256,6 +274,7 @@ def softmax_cross_entropy(
     class_weights: jax.typing.ArrayLike | None = None,
     z_loss: float | jax.typing.ArrayLike = 0.0,
     reduction: _checks.Reduction = "none",
+    implementation: Implementation = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy against soft (probability) or one-hot labels.
 
@@ -289,6 +308,12 @@ def softmax_cross_entropy(
     reduction: "none" (one value per row), "sum", or "mean" over the rows
       that are not empty (PyTorch's mean over the batch; class weights do
       not enter the denominator for probability targets).
+    implementation: None (the default) chooses: on an NVIDIA GPU, a Pallas
+      kernel computes the forward pass's row statistics in one read of the
+      logits, inside the XLA path's custom JVP (every differentiation mode
+      still works); elsewhere XLA alone. "xla" forces XLA. "pallas" runs
+      both passes on Pallas kernels (`jax.grad`, `jax.vjp`: reverse mode
+      only) and raises a `ValueError` where it cannot run.
 
   Returns:
     Float32 (or wider) array of the batch shape for "none", else a scalar.
@@ -311,8 +336,8 @@ def softmax_cross_entropy(
       label_smoothing=label_smoothing, z_loss=z_loss,
       class_weights=class_weights, num_classes=num_classes,
       dtype=_checks.compute_dtype(rows.dtype), reduction=reduction)
-  loss, weight = softmax_cross_entropy_rows(
-      None, num_classes, rows, mask, _rows.classes_last(targets, axes), opts)
+  loss, weight = _rows_on(implementation, num_classes, rows, mask,
+                          _rows.classes_last(targets, axes), opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 

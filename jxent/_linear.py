@@ -34,7 +34,7 @@ from jax import lax
 
 from jxent import _checks, _rows
 from jxent._logsumexp import shift_of
-from jxent._options import CrossEntropyOptions, parse_options
+from jxent._options import parse_options
 
 # Bytes of one float32 [tokens, block] buffer that the automatic block size
 # aims for; a few such buffers are alive at once.
@@ -248,7 +248,8 @@ def _linear_ce_bwd(cfg, residuals, cotangents):
   )
   dx, dw, dbias = walk_blocks(body, init, w.shape[1], cfg.block,
                               cfg.axis_name is not None)
-  d_opts = _options_cotangent(opts, g, d_smoothing, d_z_loss)
+  d_opts = _rows.options_cotangent(opts, g, d_smoothing, d_z_loss,
+                                   _sum_over_copies)
   x, w, bias = primals  # Whose mesh axes the cotangents must match.
   return (_sum_over_copies(dx, x).astype(x.dtype), _sum_over_copies(dw, w),
           None if bias is None else _sum_over_copies(dbias, bias), None,
@@ -278,19 +279,6 @@ def _sum_over_copies(cotangent, primal):
   """
   extra = _vma(cotangent) - _vma(primal)
   return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
-
-
-def _options_cotangent(opts, g, d_smoothing, d_z_loss):
-  """Cotangents of the traced coefficients (label smoothing, z-loss)."""
-  def total(primal, per_row, on):
-    value = jnp.sum(g * per_row) if on else jnp.zeros(())
-    return _sum_over_copies(value, primal).astype(jnp.result_type(primal))
-  return CrossEntropyOptions(
-      label_smoothing=total(opts.label_smoothing, d_smoothing,
-                            opts.smoothing),
-      z_loss=total(opts.z_loss, d_z_loss, opts.z),
-      class_weights=None, ignore_index=opts.ignore_index,
-      reduction=opts.reduction, smoothing=opts.smoothing, z=opts.z)
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd, symbolic_zeros=True)

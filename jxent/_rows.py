@@ -301,15 +301,24 @@ def row_statistics(
     mask: jax.Array | None,
     opts: CrossEntropyOptions,
     num_classes: int,
+    kernel=None,
     **kwargs,
 ) -> tuple[RowStats, jax.Array | None]:
   """Row statistics of materialised logits: the seam for GPU kernels.
 
-  Every materialised-logits cross-entropy gets its `RowStats` here. Today
-  this is XLA (`dense_row_stats`) on every platform; a kernel plugs in by
-  returning the same numbers for the shapes and dtypes it supports, and the
-  row step and backward pass stay as they are.
+  Every materialised-logits cross-entropy gets its `RowStats` here: from
+  the Pallas kernel (`jxent._kernels.row_stats`) when `kernel` names a
+  tile configuration (`jxent._implementation` decides when), else from XLA
+  (`dense_row_stats`). Both give the same numbers, so the row step and the
+  backward pass do not know which ran.
   """
+  if kernel is not None:
+    from jxent import _kernels  # Pallas is imported only when used.
+    kwargs.pop("keep_exp", None)
+    kwargs.pop("axis_name", None)
+    kwargs.pop("offset", None)
+    return _kernels.row_stats(logits, mask, opts, num_classes, kernel,
+                              **kwargs), None
   return dense_row_stats(logits, mask, opts, num_classes, **kwargs)
 
 
@@ -488,6 +497,35 @@ def targets_gradient(
   if weights is not None:
     grad = grad * weights
   return jnp.where(valid, grad, 0)
+
+
+def options_cotangent(opts: CrossEntropyOptions, g: jax.Array,
+                      d_smoothing: jax.Array, d_z_loss: jax.Array,
+                      sum_over_copies=None) -> CrossEntropyOptions:
+  """Cotangents of the options' traced coefficients, for a custom VJP.
+
+  Args:
+    opts: The options the forward pass ran with.
+    g: The rows' cotangent.
+    d_smoothing: d loss / d label_smoothing, per row.
+    d_z_loss: d loss / d z_loss, per row.
+    sum_over_copies: Inside `shard_map`, ``f(cotangent, primal)`` summing a
+      cotangent over the mesh axes its primal is replicated over.
+
+  Returns:
+    A `CrossEntropyOptions` of cotangents (0 for a coefficient that is off).
+  """
+  def total(primal, per_row, on):
+    value = jnp.sum(g * per_row) if on else jnp.zeros(())
+    if sum_over_copies is not None:
+      value = sum_over_copies(value, primal)
+    return value.astype(jnp.result_type(primal))
+  return CrossEntropyOptions(
+      label_smoothing=total(opts.label_smoothing, d_smoothing,
+                            opts.smoothing),
+      z_loss=total(opts.z_loss, d_z_loss, opts.z),
+      class_weights=None, ignore_index=opts.ignore_index,
+      reduction=opts.reduction, smoothing=opts.smoothing, z=opts.z)
 
 
 def reduce(

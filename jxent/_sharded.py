@@ -128,7 +128,7 @@ def softmax_cross_entropy_with_integer_labels(
   sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index)
   mask = _checks.broadcast_where(where, local_logits.shape)
   loss, weight = softmax_cross_entropy_rows(
-      axis_name, num_classes, local_logits, mask, sorted_labels, opts)
+      axis_name, num_classes, None, local_logits, mask, sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)
 
 
@@ -194,7 +194,7 @@ def softmax_cross_entropy(
       dtype=_checks.compute_dtype(local_logits.dtype), reduction=reduction)
   mask = _checks.broadcast_where(where, local_logits.shape)
   loss, weight = softmax_cross_entropy_rows(
-      axis_name, num_classes, local_logits, mask, local_labels, opts)
+      axis_name, num_classes, None, local_logits, mask, local_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)
 
 

@@ -1,0 +1,202 @@
+"""Tile sweep of jxent's Pallas kernels: ``python -m bench.sweep``.
+
+For each shape, each kernel (the forward `row_stats`, the backward
+`logits_gradient`) is timed under every configuration of the grid (tile
+width, warps, stages) on integer labels, and the fastest is written to a
+JSON file in the form `jxent._kernels.config.tuned` reads: point
+$JXENT_KERNEL_CONFIGS at it, or copy it to `jxent/_kernels/tuned.json` to
+make it the default. On a GPU only; with --interpret it rehearses on a CPU
+(tiny shapes, Pallas' interpreter: the timings mean nothing).
+
+  python -m bench.sweep --out sweep.json
+  python -m bench.sweep --interpret --shapes 8x1000 --blocks 64,128 --out /tmp/s.json
+"""
+
+import argparse
+import datetime
+import itertools
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import timing
+
+
+def _ints(text: str, what: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError:
+    raise SystemExit(f"bench.sweep: error: {what} must be integers, got"
+                     f" {text!r}") from None
+  if any(v < 1 or v & (v - 1) for v in values) and what != "stages":
+    raise SystemExit(f"bench.sweep: error: {what} must be powers of two,"
+                     f" got {text!r}")
+  if any(v < 1 for v in values):
+    raise SystemExit(f"bench.sweep: error: {what} must be >= 1, got {text!r}")
+  return values
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m bench.sweep",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--shapes", default="8192x32768,8192x131072,8192x262144",
+                 help="comma list of ROWSxCLASSES")
+  p.add_argument("--dtype", default="bfloat16",
+                 choices=("bfloat16", "float16", "float32"))
+  # The likeliest configurations first, so a budget cut loses the others.
+  p.add_argument("--blocks", default="4096,8192,16384,2048",
+                 help="tile widths to try (powers of two), in order")
+  p.add_argument("--warps", default="8,16,4", help="warps to try, in order")
+  p.add_argument("--stages", default="2,3", help="pipeline stages to try")
+  p.add_argument("--reps", type=int, default=5, help="timed calls per case")
+  p.add_argument("--budget-s", type=float, default=None,
+                 help="start no new configuration after this many seconds")
+  p.add_argument("--interpret", action="store_true",
+                 help="Pallas' interpreter (a CPU rehearsal)")
+  p.add_argument("--out", required=True, help="the JSON file to write")
+  args = p.parse_args(argv)
+  shapes = []
+  for text in args.shapes.split(","):
+    try:
+      rows, classes = (int(v) for v in text.split("x"))
+    except ValueError:
+      raise SystemExit(f"bench.sweep: error: a shape is ROWSxCLASSES, got"
+                       f" {text!r}") from None
+    if rows < 1 or classes < 1:
+      raise SystemExit(f"bench.sweep: error: empty shape {text!r}")
+    shapes.append((rows, classes))
+  args.shapes = shapes
+  args.blocks = _ints(args.blocks, "blocks")
+  args.warps = _ints(args.warps, "warps")
+  args.stages = _ints(args.stages, "stages")
+  if args.reps < 1:
+    raise SystemExit(f"bench.sweep: error: --reps must be >= 1, got"
+                     f" {args.reps}")
+  if not args.interpret and jax.default_backend() != "gpu":
+    raise SystemExit("bench.sweep: error: the kernels need a GPU; use"
+                     " --interpret to rehearse on a CPU")
+  return args
+
+
+def _programs(shape, dtype, config):
+  """The jitted forward and backward kernels, and their inputs."""
+  from jxent import _checks, _kernels, _rows
+  from jxent._options import parse_options
+  rows, classes = shape
+  key = jax.random.key(0)
+  logits = jax.random.normal(key, shape, jnp.float32).astype(dtype)
+  labels = jax.random.randint(key, (rows,), 0, classes)
+  opts = parse_options()
+  sorted_labels = _checks.sort_labels(labels, classes, None)
+
+  def forward(x):
+    stats = _kernels.row_stats(x, None, opts, classes, config,
+                               label_index=sorted_labels.class_index)
+    return _rows.row_step(stats, opts, classes, sorted_labels)
+
+  result = jax.jit(forward)(logits)
+  stats = jax.jit(lambda x: _kernels.row_stats(
+      x, None, opts, classes, config,
+      label_index=sorted_labels.class_index))(logits)
+
+  def backward(x, shift, log_sumexp, coefficients):
+    return _kernels.logits_gradient(
+        x, None, shift, log_sumexp, coefficients, opts, config,
+        label_index=sorted_labels.class_index)
+
+  return {
+      "row_stats": (jax.jit(forward), (logits,)),
+      "logits_gradient": (jax.jit(backward), (
+          logits, stats.shift, result.log_sumexp, result.coefficients)),
+  }
+
+
+def _time(fn, args, reps):
+  jax.block_until_ready(fn(*args))  # Compile and warm up.
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  from jxent import _kernels
+  start = time.perf_counter()
+  dtype = jnp.dtype(args.dtype)
+  rows_out, skipped = [], 0
+  # Each configuration on every shape before the next configuration.
+  for block, warps, stages, shape in itertools.product(
+      args.blocks, args.warps, args.stages, args.shapes):
+    if args.budget_s is not None and (
+        time.perf_counter() - start > args.budget_s):
+      skipped += 1
+      continue
+    config = _kernels.KernelConfig(block=block, num_warps=warps,
+                                   num_stages=stages,
+                                   interpret=args.interpret)
+    try:
+      programs = _programs(shape, dtype, config)
+    except Exception as err:  # A configuration Triton refuses.
+      rows_out.append(dict(shape=list(shape), block=block, num_warps=warps,
+                           num_stages=stages, error=str(err)[:200]))
+      print(f"{shape} {config}: {str(err)[:100]}", file=sys.stderr)
+      continue
+    for kernel, (fn, fn_args) in programs.items():
+      try:
+        seconds = _time(fn, fn_args, args.reps)
+        error = None
+      except Exception as err:
+        seconds, error = math.nan, str(err)[:200]
+      # The bytes each kernel must move: the logits once (forward); the
+      # logits once and the gradient once (backward).
+      moved = math.prod(shape) * dtype.itemsize * (
+          1 if kernel == "row_stats" else 2)
+      rows_out.append(dict(
+          shape=list(shape), kernel=kernel, block=block, num_warps=warps,
+          num_stages=stages, median_s=seconds,
+          gbps=moved / seconds / 1e9 if seconds == seconds else None,
+          error=error))
+      print(f"{kernel} {shape} block={block} warps={warps} stages={stages}:"
+            f" {seconds * 1e3:.3f} ms", file=sys.stderr)
+  best = []
+  for shape in args.shapes:
+    for kernel in _kernels.config.KERNELS:
+      timed = [r for r in rows_out if r.get("kernel") == kernel
+               and r["shape"] == list(shape) and r.get("error") is None]
+      if not timed:
+        continue
+      fastest = min(timed, key=lambda r: r["median_s"])
+      best.append(dict(
+          bucket=_kernels.config.bucket_of(shape[1]), dtype=dtype.name,
+          kernel=kernel, block=fastest["block"],
+          num_warps=fastest["num_warps"], num_stages=fastest["num_stages"],
+          median_s=fastest["median_s"], gbps=fastest["gbps"],
+          shape=list(shape)))
+  device = jax.devices()[0]
+  out = dict(
+      date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      device_kind=device.device_kind, device=timing.device_slug(device),
+      jax=jax.__version__, interpret=args.interpret, dtype=dtype.name,
+      skipped_for_budget=skipped, best=best, rows=rows_out)
+  path = pathlib.Path(args.out)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=1))
+  for entry in best:
+    print(f"best {entry['kernel']} {entry['shape']}: block={entry['block']}"
+          f" warps={entry['num_warps']} stages={entry['num_stages']}"
+          f" {entry['median_s'] * 1e3:.3f} ms")
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,82 @@
+"""The softmax cross-entropy on the kernels: one custom VJP, both passes.
+
+The forward pass runs `row_stats` and the shared row step; the backward pass
+runs `logits_gradient` with the row step's coefficients times the
+cotangent. Like the XLA path, it keeps only the inputs and a few numbers
+per row between the passes. Unlike it, it is reverse-mode only: a custom
+VJP cannot also be differentiated forward.
+"""
+
+import functools
+
+import jax
+
+from jxent import _checks, _rows
+from jxent._kernels.config import KernelConfig
+from jxent._kernels.gradient import logits_gradient
+from jxent._kernels.row_stats import row_stats
+from jxent._options import CrossEntropyOptions
+
+
+def _forward(num_classes, configs, logits, mask, target, opts):
+  labels = target if isinstance(target, _checks.Labels) else None
+  stats = row_stats(
+      logits, mask, opts, num_classes, configs[0],
+      label_index=None if labels is None else labels.class_index,
+      targets=None if labels is not None else target)
+  return stats, _rows.row_step(stats, opts, num_classes, labels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def softmax_cross_entropy_rows(
+    num_classes: int,
+    configs: tuple[KernelConfig, KernelConfig],
+    logits: jax.Array,
+    mask: jax.Array | None,
+    target: _checks.Labels | jax.Array,
+    opts: CrossEntropyOptions,
+) -> tuple[jax.Array, jax.Array]:
+  """Per-row loss and "mean" weight, forward and backward on the kernels.
+
+  `configs` holds the forward kernel's and the backward kernel's tile
+  configurations.
+  """
+  _, result = _forward(num_classes, configs, logits, mask, target, opts)
+  return result.loss, result.weight
+
+
+def _fwd(num_classes, configs, logits, mask, target, opts):
+  # Symbolic zeros: the rule sees which inputs are perturbed, and (unlike
+  # the default) a custom VJP with them composes with checkify under grad.
+  labels_perturbed = getattr(target, "perturbed", False)
+  logits, mask, target, opts = jax.tree.map(
+      lambda p: p.value, (logits, mask, target, opts),
+      is_leaf=lambda p: isinstance(p, jax.custom_derivatives.CustomVJPPrimal))
+  stats, result = _forward(num_classes, configs, logits, mask, target, opts)
+  per_row = (stats.shift, result.log_sumexp, result.coefficients,
+             result.d_smoothing, result.d_z_loss)
+  return (result.loss, result.weight), (
+      logits, mask, target, opts, per_row, labels_perturbed)
+
+
+def _bwd(num_classes, configs, residuals, cotangents):
+  del num_classes
+  logits, mask, target, opts, per_row, labels_perturbed = residuals
+  shift, log_sumexp, coefficients, d_smoothing, d_z_loss = per_row
+  g, _ = cotangents  # The row weights are constants.
+  coefficients = jax.tree.map(lambda c: g * c, coefficients)
+  labels = target if isinstance(target, _checks.Labels) else None
+  dlogits = logits_gradient(
+      logits, mask, shift, log_sumexp, coefficients, opts, configs[1],
+      label_index=None if labels is None else labels.class_index,
+      targets=None if labels is not None else target)
+  dtarget = None
+  if labels is None and labels_perturbed:
+    dtarget = _rows.targets_gradient(
+        logits, mask, shift, log_sumexp, coefficients, opts
+    ).astype(target.dtype)
+  d_opts = _rows.options_cotangent(opts, g, d_smoothing, d_z_loss)
+  return dlogits, None, dtarget, d_opts
+
+
+softmax_cross_entropy_rows.defvjp(_fwd, _bwd, symbolic_zeros=True)

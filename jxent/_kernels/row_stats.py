@@ -1,0 +1,172 @@
+"""The forward kernel: each row of logits to its `RowStats`, in one pass.
+
+One Triton program per row walks the row's classes tile by tile, keeping an
+online max and a sum of exponentials rescaled to it, and, as the options
+need, the label's logit, the soft labels' mass and dot product, and the
+valid classes' count, weight and mean (`jxent._rows.RowStats`). It reads
+the logits once, where XLA reads them twice (a max, then the sums).
+
+It computes what `jxent._rows.dense_row_stats` computes, -inf, masks and NaN
+included (NaN is counted explicitly, since Triton's max need not propagate
+it); the tests compare the two in Pallas' interpret mode.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from jxent import _rows
+from jxent._kernels.config import KernelConfig
+from jxent._options import CrossEntropyOptions
+
+
+def _shift_of(row_max):
+  return jnp.where(jnp.isinf(row_max), 0.0, row_max)
+
+
+def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
+  """One row: the refs are its logits, then the optional inputs, then outs."""
+  refs = list(refs)
+  x_ref = refs.pop(0)
+  label = refs.pop(0)[...] if kind == "integer" else None
+  t_ref = refs.pop(0) if kind == "soft" else None
+  m_ref = refs.pop(0) if masked else None
+  w_ref = refs.pop(0) if weighted else None
+  out = refs
+  width = x_ref.shape[0]
+
+  def body(i, carry):
+    (run_max, nans, sumexp, picked, mass, count, weight_sum,
+     valid_mean) = carry
+    cols = i * block + jnp.arange(block)
+    inside = cols < width
+    x = plgpu.load(x_ref.at[cols], mask=inside,
+                   other=-jnp.inf).astype(jnp.float32)
+    if masked:
+      keep = plgpu.load(m_ref.at[cols], mask=inside, other=0)
+      x = jnp.where(keep != 0, x, -jnp.inf)
+    is_nan = x != x
+    nans = nans + jnp.sum(is_nan.astype(jnp.float32))
+    new_max = jnp.maximum(run_max, jnp.max(jnp.where(is_nan, -jnp.inf, x)))
+    old, new = _shift_of(run_max), _shift_of(new_max)
+    # Rescale the running sums to the new shift. Before any mass (max -inf)
+    # the sums are 0 and need no rescaling (and exp(0 - new) could overflow).
+    scale = jnp.where(jnp.isinf(run_max), 1.0, jnp.exp(old - new))
+    shifted = x - new
+    sumexp = sumexp * scale + jnp.sum(jnp.exp(shifted))
+    weights = None
+    if weighted:
+      weights = plgpu.load(w_ref.at[cols], mask=inside,
+                           other=0.0).astype(jnp.float32)
+    if kind == "integer":
+      # The raw logit; the final shift is subtracted at the end.
+      picked = picked + jnp.sum(jnp.where(cols == label, x, 0.0))
+    else:
+      u = plgpu.load(t_ref.at[cols], mask=inside,
+                     other=0.0).astype(jnp.float32)
+      if masked:
+        u = jnp.where(keep != 0, u, 0.0)
+      if weighted:
+        u = u * weights
+      # sum u (z - shift), rebased when the shift moves; 0 log 0 = 0.
+      picked = picked + mass * (old - new) + jnp.sum(
+          jnp.where(u != 0, u * shifted, 0.0))
+      mass = mass + jnp.sum(u)
+    if smoothing:
+      valid = x > -jnp.inf
+      w_valid = valid.astype(jnp.float32) if weights is None else jnp.where(
+          valid, weights, 0.0)
+      valid_mean = valid_mean + weight_sum * (old - new) / num_classes + (
+          jnp.sum(jnp.where(valid, w_valid * shifted / num_classes, 0.0)))
+      count = count + jnp.sum(valid.astype(jnp.float32))
+      weight_sum = weight_sum + jnp.sum(w_valid)
+    return (new_max, nans, sumexp, picked, mass, count, weight_sum,
+            valid_mean)
+
+  zero = jnp.float32(0)
+  init = (jnp.float32(-jnp.inf),) + (zero,) * 7
+  (run_max, nans, sumexp, picked, mass, count, weight_sum,
+   valid_mean) = lax.fori_loop(0, pl.cdiv(width, block), body, init)
+  shift = _shift_of(run_max)
+  # A NaN anywhere unmasked makes the row NaN, as in the XLA path.
+  has_nan = nans > 0
+  values = [jnp.where(has_nan, jnp.nan, shift),
+            jnp.where(has_nan, jnp.nan, sumexp),
+            picked - shift if kind == "integer" else picked]
+  if kind == "soft":
+    values.append(mass)
+  if smoothing:
+    values += [count, weight_sum, valid_mean]
+  for ref, value in zip(out, values, strict=True):
+    ref[...] = value
+
+
+def row_stats(
+    logits: jax.Array,
+    mask: jax.Array | None,
+    opts: CrossEntropyOptions,
+    num_classes: int,
+    config: KernelConfig,
+    *,
+    label_index: jax.Array | None = None,
+    targets: jax.Array | None = None,
+) -> _rows.RowStats:
+  """`RowStats` of logits [..., C] with the Pallas kernel.
+
+  Args:
+    logits: Floating logits, classes last.
+    mask: Boolean mask of the logits' shape, or None.
+    opts: The parsed options.
+    num_classes: C.
+    config: The tile configuration.
+    label_index: Integer labels (int32 class indices), or None.
+    targets: Soft labels of the logits' shape, or None.
+
+  Returns:
+    The rows' `RowStats`, as `jxent._rows.dense_row_stats` gives them.
+  """
+  batch = logits.shape[:-1]
+  kind = "integer" if label_index is not None else "soft"
+  weighted = opts.class_weights is not None
+  inputs: list[jax.Array] = [logits.reshape(-1, num_classes)]
+  axes: list[int | None] = [0]
+  if kind == "integer":
+    assert label_index is not None
+    inputs.append(label_index.reshape(-1).astype(jnp.int32))
+    axes.append(0)
+  else:
+    assert targets is not None
+    inputs.append(targets.reshape(-1, num_classes))
+    axes.append(0)
+  if mask is not None:
+    inputs.append(mask.reshape(-1, num_classes).astype(jnp.int8))
+    axes.append(0)
+  if opts.class_weights is not None:
+    inputs.append(opts.class_weights)
+    axes.append(None)
+  n_out = 3 + (kind == "soft") + 3 * opts.smoothing
+  kernel = functools.partial(
+      _kernel, num_classes=num_classes, block=config.block, kind=kind,
+      smoothing=opts.smoothing, weighted=weighted, masked=mask is not None)
+  call = pl.pallas_call(
+      kernel,
+      out_shape=[jax.ShapeDtypeStruct((), jnp.float32)] * n_out,
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
+                                           num_stages=config.num_stages),
+      interpret=config.interpret, name="jxent_row_stats")
+  outs = list(jax.vmap(call, in_axes=tuple(axes))(*inputs))
+  outs = [o.reshape(batch) for o in outs]
+  shift, sumexp, target_dot = outs[:3]
+  rest = outs[3:]
+  target_mass = rest.pop(0) if kind == "soft" else None
+  valid_count = valid_weight = valid_mean = None
+  if opts.smoothing:
+    valid_count, valid_weight, valid_mean = rest
+    if not weighted:
+      valid_weight = None  # It is the count, as the XLA path leaves it.
+  return _rows.RowStats(shift, sumexp, target_dot, target_mass, valid_count,
+                        valid_weight, valid_mean)

@@ -1,0 +1,233 @@
+"""Tests for the Pallas kernels, on a CPU: interpret mode and CUDA lowering.
+
+The kernels must compute what the XLA path computes. In Pallas' interpret
+mode they run here and are compared with it, option by option, on shapes
+that exercise partial tiles. Interpret mode accepts things Triton refuses
+(say, a tile that is not a power of two), so every configuration dispatch
+can pick is also lowered for CUDA with `jax.export`, which runs the Triton
+lowering without a GPU.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jxent
+from jxent import _implementation, _kernels
+
+int_ce = jxent.softmax_cross_entropy_with_integer_labels
+soft_ce = jxent.softmax_cross_entropy
+
+TOL = {jnp.float32: (2e-5, 2e-6), jnp.bfloat16: (1e-2, 1e-3),
+       jnp.float16: (2e-3, 1e-4)}
+
+
+def _problem(rng, rows, classes, dtype):
+  x = rng.normal(size=(rows, classes)) * 3
+  if rows >= 3:
+    x[1, classes // 2] = np.nan          # A NaN row.
+    x[2, : classes // 2] = -np.inf       # Half the classes impossible.
+  if rows >= 4:
+    x[3] = -np.inf                       # An empty row.
+  labels = rng.integers(0, classes, size=rows)
+  if rows >= 5:
+    labels[4] = -100                     # An ignored row.
+  if rows >= 3:
+    labels[2] = classes - 1              # A valid class of row 2.
+  soft = rng.dirichlet(np.ones(classes), size=rows)
+  weights = rng.uniform(0.5, 2.0, classes)
+  mask = rng.uniform(size=(rows, classes)) > 0.2
+  return (jnp.asarray(x, dtype), jnp.asarray(labels),
+          jnp.asarray(soft, jnp.float32), jnp.asarray(weights, jnp.float32),
+          jnp.asarray(mask))
+
+
+OPTIONS = {
+    "plain": dict(),
+    "smoothing": dict(label_smoothing=0.1),
+    "z_loss": dict(z_loss=1e-2),
+    "weights": dict(class_weights=True, label_smoothing=0.2),
+    "where": dict(where=True, label_smoothing=0.1),
+    "everything": dict(class_weights=True, where=True, label_smoothing=0.1,
+                       z_loss=1e-3),
+}
+
+
+def _kwargs(options, weights, mask):
+  kw = dict(options)
+  if kw.pop("class_weights", False):
+    kw["class_weights"] = weights
+  if kw.pop("where", False):
+    kw["where"] = mask
+  return kw
+
+
+def _loss_and_grads(loss, x, labels):
+  """Per-row losses, and gradients of their sum over finite rows."""
+  value = loss(x, labels)
+  total = lambda x, y: jnp.sum(jnp.where(jnp.isnan(value), 0, loss(x, y)))  # noqa
+  argnums = (0,) if jnp.issubdtype(labels.dtype, jnp.integer) else (0, 1)
+  grads = jax.grad(total, argnums)(x, labels)
+  return value, grads
+
+
+def _compare(got, want, dtype):
+  rtol, atol = TOL[dtype]
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(np.asarray(g, np.float32),
+                               np.asarray(w, np.float32), rtol=rtol,
+                               atol=atol)
+
+
+@pytest.mark.parametrize("implementation", [None, "pallas"])
+@pytest.mark.parametrize("options", list(OPTIONS))
+@pytest.mark.parametrize("kind", ["integer", "soft"])
+def test_kernels_match_the_xla_path(rng, implementation, options, kind):
+  # 5 rows of 300 classes in tiles of 128: two full tiles and a partial one.
+  x, labels, soft, weights, mask = _problem(rng, 5, 300, jnp.float32)
+  kw = _kwargs(OPTIONS[options], weights, mask)
+  if kind == "integer":
+    kw["ignore_index"] = -100
+    target, fn = labels, int_ce
+  else:
+    target, fn = soft, soft_ce
+  want = _loss_and_grads(lambda x, t: fn(x, t, implementation="xla", **kw),
+                         x, target)
+  with _implementation.kernels_anywhere(interpret=True, block=128):
+    got = _loss_and_grads(
+        lambda x, t: fn(x, t, implementation=implementation, **kw), x,
+        target)
+  _compare(got, want, jnp.float32)
+  # The edge rows are what they are on the XLA path: NaN, finite, empty.
+  assert np.isnan(got[0][1]) and got[0][3] == 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("shape", [(1, 7), (3, 1000), (4, 64)])
+def test_kernels_on_every_dtype_and_awkward_shapes(rng, dtype, shape):
+  # One row; a tiny class count; a width that is not a multiple of the tile;
+  # one that is.
+  x, labels, soft, weights, mask = _problem(rng, *shape, dtype)
+  labels = jnp.abs(labels) % shape[1]
+  kw = dict(label_smoothing=0.1, z_loss=1e-3)
+  for fn, target in ((int_ce, labels), (soft_ce, soft.astype(dtype))):
+    want = _loss_and_grads(
+        lambda x, t, fn=fn: fn(x, t, implementation="xla", **kw), x, target)
+    with _implementation.kernels_anywhere(interpret=True, block=256):
+      got = _loss_and_grads(
+          lambda x, t, fn=fn: fn(x, t, implementation="pallas", **kw), x,
+          target)
+    _compare(got, want, dtype)
+    assert got[1][0].dtype == dtype
+
+
+def test_the_default_keeps_every_differentiation_mode(rng):
+  # With the forward kernel inside the custom JVP, forward mode still works.
+  x, labels, _, _, _ = _problem(rng, 2, 50, jnp.float32)
+  labels = jnp.abs(labels) % 50
+  x = jnp.nan_to_num(x, posinf=0.0, neginf=-5.0)
+  tangent = jnp.ones_like(x)
+  want = jax.jvp(lambda x: int_ce(x, labels, implementation="xla"), (x,),
+                 (tangent,))
+  with _implementation.kernels_anywhere(interpret=True, block=16):
+    got = jax.jvp(lambda x: int_ce(x, labels), (x,), (tangent,))
+    jaxpr = str(jax.make_jaxpr(lambda x: int_ce(x, labels))(x))
+  assert "pallas_call" in jaxpr
+  _compare(got, want, jnp.float32)
+
+
+def test_pallas_on_a_cpu_is_a_clear_error():
+  x, labels = jnp.zeros((2, 8)), jnp.zeros((2,), jnp.int32)
+  with pytest.raises(ValueError, match="needs an NVIDIA GPU.*cpu"):
+    int_ce(x, labels, implementation="pallas")
+  with pytest.raises(ValueError, match="implementation"):
+    int_ce(x, labels, implementation="triton")
+  with jax.enable_x64(True), _implementation.kernels_anywhere(
+      interpret=True), pytest.raises(ValueError, match="float64"):
+    int_ce(x.astype(jnp.float64), labels, implementation="pallas")
+  # The default on a CPU is XLA alone: no kernel in the program.
+  assert "pallas_call" not in str(jax.make_jaxpr(
+      lambda x: int_ce(x, labels))(x))
+
+
+def test_tile_widths_must_be_powers_of_two():
+  with pytest.raises(ValueError, match="power of two"):
+    _kernels.KernelConfig(block=1000)
+  assert _kernels.default_config(262144, jnp.bfloat16).block == 4096
+  assert _kernels.default_config(100, jnp.float32).block == 128
+
+
+def test_configs_tuned_by_the_sweep_are_used(tmp_path, monkeypatch):
+  from jxent._kernels import config
+  table = {"best": [{"bucket": 32768, "dtype": "bfloat16",
+                     "kernel": "logits_gradient", "block": 8192,
+                     "num_warps": 16, "num_stages": 3}]}
+  path = tmp_path / "sweep.json"
+  path.write_text(__import__("json").dumps(table))
+  monkeypatch.setenv("JXENT_KERNEL_CONFIGS", str(path))
+  tuned = _kernels.default_config(32000, jnp.bfloat16, "logits_gradient")
+  assert (tuned.block, tuned.num_warps, tuned.num_stages) == (8192, 16, 3)
+  # Other kernels, dtypes and buckets keep the defaults.
+  assert _kernels.default_config(32000, jnp.bfloat16, "row_stats").block == 4096
+  assert _kernels.default_config(70000, jnp.bfloat16,
+                                 "logits_gradient").num_warps == 8
+  config.tuned.cache_clear()
+  assert _kernels.default_config(262144, jnp.bfloat16).block == 4096
+  assert _kernels.default_config(100, jnp.float32).block == 128
+
+
+# --- lowering for CUDA, without a GPU --------------------------------------
+
+TRITON = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+BENCH_SHAPES = [(8192, 32768), (8192, 131072), (8192, 262144)]
+
+
+def _lower_for_cuda(fn, *args):
+  exported = jax.export.export(jax.jit(fn), platforms=["cuda"],
+                               disabled_checks=[TRITON])(*args)
+  return exported.mlir_module()
+
+
+@pytest.mark.parametrize("implementation", [None, "pallas"])
+@pytest.mark.parametrize("shape", BENCH_SHAPES)
+def test_every_dispatched_kernel_lowers_for_cuda(shape, implementation):
+  rows, classes = shape
+  logits = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  labels = jax.ShapeDtypeStruct((rows,), jnp.int32)
+  soft = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+
+  def int_step(x, y):
+    return jax.value_and_grad(lambda x: int_ce(
+        x, y, label_smoothing=0.1, reduction="mean",
+        implementation=implementation))(x)
+
+  def soft_step(x, t):
+    return jax.value_and_grad(lambda x, t: soft_ce(
+        x, t, label_smoothing=0.1, reduction="mean",
+        implementation=implementation), (0, 1))(x, t)
+
+  with _implementation.kernels_anywhere(interpret=False):
+    for text in (_lower_for_cuda(int_step, logits, labels),
+                 _lower_for_cuda(soft_step, logits, soft)):
+      # Triton's custom call, once (forward) or twice (both passes).
+      assert text.count("__gpu$xla.gpu.triton") == (
+          2 if implementation == "pallas" else 1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
+def test_kernels_lower_for_cuda_in_other_dtypes_and_with_options(dtype):
+  shape = (256, 50257)  # GPT-2's vocabulary: no power of two.
+  logits = jax.ShapeDtypeStruct(shape, dtype)
+  labels = jax.ShapeDtypeStruct((256,), jnp.int32)
+  mask = jax.ShapeDtypeStruct(shape, jnp.bool_)
+  weights = jax.ShapeDtypeStruct((shape[1],), jnp.float32)
+
+  def step(x, y, m, w):
+    return jax.grad(lambda x: int_ce(
+        x, y, where=m, class_weights=w, ignore_index=-1, z_loss=1e-4,
+        reduction="mean", implementation="pallas"))(x)
+
+  with _implementation.kernels_anywhere(interpret=False):
+    assert "__gpu$xla.gpu.triton" in _lower_for_cuda(step, logits, labels,
+                                                     mask, weights)
