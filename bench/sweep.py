@@ -28,17 +28,23 @@ import numpy as np
 from bench import timing
 
 
+def _fail(message: str):
+  """One line on stderr and exit status 2, as the other bench commands."""
+  print(f"bench.sweep: error: {message}", file=sys.stderr)
+  raise SystemExit(2)
+
+
 def _ints(text: str, what: str) -> list[int]:
   try:
     values = [int(v) for v in text.split(",")]
   except ValueError:
-    raise SystemExit(f"bench.sweep: error: {what} must be integers, got"
-                     f" {text!r}") from None
+    _fail(f"{what} must be integers, got"
+          f" {text!r}")
   if any(v < 1 or v & (v - 1) for v in values) and what != "stages":
-    raise SystemExit(f"bench.sweep: error: {what} must be powers of two,"
-                     f" got {text!r}")
+    _fail(f"{what} must be powers of two,"
+          f" got {text!r}")
   if any(v < 1 for v in values):
-    raise SystemExit(f"bench.sweep: error: {what} must be >= 1, got {text!r}")
+    _fail(f"{what} must be >= 1, got {text!r}")
   return values
 
 
@@ -66,21 +72,21 @@ def parse_args(argv):
     try:
       rows, classes = (int(v) for v in text.split("x"))
     except ValueError:
-      raise SystemExit(f"bench.sweep: error: a shape is ROWSxCLASSES, got"
-                       f" {text!r}") from None
+      _fail(f"a shape is ROWSxCLASSES, got"
+          f" {text!r}")
     if rows < 1 or classes < 1:
-      raise SystemExit(f"bench.sweep: error: empty shape {text!r}")
+      _fail(f"empty shape {text!r}")
     shapes.append((rows, classes))
   args.shapes = shapes
   args.blocks = _ints(args.blocks, "blocks")
   args.warps = _ints(args.warps, "warps")
   args.stages = _ints(args.stages, "stages")
   if args.reps < 1:
-    raise SystemExit(f"bench.sweep: error: --reps must be >= 1, got"
-                     f" {args.reps}")
+    _fail(f"--reps must be >= 1, got"
+          f" {args.reps}")
   if not args.interpret and jax.default_backend() != "gpu":
-    raise SystemExit("bench.sweep: error: the kernels need a GPU; use"
-                     " --interpret to rehearse on a CPU")
+    _fail("the kernels need a GPU; use"
+          " --interpret to rehearse on a CPU")
   return args
 
 

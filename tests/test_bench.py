@@ -430,3 +430,30 @@ def test_compare_without_a_revision_is_a_one_line_error(capsys):
   assert compare.main([]) == 2
   assert compare.main(["--quick"]) == 2
   assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "x.json"], "need a GPU"),
+    (["--interpret", "--blocks", "100", "--out", "x.json"], "powers of two"),
+    (["--interpret", "--shapes", "10by3", "--out", "x.json"], "ROWSxCLASSES"),
+    (["--interpret", "--reps", "0", "--out", "x.json"], "--reps"),
+])
+def test_sweep_refuses_bad_arguments_in_one_line(argv, message, capsys):
+  from bench import sweep
+  with pytest.raises(SystemExit) as exit_:
+    sweep.main(argv)
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and message in err[0]
+
+
+def test_sweep_rehearses_in_interpret_mode(tmp_path):
+  from bench import sweep
+  out = tmp_path / "sweep.json"
+  assert sweep.main(["--interpret", "--shapes", "4x100", "--blocks", "64",
+                     "--warps", "4", "--stages", "1", "--reps", "1",
+                     "--out", str(out)]) == 0
+  table = json.loads(out.read_text())
+  assert {b["kernel"] for b in table["best"]} == {"row_stats",
+                                                   "logits_gradient"}
+  assert table["best"][0]["bucket"] == 128 and table["interpret"]
