@@ -25,123 +25,30 @@ axis; nothing of vocabulary size is communicated.
 
 import functools
 import math
-import operator
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks, _rows
+from jxent import _blocks, _checks, _rows
+from jxent._blocks import Config, block_logits, walk_blocks
 from jxent._logsumexp import shift_of
 from jxent._options import parse_options
 
-# Bytes of one float32 [tokens, block] buffer that the automatic block size
-# aims for; a few such buffers are alive at once.
-_BLOCK_BYTES = 4 * 2**20
-_MIN_BLOCK, _MAX_BLOCK = 128, 8192
-
-
-def default_block_size(tokens: int, vocab: int) -> int:
-  """Picks the vocabulary block size from the shapes.
-
-  A power of two with one float32 [tokens, block] buffer near 4 MiB,
-  clamped to [128, 8192] and never more than the vocabulary (at least 1).
-  """
-  block = _BLOCK_BYTES // (4 * max(tokens, 1))
-  block = 2 ** max(0, int(math.log2(max(block, 1))))
-  return int(max(min(max(block, _MIN_BLOCK), _MAX_BLOCK, vocab), 1))
-
-
-class Config(NamedTuple):
-  """Static settings of a vocabulary walk (hashable).
-
-  Attributes:
-    block: Columns per block.
-    cap: The logit soft cap, or None.
-    acc: The accumulation dtype.
-    num_classes: The true vocabulary size V. Columns at or past it (padding
-      of a sharded W) are masked out.
-    axis_name: The mesh axis W's columns are split over, or None.
-  """
-
-  block: int
-  cap: float | None
-  acc: jnp.dtype
-  num_classes: int
-  axis_name: _rows.AxisName | None = None
-
-
-def _num_blocks(local_vocab, block):
-  return -(-local_vocab // block)
-
-
-def walk_blocks(body, init, local_vocab, block, sharded):
-  """`fori_loop` over the vocabulary blocks; no blocks (V = 0) give `init`.
-
-  Inside `shard_map` the first block is peeled off: it gives the loop a
-  carry typed by the first block's results, which vary over the mesh axes
-  (vocabulary, and batch when x is split) that zeros made outside cannot
-  know. Elsewhere the loop runs whole, which lets XLA update the carried
-  `dw` in place.
-  """
-  blocks = _num_blocks(local_vocab, block)
-  if not blocks:
-    return init
-  if not sharded:
-    return lax.fori_loop(0, blocks, body, init)
-  carry = body(0, init)
-  return lax.fori_loop(1, blocks, body, carry) if blocks > 1 else carry
-
-
-def _offset(cfg, local_vocab):
-  if cfg.axis_name is None:
-    return 0
-  return lax.axis_index(cfg.axis_name) * local_vocab
-
-
-def block_logits(x, w, bias, i, cfg, offset):
-  """Logits of local block `i` in `cfg.acc`, and which columns count.
-
-  Returns:
-    `(logits, columns, live, start)`: the [tokens, block] logits, their
-    global column indices [1, block], whether each column takes part
-    [1, block], and the block's first local column.
-  """
-  local_vocab = w.shape[1]
-  # The last block is shifted left to fit; its columns that earlier blocks
-  # already covered are stale and take no part.
-  start = jnp.minimum(i * cfg.block, local_vocab - cfg.block)
-  w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
-  raw = jnp.dot(x, w_block, preferred_element_type=cfg.acc)
-  if bias is not None:
-    raw = raw + lax.dynamic_slice_in_dim(bias, start, cfg.block).astype(
-        cfg.acc)[None, :]
-  logits = raw if cfg.cap is None else cfg.cap * jnp.tanh(raw / cfg.cap)
-  local = start + lax.broadcasted_iota(jnp.int32, (1, cfg.block), 1)
-  columns = offset + local
-  live = (local >= i * cfg.block) & (columns < cfg.num_classes)
-  return logits, columns, live, start
+default_block_size = _blocks.default_block_size
 
 
 def online_stats(x, w, bias, label_index, opts, cfg) -> _rows.RowStats:
   """The `RowStats` of `x @ w + bias`, one vocabulary block at a time."""
   tokens, local_vocab = x.shape[0], w.shape[1]
-  offset = _offset(cfg, local_vocab)
+  offset = _blocks.offset_of(cfg, local_vocab)
   num_classes = cfg.num_classes
 
   def body(i, carry):
     row_max, sumexp, label_logit, count, valid_mean = carry
     logits, columns, live, _ = block_logits(x, w, bias, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
-    new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
-    # Online log-sum-exp: rescale the running sum to the new max before
-    # adding this block, so no exp ever sees a positive argument. While a
-    # row has seen only -inf its max is -inf; exp is then taken against a
-    # safe 0, so -inf - -inf never makes a NaN. A NaN max stays NaN.
-    safe = shift_of(new_max)
-    sumexp = sumexp * jnp.exp(row_max - safe) + jnp.sum(
-        jnp.exp(logits - safe[:, None]), axis=1)
+    row_max, sumexp, old, new = _blocks.online_lse(row_max, sumexp, logits)
     is_label = (columns == label_index[:, None]) & live
     label_logit = label_logit + jnp.sum(jnp.where(is_label, logits, 0), 1)
     if opts.smoothing:
@@ -150,12 +57,10 @@ def online_stats(x, w, bias, label_index, opts, cfg) -> _rows.RowStats:
       # summed as (z - shift) / V so rows near the float limits cannot
       # overflow.
       valid = logits > -jnp.inf
-      rebase = jnp.where(count > 0,
-                         count * (shift_of(row_max) - safe) / num_classes, 0)
-      valid_mean = valid_mean + rebase + jnp.sum(
-          jnp.where(valid, (logits - safe[:, None]) / num_classes, 0), 1)
+      valid_mean = valid_mean + count * (old - new) / num_classes + jnp.sum(
+          jnp.where(valid, (logits - new[:, None]) / num_classes, 0), 1)
       count = count + jnp.sum(valid, axis=1).astype(cfg.acc)
-    return new_max, sumexp, label_logit, count, valid_mean
+    return row_max, sumexp, label_logit, count, valid_mean
 
   zeros = jnp.zeros((tokens,), cfg.acc)
   init = (jnp.full((tokens,), -jnp.inf, cfg.acc), zeros, zeros, zeros,
@@ -164,13 +69,10 @@ def online_stats(x, w, bias, label_index, opts, cfg) -> _rows.RowStats:
       body, init, local_vocab, cfg.block, cfg.axis_name is not None)
   if cfg.axis_name is not None:
     # Combine the shards: one max, then sums rescaled to it.
-    local_shift = shift_of(row_max)
-    row_max = lax.pmax(lax.stop_gradient(row_max), cfg.axis_name)
-    scale = jnp.exp(local_shift - shift_of(row_max))
-    rebase = count * (local_shift - shift_of(row_max)) / num_classes
-    sumexp, label_logit, count, valid_mean = lax.psum(
-        (sumexp * scale, label_logit, count, valid_mean + rebase),
-        cfg.axis_name)
+    row_max, sumexp, (valid_mean,), (label_logit, count) = _blocks.combine_lse(
+        row_max, sumexp, cfg.axis_name,
+        rebased=((count / num_classes, valid_mean),),
+        summed=(label_logit, count))
   shift = shift_of(row_max)
   return _rows.RowStats(
       shift=shift, sumexp=sumexp, target_dot=label_logit - shift,
@@ -213,72 +115,23 @@ def _linear_ce_bwd(cfg, residuals, cotangents):
   # logits and keep them alive until here.
   primals = (x, w, bias)
   x, w, bias = lax.optimization_barrier(primals)
-  offset = _offset(cfg, w.shape[1])
-  matmul_dtype = x.dtype
+  offset = _blocks.offset_of(cfg, w.shape[1])
 
-  def body(i, carry):
-    dx, dw, dbias = carry
+  def body(i, grads):
     logits, _, live, start = block_logits(x, w, bias, i, cfg, offset)
     dlogits = _rows.logits_gradient(
-        logits, live, shift, log_sumexp,
-        coefficients, opts, label_index=labels.class_index, offset=offset + start)
-    if cfg.cap is not None:
-      # Through the soft cap: d/dr c tanh(r / c) = 1 - (z / c)^2.
-      dlogits = dlogits * (1 - jnp.square(logits / cfg.cap))
-    d16 = dlogits.astype(matmul_dtype)
-    w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
-    dx = dx + jnp.dot(d16, w_block.T, preferred_element_type=cfg.acc)
-    dw_block = jnp.dot(x.T, d16, preferred_element_type=cfg.acc)
-    # Stale columns add 0, so the shifted last block can add in place.
-    old = lax.dynamic_slice_in_dim(dw, start, cfg.block, axis=1)
-    dw = lax.dynamic_update_slice_in_dim(
-        dw, (old.astype(cfg.acc) + dw_block).astype(dw.dtype), start,
-        axis=1)
-    if dbias is not None:
-      old_b = lax.dynamic_slice_in_dim(dbias, start, cfg.block)
-      dbias = lax.dynamic_update_slice_in_dim(
-          dbias, (old_b.astype(cfg.acc) + jnp.sum(dlogits, 0)).astype(
-              dbias.dtype), start, axis=0)
-    return dx, dw, dbias
+        logits, live, shift, log_sumexp, coefficients, opts,
+        label_index=labels.class_index, offset=offset + start)
+    return _blocks.accumulate(grads, x, w,
+                              _blocks.raw_gradient(dlogits, logits, cfg),
+                              start, cfg)
 
-  init = (
-      jnp.zeros(x.shape, cfg.acc),
-      jnp.zeros(w.shape, w.dtype),
-      None if bias is None else jnp.zeros(bias.shape, bias.dtype),
-  )
-  dx, dw, dbias = walk_blocks(body, init, w.shape[1], cfg.block,
-                              cfg.axis_name is not None)
+  grads = walk_blocks(body, _blocks.zero_grads(x, w, bias, cfg,
+                                               (True, True, True)),
+                      w.shape[1], cfg.block, cfg.axis_name is not None)
   d_opts = _rows.options_cotangent(opts, g, d_smoothing, d_z_loss,
-                                   _sum_over_copies)
-  x, w, bias = primals  # Whose mesh axes the cotangents must match.
-  return (_sum_over_copies(dx, x).astype(x.dtype), _sum_over_copies(dw, w),
-          None if bias is None else _sum_over_copies(dbias, bias), None,
-          d_opts)
-
-
-def _vma(x) -> frozenset:
-  """The mesh axes `x` varies over inside `shard_map` (empty outside).
-
-  JAX records them on the abstract value: as `vma` in recent versions, as
-  `mat.varying` in 0.10.
-  """
-  aval = jax.typeof(x)
-  vma = getattr(aval, "vma", None)
-  if vma is None:
-    vma = getattr(getattr(aval, "mat", None), "varying", None)
-  return frozenset(vma or ())
-
-
-def _sum_over_copies(cotangent, primal):
-  """Sums a cotangent over the mesh axes its primal is replicated over.
-
-  Inside `shard_map`, x is the same on every device of the vocabulary axis
-  (and W on every device of a batch axis), while each device's cotangent
-  covers only its own columns (or rows): the cotangent of a replicated
-  value is the sum of the devices' parts.
-  """
-  extra = _vma(cotangent) - _vma(primal)
-  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+                                   _blocks.sum_over_copies)
+  return (*_blocks.finish_grads(grads, *primals), None, d_opts)
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd, symbolic_zeros=True)
@@ -305,51 +158,22 @@ def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,
     both matmul operands in one dtype, the sorted flat labels, the parsed
     options and the static `Config`.
   """
-  x, w, labels = jnp.asarray(x), jnp.asarray(w), jnp.asarray(labels)
-  _checks.check_floating("x", x)
-  _checks.check_floating(w_name, w)
+  head, batch = _blocks.prepare_head(x, w, bias, w_name=w_name,
+                                     bias_name=bias_name)
+  labels = jnp.asarray(labels)
   _checks.check_integer("labels", labels)
-  if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+  if labels.shape != batch:
     raise ValueError(
-        f"`x` must have shape [..., D] and `{w_name}` shape [D, V], got"
-        f" x.shape={x.shape} and {w_name}.shape={w.shape}."
-    )
-  if labels.shape != x.shape[:-1]:
-    raise ValueError(
-        f"`labels` must have shape x.shape[:-1]={x.shape[:-1]}, got"
+        f"`labels` must have shape x.shape[:-1]={batch}, got"
         f" labels.shape={labels.shape}."
     )
-  local_vocab = w.shape[1]
-  if bias is not None:
-    bias = _checks.per_class(bias_name, bias, local_vocab)
-  if num_classes is None:
-    num_classes = local_vocab
-  cap = _checks.check_softcap(logit_softcap)
-  tokens = math.prod(x.shape[:-1])
-  if block_size is None:
-    block = default_block_size(tokens, local_vocab)
-  else:
-    try:
-      if isinstance(block_size, bool):
-        raise TypeError  # A flag passed by mistake.
-      block = operator.index(block_size)
-    except TypeError:
-      raise TypeError(
-          f"`block_size` must be an int or None, got {block_size!r}.") from None
-    if block < 1:
-      raise ValueError(f"`block_size` must be >= 1, got {block_size!r}.")
-    block = max(min(block, local_vocab), 1)
-  # Accumulate in float32, or float64 if an input is float64; both matmul
-  # operands in one dtype (the wider) when they differ.
-  acc = _checks.compute_dtype(x.dtype, w.dtype)
-  if x.dtype != w.dtype:
-    x, w = x.astype(acc), w.astype(acc)
+  cfg = _blocks.config_for([head], block_size, logit_softcap,
+                           num_classes=num_classes, axis_name=axis_name)
   opts = parse_options(label_smoothing=label_smoothing, z_loss=z_loss,
                        ignore_index=ignore_index, reduction=reduction)
-  flat_labels = _checks.sort_labels(labels.reshape(tokens), num_classes,
-                                    opts.ignore_index)
-  cfg = Config(block, cap, acc, num_classes, axis_name)
-  return x.reshape(tokens, x.shape[-1]), w, bias, flat_labels, opts, cfg
+  flat_labels = _checks.sort_labels(labels.reshape(math.prod(batch)),
+                                    cfg.num_classes, opts.ignore_index)
+  return head.x, head.w, head.bias, flat_labels, opts, cfg
 
 
 def linear_softmax_cross_entropy(

@@ -1,0 +1,330 @@
+"""The vocabulary walk behind every linear (vocabulary-scale) loss.
+
+For an output layer `logits = cap(x @ w + bias) / temperature` of shape
+[tokens, vocabulary], the linear losses never hold the logits: they walk
+the vocabulary in blocks of columns, making each block's logits, folding
+them into a few per-token numbers (an online log-sum-exp and what else the
+loss needs), and dropping them. The backward pass walks again, remakes
+each block, turns it into the block's gradient and pushes that through the
+two matmuls that give `dx` (accumulated) and the block's slice of `dw`.
+
+This module holds what every such loss shares: the static `Config`, the
+block's logits (`block_logits`), the walk (`walk_blocks`), the online
+log-sum-exp step (`online_lse`), the combination of per-shard numbers over
+a mesh axis (`combine_lse`), the chain rule back to the raw matmul output
+(`raw_gradient`), the matmuls of the backward pass (`accumulate`), and the
+validation of a head (`prepare_head`).
+"""
+
+import math
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jxent import _checks
+from jxent._logsumexp import shift_of
+
+AxisName = str | tuple[str, ...]
+
+# Bytes of one float32 [tokens, block] buffer that the automatic block size
+# aims for; a few such buffers are alive at once.
+_BLOCK_BYTES = 4 * 2**20
+_MIN_BLOCK, _MAX_BLOCK = 128, 8192
+
+
+def default_block_size(tokens: int, vocab: int) -> int:
+  """Picks the vocabulary block size from the shapes.
+
+  A power of two with one float32 [tokens, block] buffer near 4 MiB,
+  clamped to [128, 8192] and never more than the vocabulary (at least 1).
+  """
+  block = _BLOCK_BYTES // (4 * max(tokens, 1))
+  block = 2 ** max(0, int(math.log2(max(block, 1))))
+  return int(max(min(max(block, _MIN_BLOCK), _MAX_BLOCK, vocab), 1))
+
+
+class Config(NamedTuple):
+  """Static settings of a vocabulary walk (hashable).
+
+  Attributes:
+    block: Columns per block.
+    cap: The logit soft cap, or None.
+    acc: The accumulation dtype.
+    num_classes: The true vocabulary size V. Columns at or past it (padding
+      of a sharded W) are masked out.
+    axis_name: The mesh axis W's columns are split over, or None.
+    temperature: Divides the logits, after the soft cap.
+  """
+
+  block: int
+  cap: float | None
+  acc: jnp.dtype
+  num_classes: int
+  axis_name: AxisName | None = None
+  temperature: float = 1.0
+
+
+def num_blocks(local_vocab: int, block: int) -> int:
+  return -(-local_vocab // block)
+
+
+def walk_blocks(body, init, local_vocab, block, sharded):
+  """`fori_loop` over the vocabulary blocks; no blocks (V = 0) give `init`.
+
+  Inside `shard_map` the first block is peeled off: it gives the loop a
+  carry typed by the first block's results, which vary over the mesh axes
+  (vocabulary, and batch when x is split) that zeros made outside cannot
+  know. Elsewhere the loop runs whole, which lets XLA update the carried
+  `dw` in place.
+  """
+  blocks = num_blocks(local_vocab, block)
+  if not blocks:
+    return init
+  if not sharded:
+    return lax.fori_loop(0, blocks, body, init)
+  carry = body(0, init)
+  return lax.fori_loop(1, blocks, body, carry) if blocks > 1 else carry
+
+
+def offset_of(cfg: Config, local_vocab: int):
+  """This shard's first column inside `shard_map`; 0 without a mesh axis."""
+  if cfg.axis_name is None:
+    return 0
+  return lax.axis_index(cfg.axis_name) * local_vocab
+
+
+def block_logits(x, w, bias, i, cfg: Config, offset):
+  """Logits of local block `i` in `cfg.acc`, and which columns count.
+
+  Returns:
+    `(logits, columns, live, start)`: the [tokens, block] logits (capped,
+    divided by the temperature), their global column indices [1, block],
+    whether each column takes part [1, block], and the block's first local
+    column.
+  """
+  local_vocab = w.shape[1]
+  # The last block is shifted left to fit; its columns that earlier blocks
+  # already covered are stale and take no part.
+  start = jnp.minimum(i * cfg.block, local_vocab - cfg.block)
+  w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
+  raw = jnp.dot(x, w_block, preferred_element_type=cfg.acc)
+  if bias is not None:
+    raw = raw + lax.dynamic_slice_in_dim(bias, start, cfg.block).astype(
+        cfg.acc)[None, :]
+  logits = raw if cfg.cap is None else cfg.cap * jnp.tanh(raw / cfg.cap)
+  if cfg.temperature != 1.0:
+    logits = logits / cfg.temperature
+  local = start + lax.broadcasted_iota(jnp.int32, (1, cfg.block), 1)
+  columns = offset + local
+  live = (local >= i * cfg.block) & (columns < cfg.num_classes)
+  return logits, columns, live, start
+
+
+def online_lse(row_max, sumexp, logits):
+  """One block into a running log-sum-exp.
+
+  Args:
+    row_max: The running max [tokens] (-inf before any mass).
+    sumexp: The running sum of exp(logit - shift_of(row_max)).
+    logits: The block's logits [tokens, block], dead columns at -inf.
+
+  Returns:
+    `(new_max, sumexp, old_shift, new_shift)`. The running sum is rescaled
+    to the new max before the block is added, so no exp ever sees a
+    positive argument; while a row has seen only -inf its shift is a safe
+    0, so -inf - -inf never makes a NaN. A NaN max stays NaN. Other running
+    sums relative to the shift are rebased with `old_shift - new_shift`.
+  """
+  new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
+  old, new = shift_of(row_max), shift_of(new_max)
+  sumexp = sumexp * jnp.exp(row_max - new) + jnp.sum(
+      jnp.exp(logits - new[:, None]), axis=1)
+  return new_max, sumexp, old, new
+
+
+def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=()):
+  """Per-shard running numbers to the whole vocabulary's, over `axis_name`.
+
+  Args:
+    row_max: This shard's max.
+    sumexp: This shard's sum of exp(logit - shift_of(row_max)).
+    axis_name: The mesh axis the vocabulary is split over.
+    rebased: Pairs `(scale, value)`: sums of `weight * (logit - shift)`
+      kept with their total weight `scale`, rebased to the global shift by
+      adding `scale * (local shift - global shift)`.
+    summed: Sums that need no rescaling (label logits, counts).
+
+  Returns:
+    `(row_max, sumexp, rebased_values, summed_values)` over every shard.
+  """
+  local = shift_of(row_max)
+  row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
+  delta = local - shift_of(row_max)
+  sumexp, rebased, summed = lax.psum(
+      (sumexp * jnp.exp(delta),
+       tuple(value + scale * delta for scale, value in rebased),
+       tuple(summed)), axis_name)
+  return row_max, sumexp, rebased, summed
+
+
+def raw_gradient(dlogits, logits, cfg: Config):
+  """d loss / d (x @ w + bias), from d loss / d logits of the same block.
+
+  Through the temperature (a factor 1 / T) and the soft cap:
+  d/dr c tanh(r / c) = 1 - (capped / c)^2, with capped = T * logits.
+  """
+  if cfg.temperature != 1.0:
+    dlogits = dlogits / cfg.temperature
+  if cfg.cap is not None:
+    capped = logits * cfg.temperature
+    dlogits = dlogits * (1 - jnp.square(capped / cfg.cap))
+  return dlogits
+
+
+def accumulate(carry, x, w, draw, start, cfg: Config, perturbed=(True,) * 3):
+  """The block's share of `dx`, `dw` and `dbias` (each skipped if None).
+
+  Args:
+    carry: `(dx, dw, dbias)`, float32 `dx` [tokens, D], `dw` and `dbias`
+      in their dtypes; None where that input is not perturbed.
+    x, w: The head's inputs.
+    draw: d loss / d raw logits of the block [tokens, block]; dead columns
+      hold 0, so the shifted last block can add in place.
+    start: The block's first local column.
+    cfg: The walk's `Config`.
+    perturbed: Whether x, w and bias need gradients.
+
+  Returns:
+    The updated `(dx, dw, dbias)`.
+  """
+  dx, dw, dbias = carry
+  d16 = draw.astype(x.dtype)
+  if dx is not None:
+    w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
+    dx = dx + jnp.dot(d16, w_block.T, preferred_element_type=cfg.acc)
+  if dw is not None:
+    dw_block = jnp.dot(x.T, d16, preferred_element_type=cfg.acc)
+    old = lax.dynamic_slice_in_dim(dw, start, cfg.block, axis=1)
+    dw = lax.dynamic_update_slice_in_dim(
+        dw, (old.astype(cfg.acc) + dw_block).astype(dw.dtype), start,
+        axis=1)
+  if dbias is not None:
+    old_b = lax.dynamic_slice_in_dim(dbias, start, cfg.block)
+    dbias = lax.dynamic_update_slice_in_dim(
+        dbias, (old_b.astype(cfg.acc) + jnp.sum(draw, 0)).astype(
+            dbias.dtype), start, axis=0)
+  del perturbed
+  return dx, dw, dbias
+
+
+def zero_grads(x, w, bias, cfg: Config, perturbed):
+  """The initial `(dx, dw, dbias)` of `accumulate`, None where unperturbed."""
+  want_x, want_w, want_b = perturbed
+  return (jnp.zeros(x.shape, cfg.acc) if want_x else None,
+          jnp.zeros(w.shape, w.dtype) if want_w else None,
+          jnp.zeros(bias.shape, bias.dtype)
+          if bias is not None and want_b else None)
+
+
+def vma(x) -> frozenset:
+  """The mesh axes `x` varies over inside `shard_map` (empty outside).
+
+  JAX records them on the abstract value: as `vma` in recent versions, as
+  `mat.varying` in 0.10.
+  """
+  aval = jax.typeof(x)
+  axes = getattr(aval, "vma", None)
+  if axes is None:
+    axes = getattr(getattr(aval, "mat", None), "varying", None)
+  return frozenset(axes or ())
+
+
+def sum_over_copies(cotangent, primal):
+  """Sums a cotangent over the mesh axes its primal is replicated over.
+
+  Inside `shard_map`, x is the same on every device of the vocabulary axis
+  (and W on every device of a batch axis), while each device's cotangent
+  covers only its own columns (or rows): the cotangent of a replicated
+  value is the sum of the devices' parts.
+  """
+  extra = vma(cotangent) - vma(primal)
+  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+
+
+def finish_grads(grads, x, w, bias):
+  """`accumulate`'s result as cotangents of x, w and bias (None if unused)."""
+  dx, dw, dbias = grads
+  return (None if dx is None else sum_over_copies(dx, x).astype(x.dtype),
+          None if dw is None else sum_over_copies(dw, w),
+          None if dbias is None else sum_over_copies(dbias, bias))
+
+
+def check_block_size(block_size, local_vocab: int, tokens: int) -> int:
+  """Validates `block_size` (or picks one); at most V, at least 1."""
+  if block_size is None:
+    return default_block_size(tokens, local_vocab)
+  try:
+    if isinstance(block_size, bool):
+      raise TypeError  # A flag passed by mistake.
+    block = operator.index(block_size)
+  except TypeError:
+    raise TypeError(
+        f"`block_size` must be an int or None, got {block_size!r}.") from None
+  if block < 1:
+    raise ValueError(f"`block_size` must be >= 1, got {block_size!r}.")
+  return max(min(block, local_vocab), 1)
+
+
+class Head(NamedTuple):
+  """A validated output layer: x flattened to [tokens, D], w, bias."""
+
+  x: jax.Array
+  w: jax.Array
+  bias: jax.Array | None
+
+
+def prepare_head(x, w, bias, *, x_name="x", w_name="w", bias_name="bias",
+                 vocab: int | None = None) -> tuple[Head, tuple[int, ...]]:
+  """Validates one head; returns it (x flattened, one dtype) and x's batch.
+
+  Raises:
+    TypeError, ValueError: On bad dtypes or shapes, naming them.
+  """
+  x, w = jnp.asarray(x), jnp.asarray(w)
+  _checks.check_floating(x_name, x)
+  _checks.check_floating(w_name, w)
+  if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+    raise ValueError(
+        f"`{x_name}` must have shape [..., D] and `{w_name}` shape [D, V],"
+        f" got {x_name}.shape={x.shape} and {w_name}.shape={w.shape}."
+    )
+  if vocab is not None and w.shape[1] != vocab:
+    raise ValueError(
+        f"The vocabularies must match: `{w_name}` has {w.shape[1]} columns,"
+        f" the other head {vocab}.")
+  if bias is not None:
+    bias = _checks.per_class(bias_name, bias, w.shape[1])
+  # Both matmul operands in one dtype (the wider) when they differ.
+  acc = _checks.compute_dtype(x.dtype, w.dtype)
+  if x.dtype != w.dtype:
+    x, w = x.astype(acc), w.astype(acc)
+  batch = x.shape[:-1]
+  return Head(x.reshape(math.prod(batch), x.shape[-1]), w, bias), batch
+
+
+def config_for(heads, block_size, logit_softcap, temperature=1.0,
+               num_classes=None, axis_name=None) -> Config:
+  """The walk's `Config` for heads sharing a vocabulary."""
+  local_vocab = heads[0].w.shape[1]
+  tokens = heads[0].x.shape[0]
+  acc = _checks.compute_dtype(*(h.x.dtype for h in heads),
+                              *(h.w.dtype for h in heads))
+  return Config(
+      block=check_block_size(block_size, local_vocab, tokens),
+      cap=_checks.check_softcap(logit_softcap), acc=acc,
+      num_classes=local_vocab if num_classes is None else num_classes,
+      axis_name=axis_name,
+      temperature=_checks.check_temperature(temperature))
