@@ -24,6 +24,16 @@ from jxent._information import (
 from jxent._linear import (
     linear_softmax_cross_entropy as linear_softmax_cross_entropy,
 )
+from jxent._linear_divergences import (
+    linear_js_divergence as linear_js_divergence,
+)
+from jxent._linear_divergences import (
+    linear_kl_divergence as linear_kl_divergence,
+)
+from jxent._linear_log_probs import linear_log_probs as linear_log_probs
+from jxent._linear_top_k import (
+    linear_kl_divergence_from_top_k as linear_kl_divergence_from_top_k,
+)
 from jxent._logsumexp import log_softmax as log_softmax
 from jxent._logsumexp import logsumexp as logsumexp
 from jxent._logsumexp import softmax as softmax
@@ -40,6 +50,10 @@ __all__ = (
     "js_divergence",
     "kl_divergence",
     "kl_divergence_from_logits",
+    "linear_js_divergence",
+    "linear_kl_divergence",
+    "linear_kl_divergence_from_top_k",
+    "linear_log_probs",
     "linear_softmax_cross_entropy",
     "log_softmax",
     "logsumexp",

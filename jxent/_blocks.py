@@ -145,7 +145,8 @@ def online_lse(row_max, sumexp, logits):
   return new_max, sumexp, old, new
 
 
-def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=()):
+def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=(),
+                weighted=()):
   """Per-shard running numbers to the whole vocabulary's, over `axis_name`.
 
   Args:
@@ -156,17 +157,26 @@ def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=()):
       kept with their total weight `scale`, rebased to the global shift by
       adding `scale * (local shift - global shift)`.
     summed: Sums that need no rescaling (label logits, counts).
+    weighted: Pairs `(sumexp, value)`: sums of `e * (logit - shift)` with
+      e = exp(logit - shift), both rescaled and rebased:
+      `(value + sumexp * delta) * exp(delta)`.
 
   Returns:
-    `(row_max, sumexp, rebased_values, summed_values)` over every shard.
+    `(row_max, sumexp, rebased_values, summed_values, weighted_values)`
+    over every shard (the last only when `weighted` is given).
   """
   local = shift_of(row_max)
   row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
   delta = local - shift_of(row_max)
-  sumexp, rebased, summed = lax.psum(
-      (sumexp * jnp.exp(delta),
-       tuple(value + scale * delta for scale, value in rebased),
-       tuple(summed)), axis_name)
+  scale = jnp.exp(delta)
+  sumexp, rebased, summed, weighted = lax.psum(
+      (sumexp * scale,
+       tuple(value + weight * delta for weight, value in rebased),
+       tuple(summed),
+       tuple((value + total * delta) * scale for total, value in weighted)),
+      axis_name)
+  if weighted:
+    return row_max, sumexp, rebased, summed, weighted
   return row_max, sumexp, rebased, summed
 
 

@@ -29,7 +29,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks, _linear, _rows
+from jxent import (
+    _checks,
+    _linear,
+    _linear_divergences,
+    _linear_log_probs,
+    _linear_top_k,
+    _rows,
+)
 from jxent._classification import softmax_cross_entropy_rows
 from jxent._information import entropy_rows, pair_rows
 from jxent._options import parse_options
@@ -365,6 +372,262 @@ def linear_softmax_cross_entropy(
   return _rows.reduce(loss.reshape(labels_shape),
                       weight.reshape(labels_shape), opts.reduction,
                       batch_axis_name)
+
+
+def linear_log_probs(
+    x: jax.typing.ArrayLike,
+    local_w: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    axis_name: _AxisName,
+    *,
+    local_bias: jax.typing.ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    return_entropy: bool = False,
+    ignore_index: int | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  r"""`jxent.linear_log_probs` with W split along the vocabulary.
+
+  Each device walks its own columns of W in blocks; the per-token numbers
+  are combined over `axis_name`. It equals `jxent.linear_log_probs` on the
+  whole W, in value and gradient (the gradient for `x` is summed over
+  `axis_name`). Call it inside `jax.shard_map`.
+
+  Args:
+    x: Hidden states, [..., D], the same on every device of `axis_name`.
+    local_w: This device's columns of the output projection, [D, V / n].
+    labels: Integer global token indices, shape `x.shape[:-1]`.
+    axis_name: The mesh axis (or axes) W's columns are split over.
+    local_bias: This device's slice of the bias, [V / n], or None.
+    vocab_size: The true vocabulary V when W was padded with `pad_vocab`.
+    temperature: :math:`T > 0`, dividing the logits after the soft cap.
+    logit_softcap: Soft cap :math:`c > 0`, or None.
+    return_entropy: Return the entropy too.
+    ignore_index: Label value of tokens that give 0 and no gradient.
+    where: Optional boolean token mask, shape `x.shape[:-1]`.
+    block_size: Local vocabulary columns per block.
+
+  Returns:
+    As `jxent.linear_log_probs`, the same on every device of `axis_name`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from jxent import sharded
+    >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
+    >>> log_q = jax.shard_map(
+    ...     lambda x, w, y: sharded.linear_log_probs(x, w, y, "vocab"),
+    ...     mesh=mesh, in_specs=(P(), P(None, "vocab"), P()), out_specs=P())
+    >>> print(log_q(jnp.ones((2, 3)), jnp.zeros((3, 4)), jnp.array([0, 3]))
+    ...       .round(4))
+    [-1.3863 -1.3863]
+  """
+  return _linear_log_probs.log_probs(
+      x, local_w, labels, bias=local_bias, temperature=temperature,
+      logit_softcap=logit_softcap, return_entropy=return_entropy,
+      ignore_index=ignore_index, where=where, block_size=block_size,
+      axis_name=axis_name, vocab_size=vocab_size,
+      names=("x", "local_w", "local_bias"))
+
+
+def linear_kl_divergence(
+    p_x: jax.typing.ArrayLike,
+    local_p_w: jax.typing.ArrayLike,
+    q_x: jax.typing.ArrayLike,
+    local_q_w: jax.typing.ArrayLike,
+    axis_name: _AxisName,
+    *,
+    local_p_bias: jax.typing.ArrayLike | None = None,
+    local_q_bias: jax.typing.ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+    reduction: _checks.Reduction = "none",
+    batch_axis_name: _AxisName | None = None,
+) -> jax.Array:
+  r"""`jxent.linear_kl_divergence` with both W split along the vocabulary.
+
+  Both heads' projections are split the same way over `axis_name`; each
+  device walks its own columns. It equals `jxent.linear_kl_divergence` on
+  the whole projections, in value and gradient. Call it inside
+  `jax.shard_map`.
+
+  Args:
+    p_x: Hidden states of P, [..., D_p], the same on every device.
+    local_p_w: This device's columns of P's projection, [D_p, V / n].
+    q_x: Hidden states of Q, [..., D_q], the same tokens.
+    local_q_w: This device's columns of Q's projection, [D_q, V / n].
+    axis_name: The mesh axis (or axes) the vocabulary is split over.
+    local_p_bias: This device's slice of P's bias, or None.
+    local_q_bias: This device's slice of Q's bias, or None.
+    vocab_size: The true vocabulary V when the projections were padded.
+    temperature: :math:`T > 0`.
+    logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
+    where: Optional boolean token mask.
+    block_size: Local vocabulary columns per block.
+    reduction: "none", "sum" or "mean" over the kept tokens.
+    batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+
+  Returns:
+    As `jxent.linear_kl_divergence`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from jxent import sharded
+    >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
+    >>> kl = jax.shard_map(
+    ...     lambda x, p, q: sharded.linear_kl_divergence(x, p, x, q, "vocab"),
+    ...     mesh=mesh, in_specs=(P(), P(None, "vocab"), P(None, "vocab")),
+    ...     out_specs=P())
+    >>> p_w = jnp.log(jnp.array([[0.9, 0.1]]))
+    >>> print(kl(jnp.ones((1, 1)), p_w, jnp.zeros((1, 2))).round(4))
+    [0.3681]
+  """
+  return _linear_divergences.kl_divergence(
+      p_x, local_p_w, q_x, local_q_w, p_bias=local_p_bias,
+      q_bias=local_q_bias, temperature=temperature,
+      logit_softcap=logit_softcap, where=where, block_size=block_size,
+      reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
+      batch_axis_name=batch_axis_name)
+
+
+def linear_js_divergence(
+    p_x: jax.typing.ArrayLike,
+    local_p_w: jax.typing.ArrayLike,
+    q_x: jax.typing.ArrayLike,
+    local_q_w: jax.typing.ArrayLike,
+    axis_name: _AxisName,
+    *,
+    beta: float = 0.5,
+    local_p_bias: jax.typing.ArrayLike | None = None,
+    local_q_bias: jax.typing.ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+    reduction: _checks.Reduction = "none",
+    batch_axis_name: _AxisName | None = None,
+) -> jax.Array:
+  r"""`jxent.linear_js_divergence` with both W split along the vocabulary.
+
+  It equals `jxent.linear_js_divergence` on the whole projections, in value
+  and gradient (forward KL at `beta=0`, reverse KL at `beta=1`). Call it
+  inside `jax.shard_map`; the arguments are those of
+  `jxent.sharded.linear_kl_divergence`, plus `beta`.
+
+  Args:
+    p_x: Hidden states of P, [..., D_p], the same on every device.
+    local_p_w: This device's columns of P's projection, [D_p, V / n].
+    q_x: Hidden states of Q, [..., D_q], the same tokens.
+    local_q_w: This device's columns of Q's projection, [D_q, V / n].
+    axis_name: The mesh axis (or axes) the vocabulary is split over.
+    beta: :math:`\beta` in [0, 1].
+    local_p_bias: This device's slice of P's bias, or None.
+    local_q_bias: This device's slice of Q's bias, or None.
+    vocab_size: The true vocabulary V when the projections were padded.
+    temperature: :math:`T > 0`.
+    logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
+    where: Optional boolean token mask.
+    block_size: Local vocabulary columns per block.
+    reduction: "none", "sum" or "mean" over the kept tokens.
+    batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+
+  Returns:
+    As `jxent.linear_js_divergence`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from jxent import sharded
+    >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
+    >>> js = jax.shard_map(
+    ...     lambda x, p, q: sharded.linear_js_divergence(x, p, x, q, "vocab"),
+    ...     mesh=mesh, in_specs=(P(), P(None, "vocab"), P(None, "vocab")),
+    ...     out_specs=P())
+    >>> p_w = jnp.log(jnp.array([[1.0, 0.0]]))
+    >>> q_w = jnp.log(jnp.array([[0.0, 1.0]]))
+    >>> print(js(jnp.ones((1, 1)), p_w, q_w).round(4))
+    [0.6931]
+  """
+  return _linear_divergences.js_divergence(
+      p_x, local_p_w, q_x, local_q_w, beta=beta, p_bias=local_p_bias,
+      q_bias=local_q_bias, temperature=temperature,
+      logit_softcap=logit_softcap, where=where, block_size=block_size,
+      reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
+      batch_axis_name=batch_axis_name)
+
+
+def linear_kl_divergence_from_top_k(
+    top_k_indices: jax.typing.ArrayLike,
+    top_k_log_probs: jax.typing.ArrayLike,
+    x: jax.typing.ArrayLike,
+    local_w: jax.typing.ArrayLike,
+    axis_name: _AxisName,
+    *,
+    tail: str = "renormalize",
+    local_bias: jax.typing.ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+    reduction: _checks.Reduction = "none",
+    batch_axis_name: _AxisName | None = None,
+) -> jax.Array:
+  r"""`jxent.linear_kl_divergence_from_top_k` with W split on the vocabulary.
+
+  The teacher's top-k indices are global class indices, the same on every
+  device of `axis_name`; each device picks the student's logits of those in
+  its own columns. It equals `jxent.linear_kl_divergence_from_top_k` on the
+  whole W, in value and gradient. Call it inside `jax.shard_map`.
+
+  Args:
+    top_k_indices: Global class indices, `x.shape[:-1] + (k,)`.
+    top_k_log_probs: The teacher's log-probabilities of those classes.
+    x: The student's hidden states, [..., D], the same on every device.
+    local_w: This device's columns of the student's projection, [D, V / n].
+    axis_name: The mesh axis (or axes) W's columns are split over.
+    tail: "renormalize" or "bin" (see the unsharded function).
+    local_bias: This device's slice of the student's bias, or None.
+    vocab_size: The true vocabulary V when W was padded.
+    temperature: :math:`T > 0`, the student's temperature.
+    logit_softcap: The student's soft cap :math:`c > 0`, or None.
+    where: Optional boolean token mask.
+    block_size: Local vocabulary columns per block.
+    reduction: "none", "sum" or "mean" over the kept tokens.
+    batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+
+  Returns:
+    As `jxent.linear_kl_divergence_from_top_k`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from jxent import sharded
+    >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
+    >>> kl = jax.shard_map(
+    ...     lambda i, t, x, w: sharded.linear_kl_divergence_from_top_k(
+    ...         i, t, x, w, "vocab"),
+    ...     mesh=mesh, in_specs=(P(), P(), P(), P(None, "vocab")),
+    ...     out_specs=P())
+    >>> teacher = jnp.log(jnp.array([[0.5, 0.5]]))
+    >>> print(kl(jnp.array([[0, 1]]), teacher, jnp.ones((1, 2)),
+    ...          jnp.zeros((2, 4))).round(4))
+    [0.6931]
+  """
+  return _linear_top_k.kl_divergence_from_top_k(
+      top_k_indices, top_k_log_probs, x, local_w, tail=tail, bias=local_bias,
+      temperature=temperature, logit_softcap=logit_softcap, where=where,
+      block_size=block_size, reduction=reduction, axis_name=axis_name,
+      vocab_size=vocab_size, batch_axis_name=batch_axis_name,
+      names=("x", "local_w", "local_bias"))
 
 
 def pad_vocab(

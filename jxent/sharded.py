@@ -7,6 +7,12 @@ from jxent._sharded import entropy_from_logits as entropy_from_logits
 from jxent._sharded import (
     kl_divergence_from_logits as kl_divergence_from_logits,
 )
+from jxent._sharded import linear_js_divergence as linear_js_divergence
+from jxent._sharded import linear_kl_divergence as linear_kl_divergence
+from jxent._sharded import (
+    linear_kl_divergence_from_top_k as linear_kl_divergence_from_top_k,
+)
+from jxent._sharded import linear_log_probs as linear_log_probs
 from jxent._sharded import (
     linear_softmax_cross_entropy as linear_softmax_cross_entropy,
 )
@@ -19,6 +25,10 @@ from jxent._sharded import (
 __all__ = (
     "entropy_from_logits",
     "kl_divergence_from_logits",
+    "linear_js_divergence",
+    "linear_kl_divergence",
+    "linear_kl_divergence_from_top_k",
+    "linear_log_probs",
     "linear_softmax_cross_entropy",
     "pad_vocab",
     "softmax_cross_entropy",

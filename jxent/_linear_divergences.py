@@ -1,0 +1,380 @@
+"""KL and generalised JS divergences between two linear heads."""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jxent import _blocks, _checks, _rows, _vocab
+from jxent._blocks import Config, Head, block_logits, walk_blocks
+from jxent._logsumexp import is_nonempty
+
+# --- KL divergence -------------------------------------------------------------
+
+
+class _Pair(NamedTuple):
+  cfg: Config
+
+
+def _kl_forward(static, p, q, keep):
+  p_max, p_sum, q_max, q_sum, cross = _vocab.pair_stats(p, q, static.cfg)
+  lse_p, lse_q = _vocab.lse(p_max, p_sum), _vocab.lse(q_max, q_sum)
+  p_nonempty = is_nonempty(p_sum)
+  counts = keep & p_nonempty
+  # D = E_p[z_p - z_q] - lse_p + lse_q; an empty P gives 0, an empty Q inf.
+  value = cross / jnp.where(p_nonempty, p_sum, 1) - lse_p + lse_q
+  value = jnp.where(counts, value, 0)
+  return value, (lse_p, lse_q, value, counts)
+
+
+@_vocab.jit_if_sharded
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _kl(static, p, q, keep):
+  return _kl_forward(static, p, q, keep)[0]
+
+
+def _kl_fwd(static, p, q, keep):
+  perturbed = (_vocab.perturbed(p), _vocab.perturbed(q))
+  p, q, keep = _vocab.values((p, q, keep))
+  value, per_row = _kl_forward(static, p, q, keep)
+  return value, (p, q, per_row, perturbed)
+
+
+def _kl_bwd(static, residuals, g):
+  p, q, per_row, (p_perturbed, q_perturbed) = residuals
+  lse_p, lse_q, value, counts = per_row
+  cfg = static.cfg
+  g = jnp.where(counts, g, 0)
+  want_p, want_q = any(p_perturbed), any(q_perturbed)
+  p_primals, q_primals = tuple(p), tuple(q)
+  p, q = (Head(*h) for h in lax.optimization_barrier((p_primals, q_primals)))
+  offset = _blocks.offset_of(cfg, p.w.shape[1])
+
+  def body(i, carry):
+    p_grads, q_grads = carry
+    zp, _, live, start = block_logits(*p, i, cfg, offset)
+    zq, _, _, _ = block_logits(*q, i, cfg, offset)
+    log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
+    log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
+    probs_p = jnp.exp(log_p)
+    if want_p:
+      # dD/dz_p = p (log p - log q - D), 0 where p = 0.
+      dzp = g[:, None] * _vocab.times_finite(probs_p,
+                                       log_p - log_q - value[:, None])
+      p_grads = _blocks.accumulate(
+          p_grads, p.x, p.w,
+          _blocks.raw_gradient(jnp.where(live, dzp, 0), zp, cfg), start, cfg)
+    if want_q:
+      # dD/dz_q = q - p.
+      dzq = g[:, None] * (jnp.exp(log_q) - probs_p)
+      q_grads = _blocks.accumulate(
+          q_grads, q.x, q.w,
+          _blocks.raw_gradient(jnp.where(live, dzq, 0), zq, cfg), start, cfg)
+    return p_grads, q_grads
+
+  grads = (_blocks.zero_grads(*p, cfg, p_perturbed),
+           _blocks.zero_grads(*q, cfg, q_perturbed))
+  if want_p or want_q:
+    grads = walk_blocks(body, grads, p.w.shape[1], cfg.block,
+                        cfg.axis_name is not None)
+  return (Head(*_blocks.finish_grads(grads[0], *p_primals)),
+          Head(*_blocks.finish_grads(grads[1], *q_primals)), None)
+
+
+_kl.__wrapped__.defvjp(_kl_fwd, _kl_bwd, symbolic_zeros=True)
+
+
+def _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias, prefix="p_",
+               other="q_"):
+  p, batch = _blocks.prepare_head(p_x, p_w, p_bias, x_name=f"{prefix}x",
+                                  w_name=f"{prefix}w",
+                                  bias_name=f"{prefix}bias")
+  q, q_batch = _blocks.prepare_head(
+      q_x, q_w, q_bias, x_name=f"{other}x", w_name=f"{other}w",
+      bias_name=f"{other}bias", vocab=p.w.shape[1])
+  if q_batch != batch:
+    raise ValueError(
+        f"`{prefix}x` and `{other}x` must have the same tokens, got"
+        f" {batch} and {q_batch}.")
+  return p, q, batch
+
+
+def kl_divergence(p_x, p_w, q_x, q_w, *, p_bias=None, q_bias=None,
+                  temperature=1.0, logit_softcap=None, where=None,
+                  block_size=None, reduction="none", axis_name=None,
+                  vocab_size=None, batch_axis_name=None):
+  """`linear_kl_divergence` and its sharded form (with `axis_name`)."""
+  p, q, batch = _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias)
+  num_classes = _vocab.num_classes_of(p, axis_name, vocab_size)
+  cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
+                           num_classes, axis_name)
+  reduction = _checks.check_reduction(reduction)
+  keep = _vocab.token_mask(where, batch)
+  value = _kl(_Pair(cfg), p, q, keep)
+  return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
+      value.dtype), reduction, batch_axis_name)
+
+
+# --- generalised Jensen-Shannon divergence --------------------------------------
+
+
+class _JS(NamedTuple):
+  cfg: Config
+  beta: float
+
+
+def _mixture_terms(zp, zq, lse_p, lse_q, beta, live):
+  """log p, log q, p, q and log m of one block, m = beta p + (1 - beta) q."""
+  log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
+  log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
+  # log m in log space: stable, and -inf only where both are 0.
+  log_m = jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+  return log_p, log_q, jnp.exp(log_p), jnp.exp(log_q), log_m
+
+
+def _js_forward(static, p, q, keep):
+  cfg, beta = static.cfg, static.beta
+  p_max, p_sum, q_max, q_sum, _ = _vocab.pair_stats(p, q, cfg)
+  lse_p, lse_q = _vocab.lse(p_max, p_sum), _vocab.lse(q_max, q_sum)
+  offset = _blocks.offset_of(cfg, p.w.shape[1])
+
+  # A second walk, now that both log-sum-exps are known: KL(P || M) and
+  # KL(Q || M).
+  def body(i, carry):
+    kl_pm, kl_qm = carry
+    zp, _, live, _ = block_logits(*p, i, cfg, offset)
+    zq, _, _, _ = block_logits(*q, i, cfg, offset)
+    log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
+        zp, zq, lse_p, lse_q, beta, live)
+    kl_pm = kl_pm + jnp.sum(_vocab.times_finite(probs_p, log_p - log_m), 1)
+    kl_qm = kl_qm + jnp.sum(_vocab.times_finite(probs_q, log_q - log_m), 1)
+    return kl_pm, kl_qm
+
+  zeros = jnp.zeros(lse_p.shape, cfg.acc)
+  kl_pm, kl_qm = walk_blocks(body, (zeros, zeros), p.w.shape[1], cfg.block,
+                             cfg.axis_name is not None)
+  if cfg.axis_name is not None:
+    kl_pm, kl_qm = lax.psum((kl_pm, kl_qm), cfg.axis_name)
+  # Rows with an empty P or Q have no mixture to speak of: 0.
+  counts = keep & is_nonempty(p_sum) & is_nonempty(q_sum)
+  value = jnp.where(counts, beta * kl_pm + (1 - beta) * kl_qm, 0)
+  return value, (lse_p, lse_q, kl_pm, kl_qm, counts)
+
+
+@_vocab.jit_if_sharded
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _js(static, p, q, keep):
+  return _js_forward(static, p, q, keep)[0]
+
+
+def _js_fwd(static, p, q, keep):
+  perturbed = (_vocab.perturbed(p), _vocab.perturbed(q))
+  p, q, keep = _vocab.values((p, q, keep))
+  value, per_row = _js_forward(static, p, q, keep)
+  return value, (p, q, per_row, perturbed)
+
+
+def _js_bwd(static, residuals, g):
+  p, q, per_row, (p_perturbed, q_perturbed) = residuals
+  lse_p, lse_q, kl_pm, kl_qm, counts = per_row
+  cfg, beta = static.cfg, static.beta
+  g = jnp.where(counts, g, 0)
+  want_p, want_q = any(p_perturbed), any(q_perturbed)
+  p_primals, q_primals = tuple(p), tuple(q)
+  p, q = (Head(*h) for h in lax.optimization_barrier((p_primals, q_primals)))
+  offset = _blocks.offset_of(cfg, p.w.shape[1])
+
+  def body(i, carry):
+    p_grads, q_grads = carry
+    zp, _, live, start = block_logits(*p, i, cfg, offset)
+    zq, _, _, _ = block_logits(*q, i, cfg, offset)
+    log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
+        zp, zq, lse_p, lse_q, beta, live)
+    # dJS/dz_p = beta p (log p - log m - KL(P || M)), and for Q alike with
+    # 1 - beta; 0 where the probability is 0.
+    if want_p:
+      dzp = (g * beta)[:, None] * _vocab.times_finite(
+          probs_p, log_p - log_m - kl_pm[:, None])
+      p_grads = _blocks.accumulate(
+          p_grads, p.x, p.w,
+          _blocks.raw_gradient(jnp.where(live, dzp, 0), zp, cfg), start, cfg)
+    if want_q:
+      dzq = (g * (1 - beta))[:, None] * _vocab.times_finite(
+          probs_q, log_q - log_m - kl_qm[:, None])
+      q_grads = _blocks.accumulate(
+          q_grads, q.x, q.w,
+          _blocks.raw_gradient(jnp.where(live, dzq, 0), zq, cfg), start, cfg)
+    return p_grads, q_grads
+
+  grads = (_blocks.zero_grads(*p, cfg, p_perturbed),
+           _blocks.zero_grads(*q, cfg, q_perturbed))
+  if want_p or want_q:
+    grads = walk_blocks(body, grads, p.w.shape[1], cfg.block,
+                        cfg.axis_name is not None)
+  return (Head(*_blocks.finish_grads(grads[0], *p_primals)),
+          Head(*_blocks.finish_grads(grads[1], *q_primals)), None)
+
+
+_js.__wrapped__.defvjp(_js_fwd, _js_bwd, symbolic_zeros=True)
+
+
+def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
+                  temperature=1.0, logit_softcap=None, where=None,
+                  block_size=None, reduction="none", axis_name=None,
+                  vocab_size=None, batch_axis_name=None):
+  """`linear_js_divergence` and its sharded form (with `axis_name`)."""
+  beta = _checks.static_number("beta", beta)
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
+  if beta in (0.0, 1.0):
+    # The limits, exactly: forward KL at 0, reverse KL at 1.
+    first, second = (("p", "q") if beta == 0.0 else ("q", "p"))
+    heads = dict(p=(p_x, p_w, p_bias), q=(q_x, q_w, q_bias))
+    (ax, aw, ab), (bx, bw, bb) = heads[first], heads[second]
+    return kl_divergence(
+        ax, aw, bx, bw, p_bias=ab, q_bias=bb, temperature=temperature,
+        logit_softcap=logit_softcap, where=where, block_size=block_size,
+        reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
+        batch_axis_name=batch_axis_name)
+  p, q, batch = _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias)
+  num_classes = _vocab.num_classes_of(p, axis_name, vocab_size)
+  cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
+                           num_classes, axis_name)
+  reduction = _checks.check_reduction(reduction)
+  keep = _vocab.token_mask(where, batch)
+  value = _js(_JS(cfg, beta), p, q, keep)
+  return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
+      value.dtype), reduction, batch_axis_name)
+
+
+
+
+def linear_kl_divergence(
+    p_x: jax.typing.ArrayLike,
+    p_w: jax.typing.ArrayLike,
+    q_x: jax.typing.ArrayLike,
+    q_w: jax.typing.ArrayLike,
+    *,
+    p_bias: jax.typing.ArrayLike | None = None,
+    q_bias: jax.typing.ArrayLike | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+    reduction: _checks.Reduction = "none",
+) -> jax.Array:
+  r"""KL divergence D_KL(P || Q) between two linear heads, per token.
+
+  .. math::
+     D_{KL}(P \| Q) = \sum_v P_v (\log P_v - \log Q_v), \quad
+     P = \operatorname{softmax}(z_p), \ Q = \operatorname{softmax}(z_q),
+     \quad z = c \tanh\!\big((x W + b) / c\big) / T
+
+  For distillation over a large vocabulary, without the logits of either
+  head: one walk over the vocabulary forward, one backward. The argument
+  order follows the mathematics, as in `kl_divergence`: forward KL is
+  (teacher, student), reverse KL is (student, teacher). The hidden sizes
+  of the heads may differ; their vocabularies must match. A frozen head
+  (not differentiated, say a teacher under `stop_gradient` or outside
+  `grad`'s arguments) costs no gradient matmuls. Exact; reverse-mode only.
+
+  Args:
+    p_x: Hidden states of P, shape [..., D_p].
+    p_w: Output projection of P, shape [D_p, V].
+    q_x: Hidden states of Q, shape [..., D_q], the same tokens.
+    q_w: Output projection of Q, shape [D_q, V].
+    p_bias: Optional bias of P, shape [V].
+    q_bias: Optional bias of Q, shape [V].
+    temperature: :math:`T > 0`, applied to both heads after the soft cap.
+    logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
+    where: Optional boolean mask of the tokens' shape; tokens where it is
+      False give 0 and no gradient.
+    block_size: Vocabulary columns per block (default from the shapes).
+    reduction: "none" (per token), "sum", or "mean" over the tokens
+      `where` keeps.
+
+  Returns:
+    Float32 (or float64) divergences of shape `p_x.shape[:-1]`, or a
+    scalar. A token whose P logits are all -inf gives 0; P mass on a class
+    Q rules out (-inf) gives inf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> x = jnp.ones((1, 1))
+    >>> p_w = jnp.log(jnp.array([[0.9, 0.1]]))
+    >>> q_w = jnp.zeros((1, 2))
+    >>> print(jxent.linear_kl_divergence(x, p_w, x, q_w).round(4))
+    [0.3681]
+  """
+  return kl_divergence(p_x, p_w, q_x, q_w, p_bias=p_bias, q_bias=q_bias,
+                       temperature=temperature, logit_softcap=logit_softcap,
+                       where=where, block_size=block_size,
+                       reduction=reduction)
+
+
+def linear_js_divergence(
+    p_x: jax.typing.ArrayLike,
+    p_w: jax.typing.ArrayLike,
+    q_x: jax.typing.ArrayLike,
+    q_w: jax.typing.ArrayLike,
+    *,
+    beta: float = 0.5,
+    p_bias: jax.typing.ArrayLike | None = None,
+    q_bias: jax.typing.ArrayLike | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+    reduction: _checks.Reduction = "none",
+) -> jax.Array:
+  r"""Generalised Jensen-Shannon divergence between two linear heads.
+
+  .. math::
+     \mathrm{JS}_\beta(P, Q) = \beta D_{KL}(P \| M)
+       + (1 - \beta) D_{KL}(Q \| M), \qquad M = \beta P + (1 - \beta) Q
+
+  for :math:`0 < \beta < 1` (at 0.5 the usual JS divergence), computed
+  without the logits: one walk for the log-sum-exps, one for the two
+  divergences to the mixture (in log space, so the mixture is exact), one
+  backward. At :math:`\beta = 0` and 1 the divergence itself is 0; as in
+  the generalised JSD of on-policy distillation (TRL's GKD, Liger), the
+  endpoints are its limits after dividing by :math:`\beta` or
+  :math:`1 - \beta`: :math:`\beta = 0` gives exactly the forward KL
+  D_KL(P || Q) and :math:`\beta = 1` the reverse KL D_KL(Q || P)
+  (`linear_kl_divergence`), never NaN.
+
+  Args:
+    p_x: Hidden states of P, shape [..., D_p].
+    p_w: Output projection of P, shape [D_p, V].
+    q_x: Hidden states of Q, shape [..., D_q], the same tokens.
+    q_w: Output projection of Q, shape [D_q, V].
+    beta: :math:`\beta` in [0, 1], a Python number.
+    p_bias: Optional bias of P, shape [V].
+    q_bias: Optional bias of Q, shape [V].
+    temperature: :math:`T > 0`, applied to both heads after the soft cap.
+    logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
+    where: Optional boolean token mask; masked tokens give 0.
+    block_size: Vocabulary columns per block (default from the shapes).
+    reduction: "none" (per token), "sum", or "mean" over kept tokens.
+
+  Returns:
+    Float32 (or float64) divergences of the tokens' shape, or a scalar;
+    0 for a token whose P or Q logits are all -inf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> x = jnp.ones((1, 1))
+    >>> p_w = jnp.log(jnp.array([[1.0, 0.0]]))
+    >>> q_w = jnp.log(jnp.array([[0.0, 1.0]]))
+    >>> print(jxent.linear_js_divergence(x, p_w, x, q_w).round(4))  # log 2
+    [0.6931]
+  """
+  return js_divergence(p_x, p_w, q_x, q_w, beta=beta, p_bias=p_bias,
+                       q_bias=q_bias, temperature=temperature,
+                       logit_softcap=logit_softcap, where=where,
+                       block_size=block_size, reduction=reduction)

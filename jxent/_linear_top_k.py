@@ -1,0 +1,262 @@
+"""KL from a sparse teacher (its top-k log-probabilities) to a head."""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jxent import _blocks, _checks, _rows, _vocab
+from jxent._blocks import Config, Head, block_logits, walk_blocks
+from jxent._logsumexp import is_nonempty, safe_log, shift_of
+
+# --- a sparse teacher: its top-k log-probabilities -------------------------------
+
+_TAILS = ("renormalize", "bin")
+
+
+class _TopK(NamedTuple):
+  cfg: Config
+  tail: str
+
+
+def _in_block(indices, columns_start, i, cfg, offset, live_block):
+  """Where each top-k index falls in block i: local position and whether."""
+  del live_block
+  local = indices - offset - columns_start
+  inside = (local >= 0) & (local < cfg.block) & (
+      indices >= offset + i * cfg.block) & (indices < cfg.num_classes)
+  return jnp.clip(local, 0, cfg.block - 1), inside
+
+
+def _scatter(values, local, inside, block):
+  """[tokens, k] values at their local columns of a [tokens, block] array."""
+  rows = lax.broadcasted_iota(jnp.int32, local.shape, 0)
+  out = jnp.zeros((local.shape[0], block), values.dtype)
+  return out.at[rows, local].add(jnp.where(inside, values, 0))
+
+
+def _top_k_forward(static, head, indices, teacher_log_probs, legal, keep):
+  cfg = static.cfg
+  tokens, local_vocab = head.x.shape[0], head.w.shape[1]
+  offset = _blocks.offset_of(cfg, local_vocab)
+  k = indices.shape[1]
+
+  def body(i, carry):
+    row_max, sumexp, picked, rest = carry
+    logits, _, live, start = block_logits(*head, i, cfg, offset)
+    logits = jnp.where(live, logits, -jnp.inf)
+    new_max, sumexp_new, _, new = _blocks.online_lse(row_max, sumexp,
+                                                      logits)
+    local, inside = _in_block(indices, start, i, cfg, offset, live)
+    found = jnp.take_along_axis(logits, local, axis=1)
+    picked = picked + jnp.where(inside, found, 0)
+    if static.tail == "bin":
+      # The student's mass outside the teacher's top k, summed directly
+      # (not as 1 - the top k's, which would cancel when it is small).
+      in_top = _scatter(jnp.ones_like(found), local, inside, cfg.block) > 0
+      e = jnp.exp(logits - new[:, None])
+      rest = rest * jnp.exp(row_max - new) + jnp.sum(
+          jnp.where(in_top, 0, e), 1)
+    return new_max, sumexp_new, picked, rest
+
+  zeros = jnp.zeros((tokens,), cfg.acc)
+  init = (jnp.full((tokens,), -jnp.inf, cfg.acc), zeros,
+          jnp.zeros((tokens, k), cfg.acc), zeros)
+  row_max, sumexp, picked, rest = walk_blocks(
+      body, init, local_vocab, cfg.block, cfg.axis_name is not None)
+  if cfg.axis_name is not None:
+    local_shift = shift_of(row_max)
+    row_max, sumexp, _, (picked,) = _blocks.combine_lse(
+        row_max, sumexp, cfg.axis_name, summed=(picked,))
+    rest = lax.psum(rest * jnp.exp(local_shift - shift_of(row_max)),
+                    cfg.axis_name)
+  lse_q = _vocab.lse(row_max, sumexp)
+  log_q = picked - lse_q[:, None]
+  teacher = teacher_log_probs.astype(cfg.acc)
+  counts = keep & is_nonempty(sumexp)
+  if static.tail == "renormalize":
+    # The teacher's top k, renormalised to sum to 1.
+    log_p = teacher - jax.nn.logsumexp(teacher, axis=1, keepdims=True)
+    probs_p = jnp.exp(log_p)
+    value = jnp.sum(_vocab.times_finite(probs_p, log_p - log_q), 1)
+    tail_mass = log_tail = jnp.zeros_like(value)
+  else:
+    # The teacher's missing mass r as one more bin, against the student's
+    # mass outside the top k.
+    log_p = teacher
+    probs_p = jnp.exp(log_p)
+    tail_mass = jnp.maximum(1 - jnp.sum(probs_p, 1), 0)
+    log_tail = safe_log(rest) - safe_log(sumexp) + jnp.where(
+        is_nonempty(rest), 0, -jnp.inf)
+    value = jnp.sum(_vocab.times_finite(probs_p, log_p - log_q), 1) + (
+        _vocab.times_finite(tail_mass, jnp.log(jnp.where(
+            tail_mass > 0, tail_mass, 1)) - log_tail))
+  value = jnp.where(legal, jnp.where(counts, value, 0), jnp.nan)
+  per_row = (shift_of(row_max), lse_q, probs_p, tail_mass, log_tail, counts)
+  return value, per_row
+
+
+@_vocab.jit_if_sharded
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _top_k(static, head, indices, teacher_log_probs, legal, keep):
+  return _top_k_forward(static, head, indices, teacher_log_probs, legal,
+                        keep)[0]
+
+
+def _top_k_fwd(static, head, indices, teacher_log_probs, legal, keep):
+  perturbed = _vocab.perturbed(head)
+  head, indices, teacher_log_probs, legal, keep = _vocab.values(
+      (head, indices, teacher_log_probs, legal, keep))
+  value, per_row = _top_k_forward(static, head, indices, teacher_log_probs,
+                                  legal, keep)
+  return value, (head, indices, legal, per_row, perturbed)
+
+
+def _top_k_bwd(static, residuals, g):
+  head, indices, legal, per_row, perturbed = residuals
+  shift, lse_q, probs_p, tail_mass, log_tail, counts = per_row
+  cfg = static.cfg
+  g = jnp.where(counts, g, 0) * jnp.where(legal, 1, jnp.nan)
+  primals = tuple(head)
+  head = Head(*lax.optimization_barrier(primals))
+  offset = _blocks.offset_of(cfg, head.w.shape[1])
+  del shift
+
+  def body(i, grads):
+    logits, _, live, start = block_logits(*head, i, cfg, offset)
+    q = jnp.exp(jnp.where(live, logits, -jnp.inf) - lse_q[:, None])
+    local, inside = _in_block(indices, start, i, cfg, offset, live)
+    # d/dz_c = q_c - p_c on the top k; with a tail bin, minus
+    # r q_c / q_tail outside it.
+    dlogits = q - _scatter(probs_p, local, inside, cfg.block)
+    if static.tail == "bin":
+      in_top = _scatter(jnp.ones_like(probs_p), local, inside, cfg.block) > 0
+      scale = jnp.where(tail_mass > 0, tail_mass * jnp.exp(-log_tail), 0)
+      dlogits = dlogits - jnp.where(in_top, 0, scale[:, None] * q)
+    dlogits = jnp.where(live, g[:, None] * dlogits, 0)
+    return _blocks.accumulate(grads, head.x, head.w,
+                              _blocks.raw_gradient(dlogits, logits, cfg),
+                              start, cfg)
+
+  grads = _blocks.zero_grads(*head, cfg, perturbed)
+  if any(perturbed):
+    grads = walk_blocks(body, grads, head.w.shape[1], cfg.block,
+                        cfg.axis_name is not None)
+  return Head(*_blocks.finish_grads(grads, *primals)), None, None, None, None
+
+
+_top_k.__wrapped__.defvjp(_top_k_fwd, _top_k_bwd, symbolic_zeros=True)
+
+
+def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w, *,
+                             tail="renormalize", bias=None, temperature=1.0,
+                             logit_softcap=None, where=None, block_size=None,
+                             reduction="none", axis_name=None,
+                             vocab_size=None, batch_axis_name=None,
+                             names=("x", "w", "bias")):
+  """`linear_kl_divergence_from_top_k` and its sharded form."""
+  if tail not in _TAILS:
+    raise ValueError(f"`tail` must be one of {_TAILS}, got {tail!r}.")
+  head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
+                                     w_name=names[1], bias_name=names[2])
+  num_classes = _vocab.num_classes_of(head, axis_name, vocab_size)
+  cfg = _blocks.config_for([head], block_size, logit_softcap, temperature,
+                           num_classes, axis_name)
+  indices = jnp.asarray(top_k_indices)
+  _checks.check_integer("top_k_indices", indices)
+  teacher = jnp.asarray(top_k_log_probs)
+  _checks.check_floating("top_k_log_probs", teacher)
+  if indices.ndim < 1 or indices.shape[:-1] != batch:
+    raise ValueError(
+        f"`top_k_indices` must have shape x.shape[:-1] + (k,) ="
+        f" {batch} + (k,), got {indices.shape}.")
+  _checks.check_same_shape("top_k_indices", indices, "top_k_log_probs",
+                           teacher)
+  k = indices.shape[-1]
+  if not 0 < k <= num_classes:
+    raise ValueError(
+        f"k = top_k_indices.shape[-1] must be in [1, {num_classes}], got {k}.")
+  flat = indices.reshape(-1, k)
+  sorted_indices = _checks.sort_labels(flat, num_classes, None)
+  # A row with an index out of range gives NaN, never a wrapped class.
+  legal = jnp.all(sorted_indices.legal, axis=1)
+  keep = _vocab.token_mask(where, batch)
+  value = _top_k(_TopK(cfg, tail), head, sorted_indices.class_index,
+                 lax.stop_gradient(teacher.reshape(-1, k)), legal, keep)
+  return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
+      value.dtype), _checks.check_reduction(reduction), batch_axis_name)
+
+
+def linear_kl_divergence_from_top_k(
+    top_k_indices: jax.typing.ArrayLike,
+    top_k_log_probs: jax.typing.ArrayLike,
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    *,
+    tail: str = "renormalize",
+    bias: jax.typing.ArrayLike | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    block_size: int | None = None,
+    reduction: _checks.Reduction = "none",
+) -> jax.Array:
+  r"""KL from a sparse teacher (its top-k log-probabilities) to a linear head.
+
+  The teacher P is given by its k most likely classes and their
+  log-probabilities, as stored offline; the student Q is the full softmax of
+  `cap(x @ w + bias) / T`, never materialised. The teacher's missing mass,
+  :math:`r = 1 - \sum_{i \le k} P_i`, is handled one of two ways:
+
+  * ``tail="renormalize"``: P is renormalised over its k classes,
+
+    .. math:: D = \sum_{i \le k} \tilde P_i (\log \tilde P_i - \log Q_i),
+       \quad \tilde P_i = P_i / \textstyle\sum_{j \le k} P_j
+
+  * ``tail="bin"``: the missing mass is one more bin, against the student's
+    mass outside the top k,
+
+    .. math:: D = \sum_{i \le k} P_i (\log P_i - \log Q_i)
+       + r (\log r - \log Q_{\mathrm{tail}}),
+       \quad Q_{\mathrm{tail}} = \textstyle\sum_{v \notin \mathrm{top}\,k} Q_v
+
+    (summed over those classes directly, not as 1 minus the top k's).
+
+  Differentiable with respect to `x`, `w` and `bias`; the teacher's
+  log-probabilities are data (no gradient). Exact; reverse-mode only.
+
+  Args:
+    top_k_indices: Integer class indices of the teacher's top k, shape
+      `x.shape[:-1] + (k,)`, distinct within a token.
+    top_k_log_probs: The teacher's log-probabilities of those classes, the
+      same shape.
+    x: The student's hidden states, shape [..., D].
+    w: The student's output projection, shape [D, V].
+    tail: "renormalize" or "bin", as above.
+    bias: Optional student bias, shape [V].
+    temperature: :math:`T > 0`, the student's temperature (after the cap).
+    logit_softcap: The student's soft cap :math:`c > 0`, or None.
+    where: Optional boolean token mask; masked tokens give 0.
+    block_size: Vocabulary columns per block (default from the shapes).
+    reduction: "none" (per token), "sum", or "mean" over kept tokens.
+
+  Returns:
+    Float32 (or float64) divergences of the tokens' shape, or a scalar. An
+    index outside [0, V) makes its token NaN; a token whose student logits
+    are all -inf gives 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> x, w = jnp.ones((1, 2)), jnp.zeros((2, 4))  # student: uniform
+    >>> teacher = jnp.log(jnp.array([[0.5, 0.5]]))  # on classes 0 and 1
+    >>> print(jxent.linear_kl_divergence_from_top_k(
+    ...     jnp.array([[0, 1]]), teacher, x, w).round(4))  # log 2
+    [0.6931]
+  """
+  return kl_divergence_from_top_k(
+      top_k_indices, top_k_log_probs, x, w, tail=tail, bias=bias,
+      temperature=temperature, logit_softcap=logit_softcap, where=where,
+      block_size=block_size, reduction=reduction)
