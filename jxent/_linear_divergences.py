@@ -26,6 +26,8 @@ def _kl_forward(static, p, q, keep):
   counts = keep & p_nonempty
   # D = E_p[z_p - z_q] - lse_p + lse_q; an empty P gives 0, an empty Q inf.
   value = cross / jnp.where(p_nonempty, p_sum, 1) - lse_p + lse_q
+  # An empty Q would give inf - inf above; against a live P it is inf.
+  value = jnp.where(is_nonempty(q_sum), value, jnp.inf)
   value = jnp.where(counts, value, 0)
   return value, (lse_p, lse_q, value, counts)
 
@@ -56,6 +58,9 @@ def _kl_bwd(static, residuals, g):
   def body(i, carry):
     p_grads, q_grads = carry
     zp, _, live, start = block_logits(*p, i, cfg, offset)
+    # Rows that do not count are skipped outright: an empty row's
+    # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
+    live = live & counts[:, None]
     zq, _, _, _ = block_logits(*q, i, cfg, offset)
     log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
     log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
@@ -190,6 +195,9 @@ def _js_bwd(static, residuals, g):
   def body(i, carry):
     p_grads, q_grads = carry
     zp, _, live, start = block_logits(*p, i, cfg, offset)
+    # Rows that do not count are skipped outright: an empty row's
+    # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
+    live = live & counts[:, None]
     zq, _, _, _ = block_logits(*q, i, cfg, offset)
     log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
         zp, zq, lse_p, lse_q, beta, live)

@@ -9,7 +9,7 @@ from jax import lax
 
 from jxent import _blocks, _checks, _rows, _vocab
 from jxent._blocks import Config, Head, block_logits, walk_blocks
-from jxent._logsumexp import is_nonempty, safe_log, shift_of
+from jxent._logsumexp import is_nonempty
 
 # --- a sparse teacher: its top-k log-probabilities -------------------------------
 
@@ -44,34 +44,34 @@ def _top_k_forward(static, head, indices, teacher_log_probs, legal, keep):
   k = indices.shape[1]
 
   def body(i, carry):
-    row_max, sumexp, picked, rest = carry
+    row_max, sumexp, picked, tail_max, tail_sum = carry
     logits, _, live, start = block_logits(*head, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
-    new_max, sumexp_new, _, new = _blocks.online_lse(row_max, sumexp,
-                                                      logits)
+    new_max, sumexp_new, _, _ = _blocks.online_lse(row_max, sumexp, logits)
     local, inside = _in_block(indices, start, i, cfg, offset, live)
     found = jnp.take_along_axis(logits, local, axis=1)
     picked = picked + jnp.where(inside, found, 0)
     if static.tail == "bin":
-      # The student's mass outside the teacher's top k, summed directly
-      # (not as 1 - the top k's, which would cancel when it is small).
+      # The student's mass outside the teacher's top k, as a log-sum-exp
+      # of its own (not 1 - the top k's, which would cancel when it is
+      # small, nor relative to the row's max, where it could underflow).
       in_top = _scatter(jnp.ones_like(found), local, inside, cfg.block) > 0
-      e = jnp.exp(logits - new[:, None])
-      rest = rest * jnp.exp(row_max - new) + jnp.sum(
-          jnp.where(in_top, 0, e), 1)
-    return new_max, sumexp_new, picked, rest
+      tail_max, tail_sum, _, _ = _blocks.online_lse(
+          tail_max, tail_sum, jnp.where(in_top, -jnp.inf, logits))
+    return new_max, sumexp_new, picked, tail_max, tail_sum
 
   zeros = jnp.zeros((tokens,), cfg.acc)
-  init = (jnp.full((tokens,), -jnp.inf, cfg.acc), zeros,
-          jnp.zeros((tokens, k), cfg.acc), zeros)
-  row_max, sumexp, picked, rest = walk_blocks(
+  minus_inf = jnp.full((tokens,), -jnp.inf, cfg.acc)
+  init = (minus_inf, zeros, jnp.zeros((tokens, k), cfg.acc), minus_inf,
+          zeros)
+  row_max, sumexp, picked, tail_max, tail_sum = walk_blocks(
       body, init, local_vocab, cfg.block, cfg.axis_name is not None)
   if cfg.axis_name is not None:
-    local_shift = shift_of(row_max)
     row_max, sumexp, _, (picked,) = _blocks.combine_lse(
         row_max, sumexp, cfg.axis_name, summed=(picked,))
-    rest = lax.psum(rest * jnp.exp(local_shift - shift_of(row_max)),
-                    cfg.axis_name)
+    if static.tail == "bin":
+      tail_max, tail_sum, _, _ = _blocks.combine_lse(tail_max, tail_sum,
+                                                     cfg.axis_name)
   lse_q = _vocab.lse(row_max, sumexp)
   log_q = picked - lse_q[:, None]
   teacher = teacher_log_probs.astype(cfg.acc)
@@ -81,20 +81,22 @@ def _top_k_forward(static, head, indices, teacher_log_probs, legal, keep):
     log_p = teacher - jax.nn.logsumexp(teacher, axis=1, keepdims=True)
     probs_p = jnp.exp(log_p)
     value = jnp.sum(_vocab.times_finite(probs_p, log_p - log_q), 1)
-    tail_mass = log_tail = jnp.zeros_like(value)
+    tail_mass = lse_tail = jnp.zeros_like(value)
   else:
     # The teacher's missing mass r as one more bin, against the student's
-    # mass outside the top k.
+    # mass outside the top k. When the top k cover every class the student
+    # can reach, there is no tail, and r (rounding) is dropped.
     log_p = teacher
     probs_p = jnp.exp(log_p)
-    tail_mass = jnp.maximum(1 - jnp.sum(probs_p, 1), 0)
-    log_tail = safe_log(rest) - safe_log(sumexp) + jnp.where(
-        is_nonempty(rest), 0, -jnp.inf)
+    has_tail = is_nonempty(tail_sum)
+    tail_mass = jnp.where(has_tail, jnp.maximum(1 - jnp.sum(probs_p, 1), 0),
+                          0)
+    lse_tail = jnp.where(has_tail, _vocab.lse(tail_max, tail_sum), 0)
+    log_r = jnp.log(jnp.where(tail_mass > 0, tail_mass, 1))
     value = jnp.sum(_vocab.times_finite(probs_p, log_p - log_q), 1) + (
-        _vocab.times_finite(tail_mass, jnp.log(jnp.where(
-            tail_mass > 0, tail_mass, 1)) - log_tail))
+        _vocab.times_finite(tail_mass, log_r - lse_tail + lse_q))
   value = jnp.where(legal, jnp.where(counts, value, 0), jnp.nan)
-  per_row = (shift_of(row_max), lse_q, probs_p, tail_mass, log_tail, counts)
+  per_row = (lse_q, probs_p, tail_mass, lse_tail, counts)
   return value, per_row
 
 
@@ -116,26 +118,28 @@ def _top_k_fwd(static, head, indices, teacher_log_probs, legal, keep):
 
 def _top_k_bwd(static, residuals, g):
   head, indices, legal, per_row, perturbed = residuals
-  shift, lse_q, probs_p, tail_mass, log_tail, counts = per_row
+  lse_q, probs_p, tail_mass, lse_tail, counts = per_row
   cfg = static.cfg
   g = jnp.where(counts, g, 0) * jnp.where(legal, 1, jnp.nan)
   primals = tuple(head)
   head = Head(*lax.optimization_barrier(primals))
   offset = _blocks.offset_of(cfg, head.w.shape[1])
-  del shift
 
   def body(i, grads):
     logits, _, live, start = block_logits(*head, i, cfg, offset)
     q = jnp.exp(jnp.where(live, logits, -jnp.inf) - lse_q[:, None])
     local, inside = _in_block(indices, start, i, cfg, offset, live)
     # d/dz_c = q_c - p_c on the top k; with a tail bin, minus
-    # r q_c / q_tail outside it.
+    # r q_c / q_tail = r exp(z_c - lse_tail) outside it.
     dlogits = q - _scatter(probs_p, local, inside, cfg.block)
     if static.tail == "bin":
       in_top = _scatter(jnp.ones_like(probs_p), local, inside, cfg.block) > 0
-      scale = jnp.where(tail_mass > 0, tail_mass * jnp.exp(-log_tail), 0)
-      dlogits = dlogits - jnp.where(in_top, 0, scale[:, None] * q)
-    dlogits = jnp.where(live, g[:, None] * dlogits, 0)
+      share = jnp.exp(jnp.where(live & ~in_top, logits, -jnp.inf)
+                      - lse_tail[:, None])
+      dlogits = dlogits - _vocab.times_finite(tail_mass[:, None], share)
+    # Rows that do not count are skipped outright: an empty row's q is
+    # exp(-inf + inf) = NaN, and 0 * NaN is NaN.
+    dlogits = jnp.where(live & counts[:, None], g[:, None] * dlogits, 0)
     return _blocks.accumulate(grads, head.x, head.w,
                               _blocks.raw_gradient(dlogits, logits, cfg),
                               start, cfg)
