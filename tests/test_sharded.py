@@ -436,3 +436,118 @@ def test_nan_logit_on_one_shard_makes_the_row_nan(rng):
       mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P()))
   out = np.asarray(fn(logits, labels))
   assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
+
+
+# --- vocabulary-scale heads: log-probabilities, KL, JS, top-k ---------------
+
+HEAD_OPTIONS = [
+    {"block_size": 3},  # Does not divide any device's columns.
+    {"temperature": 0.7, "logit_softcap": 4.0, "block_size": 5,
+     "where": np.arange(BATCH) % 3 != 1},
+]
+
+
+def _head(rng, dim, vocab):
+  x = jnp.asarray(rng.normal(size=(BATCH, dim)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(dim, vocab)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=vocab), jnp.float32)
+  return x, w, b
+
+
+def _heads_problem(rng, name, vocab):
+  """Arguments, which of them to differentiate, and their PartitionSpecs,
+  for the sharded (`sharded.NAME`) and unsharded (`jxent.NAME`) calls."""
+  if name == "linear_log_probs":
+    x, w, b = _head(rng, DIM, vocab)
+    return (x, w, b, _labels(rng, vocab)), (0, 1, 2), "xwby"
+  if name in ("linear_kl_divergence", "linear_js_divergence"):
+    return (*_head(rng, DIM, vocab), *_head(rng, DIM + 3, vocab)), (
+        0, 1, 2, 3, 4, 5), "xwbxwb"
+  k = 4
+  indices = np.stack([rng.choice(vocab, k, replace=False)
+                      for _ in range(BATCH)])
+  teacher = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(BATCH, vocab))))
+  top = jnp.take_along_axis(teacher, jnp.asarray(indices), axis=1)
+  return (jnp.asarray(indices, jnp.int32), top.astype(jnp.float32),
+          *_head(rng, DIM, vocab)), (2, 3, 4), "ktxwb"
+
+
+def _head_call(name, args, axis=None, **options):
+  """Calls jxent.NAME (axis None) or sharded.NAME on `args` by their roles."""
+  fn = getattr(sharded if axis else jxent, name)
+  bias = "local_bias" if axis else "bias"
+  extra = (axis,) if axis else ()
+  if name == "linear_log_probs":
+    x, w, b, y = args
+    return fn(x, w, y, *extra, **{bias: b}, return_entropy=True, **options)
+  if name == "linear_kl_divergence_from_top_k":
+    k, t, x, w, b = args
+    return fn(k, t, x, w, *extra, tail="bin", **{bias: b}, **options)
+  px, pw, pb, qx, qw, qb = args
+  return fn(px, pw, qx, qw, *extra, **{"local_p_bias" if axis else "p_bias": pb,
+                                       "local_q_bias" if axis else "q_bias": qb},
+            **options)
+
+
+def _check_heads(name, args, argnums, roles, mesh, options, pad_to=None,
+                 vocab_size=None):
+  data = _data_axis(mesh)
+  spec = {"x": P(data, None), "w": P(None, "vocab"), "b": P("vocab"),
+          "y": P(data), "k": P(data, None), "t": P(data, None)}
+  out = (P(data), P(data)) if name == "linear_log_probs" else P(data)
+  where = options.pop("where", None)
+  in_specs = tuple(spec[r] for r in roles)
+  if where is not None:
+    in_specs += (P(data),)
+    args += (jnp.asarray(where),)
+
+  def local(*a):
+    extra = {"where": a[-1]} if where is not None else {}
+    a = a[:-1] if where is not None else a
+    return _head_call(name, a, axis="vocab", vocab_size=vocab_size,
+                      **options, **extra)
+
+  def reference(*a):
+    extra = {"where": a[-1]} if where is not None else {}
+    a = a[:-1] if where is not None else a
+    if pad_to is not None:  # The reference sees the unpadded columns.
+      a = tuple(v[..., :pad_to] if r in "wb" else v
+                for v, r in zip(a, roles, strict=True))
+    return _head_call(name, a, **options, **extra)
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out)
+  total = lambda f: lambda *a: sum(  # noqa: E731
+      jnp.sum(o) for o in jax.tree.leaves(f(*a)))
+  for got, want in zip(jax.tree.leaves(jax.jit(fn)(*args)),
+                       jax.tree.leaves(reference(*args)), strict=True):
+    _close(got, want)
+  got = jax.jit(jax.grad(total(fn), argnums))(*args)
+  want = jax.grad(total(reference), argnums)(*args)
+  for g, w in zip(got, want, strict=True):
+    if pad_to is not None and g.shape != w.shape:
+      g = g[..., :pad_to]
+    _close(g, w)
+
+
+HEADS = ["linear_log_probs", "linear_kl_divergence", "linear_js_divergence",
+         "linear_kl_divergence_from_top_k"]
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize(("shape", "options"), [
+    ((1, 8), HEAD_OPTIONS[0]), ((4, 2), HEAD_OPTIONS[0]),
+    ((2, 4), HEAD_OPTIONS[1])])
+def test_heads_match_unsharded(rng, shape, name, options):
+  args, argnums, roles = _heads_problem(rng, name, VOCAB)
+  _check_heads(name, args, argnums, roles, _mesh(shape), dict(options))
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_heads_with_padded_w_and_vocab_size(rng, name):
+  vocab, n = 13, 4
+  args, argnums, roles = _heads_problem(rng, name, vocab)
+  # Zero columns, zero bias: only vocab_size keeps them out of the softmax.
+  padded = tuple(sharded.pad_vocab(v, n, value=0.0) if r in "wb" else v
+                 for v, r in zip(args, roles, strict=True))
+  _check_heads(name, padded, argnums, roles, _mesh((2, n)),
+               {"block_size": 3}, pad_to=vocab, vocab_size=vocab)
