@@ -131,3 +131,74 @@ def test_linear_losses_keep_no_logits(dtype):
   # bfloat16 W for XLA's dots), far from the logits.
   for loss in (plain, sharded):
     assert temp(loss) < logits_copy // 2, temp(loss)
+
+
+BLOCK = 512
+
+
+def _heads(tokens):
+  """The four vocabulary-scale heads, plain and sharded (one device), and
+  two materialised peers, as losses of a student (x, w) and a frozen
+  teacher (tx, tw)."""
+  labels = jnp.zeros((tokens,), jnp.int32)
+  indices = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (tokens, 8))
+  teacher_top = jnp.full((tokens, 8), -3.0, jnp.float32)
+  options = {"block_size": BLOCK}
+
+  def heads(module, *axis):
+    return {
+        "log_probs": lambda x, w, tx, tw: sum(
+            jnp.mean(o) for o in module.linear_log_probs(
+                x, w, labels, *axis, return_entropy=True, **options)),
+        "kl": lambda x, w, tx, tw: jnp.mean(module.linear_kl_divergence(
+            tx, tw, x, w, *axis, **options)),
+        "js": lambda x, w, tx, tw: jnp.mean(module.linear_js_divergence(
+            tx, tw, x, w, *axis, **options)),
+        "top_k": lambda x, w, tx, tw: jnp.mean(
+            module.linear_kl_divergence_from_top_k(
+                indices, teacher_top, x, w, *axis, tail="bin", **options)),
+    }
+
+  mesh = jax.make_mesh((1,), ("vocab",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  spec = (P(), P(None, "vocab")) * 2
+  sharded = {
+      name: jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=P())
+      for name, fn in heads(jxent.sharded, "vocab").items()}
+  dot = lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32)  # noqa: E731
+  materialised = {
+      "log_probs": lambda x, w, tx, tw: jnp.mean(
+          jax.nn.log_softmax(dot(x, w))[:, 0]),
+      "kl": lambda x, w, tx, tw: jnp.mean(jxent.kl_divergence_from_logits(
+          dot(tx, tw), dot(x, w))),
+  }
+  return heads(jxent), sharded, materialised
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_vocabulary_scale_heads_keep_no_logits(dtype):
+  tokens, dim, vocab = 1024, 64, 32768
+  logits_copy = tokens * vocab * 4
+  student = (jnp.zeros((tokens, dim), dtype), jnp.zeros((dim, vocab), dtype))
+  teacher = (jnp.ones((tokens, dim + 16), dtype),
+             jnp.ones((dim + 16, vocab), dtype))
+
+  def temp(loss):
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    return step.lower(*student, *teacher).compile().memory_analysis(
+        ).temp_size_in_bytes
+
+  plain, sharded, materialised = _heads(tokens)
+  for name, loss in materialised.items():
+    assert temp(loss) >= logits_copy, name  # The check can fail.
+  # A few [tokens, block] float32 buffers, an eighth of the logits at most;
+  # for bfloat16 on a CPU, XLA's dots add float32 copies of both W, and the
+  # student's dW accumulates in float32.
+  limit = min(8 * tokens * BLOCK * 4, logits_copy // 8)
+  if dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+    limit += (dim + dim + 16 + dim) * vocab * 4
+  # The sharded walk is the same code; float32 is enough to check it.
+  checked = [plain] + ([sharded] if dtype == jnp.float32 else [])
+  for name in plain:
+    for losses in checked:
+      assert temp(losses[name]) <= limit, (name, temp(losses[name]), limit)
