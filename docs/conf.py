@@ -19,7 +19,7 @@ import jxent  # noqa: E402
 
 project = "jxent"
 author = "The jxent authors"
-copyright = "the jxent authors"  # noqa: A001
+copyright = "the jxent authors"
 release = version = jxent.__version__
 
 extensions = [
@@ -81,9 +81,9 @@ html_title = f"jxent {release}"
 html_theme_options = {
     "repository_url": "https://github.com/jxent/jxent",
     "repository_branch": "main",
-    "path_to_docs": "docs",
     "use_repository_button": True,
     "use_issues_button": True,
-    "use_source_button": True,
+    # No source or edit buttons: the notebooks' pages come through the
+    # docs/notebooks symlink, a path that GitHub does not resolve.
     "show_toc_level": 2,
 }

@@ -14,7 +14,8 @@ can go stale:
 * Signatures are written as in the source (``jax.typing.ArrayLike``, with
   the package's own aliases such as ``Axis`` spelled out), not as the long
   unions that the evaluated annotations expand to.
-* ``.. jxent-bench::`` renders the newest committed benchmark results.
+* ``jxent-bench``, a directive for Markdown (MyST) pages, renders the
+  newest committed benchmark results.
 """
 
 import ast
@@ -297,8 +298,7 @@ def _process_signature(app, what, name, obj, options, signature,
                        return_annotation):
   if what != "function" or not inspect.isfunction(obj):
     return None
-  written = source_signature(obj)
-  return written if written is not None else None
+  return source_signature(obj)  # None keeps autodoc's own
 
 
 # --- benchmark results -------------------------------------------------------------
@@ -334,7 +334,9 @@ def results_folders(results: pathlib.Path) -> dict[str, list[pathlib.Path]]:
 
 
 class BenchDirective(SphinxDirective):
-  """``.. jxent-bench:: cpu|gpu``: the newest results of a device kind.
+  """```{jxent-bench} cpu|gpu```: the newest results of a device kind.
+
+  For a Markdown (MyST) page: it writes Markdown, as the tables are.
 
   `cpu` renders the newest `cpu-*` folder, `gpu` the newest folder of each
   other device. A folder is rendered as its `table.md` under a heading of
@@ -385,6 +387,7 @@ class BenchDirective(SphinxDirective):
     title = title[2:].strip()
     if label:
       title = f"{label}: {title}"
+    # As the repository names it: results is <root>/bench/results.
     rel = folder.relative_to(results.parent.parent).as_posix()
     text = [f"{'#' * level} {title}", "", f"From `{rel}/` in the repository.",
             ""]
