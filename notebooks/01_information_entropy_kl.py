@@ -468,21 +468,23 @@ plt.show()
 # (the spacing is printed below). A confident prediction has a small loss,
 # $\log\left(1 + \sum_{c \ne y} e^{z_c - z_y}\right)$, and a naive bfloat16
 # computation that forms $\operatorname{LSE}(z) = m + \log \sum e^{z - m}$
-# and then subtracts $z_y$ rounds that small number away: the loss, and the
-# training signal, become exactly zero. jxent upcasts 16-bit inputs and
-# accumulates in float32, and never subtracts two large numbers, so its
-# loss stays positive and its *absolute* error stays at float32 precision.
+# and then subtracts $z_y$ rounds that small number away: the loss becomes
+# exactly zero, and so does its gradient on the right class's logit, the
+# signal that would make the prediction more confident. jxent upcasts 16-bit
+# inputs and accumulates in float32, and never subtracts two large numbers,
+# so its loss stays positive and its *absolute* error stays at float32
+# precision.
 #
 # Its *relative* error on a tiny loss is larger, as the cells below show.
 # When the right class has the largest logit, jxent computes the loss as
 # $\log S$ with $S = \sum_c e^{z_c - z_y} = 1 + \sum_{c \ne y} e^{z_c - z_y}$,
-# a float32 number just above 1. Each addition to $S$ rounds to the spacing
-# of float32 numbers near 1 (printed below), while the loss is
-# $\log S \approx S - 1$, the small part: an error that is negligible next
-# to 1 is not negligible next to a loss that small. Summing the other
-# classes' terms on their own and taking $\operatorname{log1p}$ of that sum,
-# which computes $\log(1 + s)$ without ever forming $1 + s$, keeps the small
-# number's significant bits.
+# a float32 number just above 1. Each addition to $S$ rounds the sum to a
+# multiple of the spacing of float32 numbers near 1 (printed below), while
+# the loss is $\log S \approx S - 1$, the small part: an error that is
+# negligible next to 1 is not negligible next to a loss that small. Summing
+# the other classes' terms on their own and taking $\operatorname{log1p}$ of
+# that sum, which computes $\log(1 + s)$ without ever forming $1 + s$, keeps
+# the small number's significant bits.
 #
 # Below, one row of logits per margin $m$: the right class has logit $m$,
 # the others 0, all stored in bfloat16. Besides jxent and a naive bfloat16
@@ -572,6 +574,12 @@ def total_loss(z):
 
 grad_bf16 = jax.grad(total_loss)(logits_bf16)
 print("the gradient keeps the input dtype:", grad_bf16.dtype)
+naive_grad = jax.grad(lambda z: jnp.sum(naive_loss(z, labels0)))(logits_bf16)
+print(
+    "where the naive loss is <= 0, its gradient on the right class's logit"
+    f" is 0: {bool(jnp.all(naive_grad[zero, 0] == 0))}; jxent's is nonzero:"
+    f" {bool(jnp.all(grad_bf16[zero, 0] != 0))}"
+)
 
 # %%
 fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.6))
