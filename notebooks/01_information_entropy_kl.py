@@ -361,9 +361,15 @@ plt.show()
 #
 # Every jxent function goes through one log-sum-exp,
 # $\log \sum_i e^{x_i}$. Computed as written, $e^{x}$ overflows to infinity
-# in float32 for large logits and underflows to zero for very negative ones
-# (the thresholds are printed below). The stable form shifts by the maximum
-# first: $m + \log \sum_i e^{x_i - m}$.
+# in float32 for large logits and underflows to zero for very negative ones.
+# The stable form shifts by the maximum first: $m + \log \sum_i e^{x_i - m}$.
+#
+# Where does float32 run out? Its largest number sets the overflow. At the
+# other end there are two thresholds: below the smallest *normal* number
+# float32 still has *subnormal* numbers, with fewer significant bits, down to
+# the smallest subnormal. Whether a computation keeps subnormals depends on
+# where it runs, so the cell below asks NumPy and JAX for the same float32
+# numbers.
 
 # %%
 def naive_logsumexp(x):
@@ -378,11 +384,44 @@ naive_softmax = jnp.exp(big) / jnp.sum(jnp.exp(big))
 print("naive softmax:", naive_softmax, " jxent.softmax:", jxent.softmax(big))
 loss2 = jxent.softmax_cross_entropy_with_integer_labels(big, jnp.array(2))
 print(f"jxent loss for class 2: {loss2:.4f} nats")
+
 f32 = np.finfo(np.float32)
+print(f"\nfloat32 exp(x) overflows to inf above x = {math.log(f32.max):.2f}")
 print(
-    f"float32 exp(x) overflows above x = {math.log(f32.max):.2f}"
-    f" and underflows to 0 below x = {math.log(f32.smallest_subnormal):.2f}"
+    f"exp(x) < {f32.tiny:.3g}, the smallest normal float32,"
+    f" below x = {math.log(f32.tiny):.2f}"
 )
+print(
+    f"exp(x) < {f32.smallest_subnormal:.2g}, the smallest subnormal,"
+    f" below x = {math.log(f32.smallest_subnormal):.2f}"
+)
+platform = jax.devices()[0].platform
+x_sub = -90.0
+tiny_product = jnp.float32(2e-38) * jnp.float32(0.25)
+print(
+    f"exp({x_sub}) in float32: NumPy {np.exp(np.float32(x_sub)):.3g},"
+    f" JAX on {platform} {jnp.exp(jnp.float32(x_sub)):.3g}"
+)
+print(
+    f"2e-38 * 0.25 in float32: NumPy {np.float32(2e-38) * np.float32(0.25):.3g},"
+    f" JAX on {platform} {tiny_product:.3g}"
+)
+
+# %% [markdown]
+# In the run stored here, on a CPU, NumPy keeps the subnormal results and
+# JAX gives 0 for both. XLA runs CPU computations with subnormal numbers
+# *flushed to zero*, a common setting for speed, so there float32 $e^{x}$ is
+# 0 as soon as it leaves the normal range, well before the smallest
+# subnormal. A device or setting that keeps subnormals underflows only near
+# the subnormal threshold; the lines printed above say which case a run is.
+#
+# The plot shifts the logits $x = c + [0, -1, -2]$ by an offset $c$, so the
+# exact $\operatorname{LSE}(x) - c$ is the same for every $c$. The naive form
+# gives $+\infty$ once $e^{c}$ overflows and $-\infty$ once all three
+# exponentials are 0; just before that, it is finite but wrong, as the
+# smaller terms are already 0. jxent stays on the exact value everywhere, to
+# within the rounding of float32 numbers as large as the offsets (both
+# printed below).
 
 # %%
 offset = jnp.linspace(-300, 300, 601)
@@ -391,9 +430,24 @@ naive = naive_logsumexp(rows) - offset
 stable = jxent.logsumexp(rows) - offset
 exact = math.log(sum(math.exp(-k) for k in range(3)))
 broken = ~jnp.isfinite(naive)
+finite_offsets = offset[~broken]
 print(f"exact value of LSE(x) - c: {exact:.6f}")
-print(f"naive is not finite at {int(broken.sum())} of {offset.size} offsets")
-print(f"jxent: max error {jnp.max(jnp.abs(stable - exact)):.1e}")
+print(
+    f"naive is not finite at {int(broken.sum())} of {offset.size} offsets;"
+    f" it is finite only for {finite_offsets.min():.0f} <= c <="
+    f" {finite_offsets.max():.0f}"
+)
+first = int(jnp.argmax(~broken))
+smaller_terms = jnp.exp(rows[first, 1:])
+print(
+    f"naive at c = {offset[first]:.0f}: {naive[first]:.4f}, finite but wrong:"
+    f" e^(c - 1) and e^(c - 2) are {smaller_terms}"
+)
+largest = np.float32(offset.max())
+print(
+    f"jxent: max error {jnp.max(jnp.abs(stable - exact)):.1e}; float32"
+    f" numbers near {largest:.0f} are {np.spacing(largest):.1e} apart"
+)
 
 fig, ax = plt.subplots()
 ax.plot(offset, stable, label="jxent.logsumexp", linewidth=3)
@@ -403,7 +457,7 @@ ax.fill_between(offset, 0, 1, where=broken, color="C3", alpha=0.15,
 ax.set_ylim(0, 1)
 ax.set_xlabel("offset c of the logits x = c + [0, -1, -2]")
 ax.set_ylabel("LSE(x) - c (nats)")
-ax.set_title("log-sum-exp in float32")
+ax.set_title(f"log-sum-exp in float32, JAX on {platform}")
 ax.legend(loc="upper center")
 plt.show()
 
@@ -414,13 +468,28 @@ plt.show()
 # (the spacing is printed below). A confident prediction has a small loss,
 # $\log\left(1 + \sum_{c \ne y} e^{z_c - z_y}\right)$, and a naive bfloat16
 # computation that forms $\operatorname{LSE}(z) = m + \log \sum e^{z - m}$
-# and then subtracts $z_y$ rounds that small number away: the loss, and the
-# training signal, become exactly zero. jxent upcasts 16-bit inputs and
-# accumulates in float32, and never subtracts two large numbers, so it
-# follows the float64 reference to float32 precision.
+# and then subtracts $z_y$ rounds that small number away: the loss becomes
+# exactly zero, and so does its gradient on the right class's logit, the
+# signal that would make the prediction more confident. jxent upcasts 16-bit
+# inputs and accumulates in float32, and never subtracts two large numbers,
+# so its loss stays positive and its *absolute* error stays at float32
+# precision.
+#
+# Its *relative* error on a tiny loss is larger, as the cells below show.
+# When the right class has the largest logit, jxent computes the loss as
+# $\log S$ with $S = \sum_c e^{z_c - z_y} = 1 + \sum_{c \ne y} e^{z_c - z_y}$,
+# a float32 number just above 1. Each addition to $S$ rounds the sum to a
+# multiple of the spacing of float32 numbers near 1 (printed below), while
+# the loss is $\log S \approx S - 1$, the small part: an error that is
+# negligible next to 1 is not negligible next to a loss that small. Summing
+# the other classes' terms on their own and taking $\operatorname{log1p}$ of
+# that sum, which computes $\log(1 + s)$ without ever forming $1 + s$, keeps
+# the small number's significant bits.
 #
 # Below, one row of logits per margin $m$: the right class has logit $m$,
-# the others 0, all stored in bfloat16.
+# the others 0, all stored in bfloat16. Besides jxent and a naive bfloat16
+# computation, two float32 computations: $\log S$, jxent's formula, and
+# $\operatorname{log1p}$ of the other classes' sum.
 
 # %%
 margin = jnp.arange(0.0, 12.01, 0.25)
@@ -440,24 +509,56 @@ def naive_loss(z, y):
   return lse - jnp.take_along_axis(z, y[:, None], axis=-1)[:, 0]
 
 
+def absolute_error(loss):
+  return np.abs(np.asarray(loss, np.float64) - reference)
+
+
 def relative_error(loss):
-  return np.abs(np.asarray(loss, np.float64) - reference) / reference
+  return absolute_error(loss) / reference
 
 
 naive_bf16 = naive_loss(logits_bf16, labels0)
 jxent_loss = jxent.softmax_cross_entropy_with_integer_labels(
     logits_bf16, labels0
 )
+# The right class, 0, has the largest logit, so z - z_0 is the shift by the max.
+shifted = logits_bf16.astype(jnp.float32) - logits_bf16[:, :1].astype(jnp.float32)
+log_of_sum_f32 = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))  # log S
+log1p_f32 = jnp.log1p(jnp.sum(jnp.exp(shifted[:, 1:]), axis=-1))
+
 eight = jnp.asarray(8.0, jnp.bfloat16)
 step = float(jnp.nextafter(eight, jnp.asarray(16.0, jnp.bfloat16)) - eight)
 print(
     f"bfloat16 keeps {jnp.finfo(jnp.bfloat16).nmant + 1} significant bits;"
     f" numbers near {eight} are {step} apart"
 )
+spacing_at_1 = float(np.spacing(np.float32(1)))
+print(f"float32 numbers near 1 are {spacing_at_1:.3g} apart")
 print("dtypes: naive", naive_bf16.dtype, "| jxent", jxent_loss.dtype)
+print(f"the loss falls from {reference[0]:.3g} to {reference[-1]:.3g} nats")
+print("error against the float64 reference, max over the margins:")
+computations = {
+    "naive bfloat16": naive_bf16,
+    "jxent": jxent_loss,
+    "float32 log S": log_of_sum_f32,
+    "float32 log1p(S - 1)": log1p_f32,
+}
+for name, loss in computations.items():
+  worst = relative_error(loss).argmax()
+  print(
+      f"  {name:>20}: absolute {absolute_error(loss).max():.2e} nats,"
+      f" relative {relative_error(loss).max():.2e}"
+      f" (at m = {margin[worst]:.2f}, loss {reference[worst]:.2e})"
+  )
+same = bool(jnp.all(jxent_loss == log_of_sum_f32))
+print(f"jxent equals float32 log S at every margin: {same}")
+worst = relative_error(jxent_loss).argmax()
+s_minus_1 = math.expm1(float(jxent_loss[worst]))
+s_minus_1_exact = math.expm1(reference[worst])
 print(
-    f"max relative error: naive bfloat16 {relative_error(naive_bf16).max():.0%},"
-    f" jxent {relative_error(jxent_loss).max():.2%}"
+    f"at m = {margin[worst]:.2f}: jxent's S - 1 = {s_minus_1:.4e}, exactly"
+    f" {s_minus_1_exact:.4e}: off by"
+    f" {abs(s_minus_1 - s_minus_1_exact) / spacing_at_1:.1f} float32 spacings near 1"
 )
 zero = np.asarray(naive_bf16) <= 0
 print(
@@ -473,15 +574,41 @@ def total_loss(z):
 
 grad_bf16 = jax.grad(total_loss)(logits_bf16)
 print("the gradient keeps the input dtype:", grad_bf16.dtype)
+naive_grad = jax.grad(lambda z: jnp.sum(naive_loss(z, labels0)))(logits_bf16)
+print(
+    "where the naive loss is <= 0, its gradient on the right class's logit"
+    f" is 0: {bool(jnp.all(naive_grad[zero, 0] == 0))}; jxent's is nonzero:"
+    f" {bool(jnp.all(grad_bf16[zero, 0] != 0))}"
+)
 
 # %%
-fig, ax = plt.subplots()
-ax.semilogy(margin, reference, "k", label="float64 reference")
-ax.semilogy(margin, jxent_loss, "o", markersize=4, label="jxent, bfloat16 input")
-ax.semilogy(margin, np.where(zero, np.nan, naive_bf16), "x",
-            label="naive bfloat16 (missing where the loss is ≤ 0)")
-ax.set_xlabel("margin m of the right class's logit (nats)")
-ax.set_ylabel("loss -log Q(y) (nats, log scale)")
-ax.set_title("A confident prediction in bfloat16")
-ax.legend(fontsize="small")
+fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.6))
+left.semilogy(margin, reference, "k", label="float64 reference")
+left.semilogy(margin, jxent_loss, "o", markersize=4, label="jxent, bfloat16 input")
+left.semilogy(margin, np.where(zero, np.nan, naive_bf16), "x",
+              label="naive bfloat16 (missing where the loss is ≤ 0)")
+left.set_xlabel("margin m of the right class's logit (nats)")
+left.set_ylabel("loss -log Q(y) (nats, log scale)")
+left.set_title("A confident prediction in bfloat16")
+left.legend(fontsize="small")
+
+right.semilogy(margin, relative_error(jxent_loss), "o", markersize=4,
+               label="jxent (float32 log S)")
+right.semilogy(margin, relative_error(log1p_f32), "s", markersize=3,
+               label="float32 log1p(S - 1)")
+right.semilogy(margin, spacing_at_1 / reference, "k:",
+               label="float32 spacing near 1 / loss")
+right.set_xlabel("margin m of the right class's logit (nats)")
+right.set_ylabel("relative error against float64")
+right.set_title("Relative error of the loss")
+right.legend(fontsize="small")
+fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# The dotted curve is the float32 spacing near 1 divided by the loss.
+# jxent's relative error follows it because its absolute error is a few such
+# spacings at every margin (the count at the worst margin is printed
+# above): it is at float32 precision next to 1, not next to the loss. The
+# $\operatorname{log1p}$ form keeps the relative error at float32's relative
+# precision at every margin.
