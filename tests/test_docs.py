@@ -61,6 +61,8 @@ def _text(fragment: str) -> str:
   """
   fragment = re.sub(r"<(script|style)\b.*?</\1>", "", fragment, flags=re.S)
   text = html.unescape(re.sub(r"<[^>]+>", "", fragment)).replace("`", "")
+  # Sphinx's smart quotes turn ' and " into typographic ones.
+  text = text.translate(str.maketrans("\u2018\u2019\u201c\u201d", "''\"\""))
   return re.sub(r"\s+", "", text)
 
 
