@@ -226,7 +226,9 @@ def linear_kl_divergence_from_top_k(
        + r (\log r - \log Q_{\mathrm{tail}}),
        \quad Q_{\mathrm{tail}} = \textstyle\sum_{v \notin \mathrm{top}\,k} Q_v
 
-    (summed over those classes directly, not as 1 minus the top k's).
+    (summed over those classes directly, not as 1 minus the top k's). When
+    the top k cover every class the student can reach (no tail), r is
+    rounding and is dropped.
 
   Differentiable with respect to `x`, `w` and `bias`; the teacher's
   log-probabilities are data (no gradient). Exact; reverse-mode only.

@@ -1,6 +1,12 @@
 """Vocabulary-parallel losses for use inside `jax.shard_map`.
 
-See `jxent._sharded` for how the shards are combined.
+Each function takes this device's slice of the vocabulary (of the logits,
+or of W's columns) and the name of the mesh axis it is split over. Each
+device reduces its own slice to a max and a sum of exponentials per row,
+and these are combined with `pmax` and `psum` in the same stable
+log-sum-exp as the unsharded functions, so the vocabulary is never
+gathered; the results equal the unsharded functions', in value and
+gradient.
 """
 
 from jxent._sharded import entropy_from_logits as entropy_from_logits
