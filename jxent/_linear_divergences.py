@@ -258,8 +258,6 @@ def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
       value.dtype), reduction, batch_axis_name)
 
 
-
-
 def linear_kl_divergence(
     p_x: jax.typing.ArrayLike,
     p_w: jax.typing.ArrayLike,

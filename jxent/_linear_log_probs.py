@@ -117,8 +117,6 @@ def log_probs(x, w, labels, *, bias=None, temperature=1.0,
   return log_prob.reshape(batch)
 
 
-
-
 def linear_log_probs(
     x: jax.typing.ArrayLike,
     w: jax.typing.ArrayLike,

@@ -21,9 +21,8 @@ class _TopK(NamedTuple):
   tail: str
 
 
-def _in_block(indices, columns_start, i, cfg, offset, live_block):
+def _in_block(indices, columns_start, i, cfg, offset):
   """Where each top-k index falls in block i: local position and whether."""
-  del live_block
   local = indices - offset - columns_start
   inside = (local >= 0) & (local < cfg.block) & (
       indices >= offset + i * cfg.block) & (indices < cfg.num_classes)
@@ -48,7 +47,7 @@ def _top_k_forward(static, head, indices, teacher_log_probs, legal, keep):
     logits, _, live, start = block_logits(*head, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
     new_max, sumexp_new, _, _ = _blocks.online_lse(row_max, sumexp, logits)
-    local, inside = _in_block(indices, start, i, cfg, offset, live)
+    local, inside = _in_block(indices, start, i, cfg, offset)
     found = jnp.take_along_axis(logits, local, axis=1)
     picked = picked + jnp.where(inside, found, 0)
     if static.tail == "bin":
@@ -128,7 +127,7 @@ def _top_k_bwd(static, residuals, g):
   def body(i, grads):
     logits, _, live, start = block_logits(*head, i, cfg, offset)
     q = jnp.exp(jnp.where(live, logits, -jnp.inf) - lse_q[:, None])
-    local, inside = _in_block(indices, start, i, cfg, offset, live)
+    local, inside = _in_block(indices, start, i, cfg, offset)
     # d/dz_c = q_c - p_c on the top k; with a tail bin, minus
     # r q_c / q_tail = r exp(z_c - lse_tail) outside it.
     dlogits = q - _scatter(probs_p, local, inside, cfg.block)
