@@ -21,6 +21,7 @@ time, not memory traffic, so there is no byte model; XLA's temporary memory
 is the point.
 """
 
+import math
 import sys
 
 import jax
@@ -32,6 +33,12 @@ from bench.registry import Impl, Lazy, Suite, register
 jxent = Lazy("jxent")
 
 TOKEN_CHUNK = 1024
+# The policy-gradient loss's entropy bonus (`linear_log_probs`).
+ENTROPY_BONUS = 0.01
+# The teacher's classes per token (`linear_top_k`), and the share of its
+# mass on them.
+TOP_K = 64
+TOP_K_MASS = 0.9
 
 # The suites registered below, in order: what ``python -m bench.linear`` runs.
 NAMES: list[str] = []
@@ -149,6 +156,119 @@ _register(linear_suite(
     jxent_code="jxent.linear_softmax_cross_entropy(x, w, y)",
     loss=optax.softmax_cross_entropy_with_integer_labels,
     loss_code="optax.softmax_cross_entropy_with_integer_labels(logits, y)"))
+
+
+# --- linear_log_probs: a policy-gradient loss with an entropy bonus ---------
+
+
+def policy_gradient(log_q, entropy, advantages):
+  """``-(A log q_y) - c H(q)`` per token, c = `ENTROPY_BONUS`."""
+  return -(advantages * log_q) - ENTROPY_BONUS * entropy
+
+
+def _log_probs_from_logits(logits, labels, advantages):
+  log_q = jax.nn.log_softmax(logits)
+  entropy = -jnp.sum(jnp.exp(log_q) * log_q, axis=-1)
+  label_log_q = jnp.take_along_axis(log_q, labels[:, None], axis=-1)[:, 0]
+  return policy_gradient(label_log_q, entropy, advantages)
+
+
+_register(linear_suite(
+    "linear_log_probs",
+    "policy-gradient loss -(A log q_y) - 0.01 H(q) of x @ w",
+    extra=lambda draw, tokens, vocab, dtype: (
+        draw.integers(vocab, (tokens,)), draw.normal((tokens,))),
+    jxent_fn=lambda x, w, y, a, **o: policy_gradient(
+        *jxent.linear_log_probs(x, w, y, return_entropy=True, **o), a),
+    jxent_code="log_q, h = jxent.linear_log_probs(x, w, y, "
+               "return_entropy=True); -(a * log_q) - 0.01 * h",
+    loss=_log_probs_from_logits,
+    loss_code="log_q = jax.nn.log_softmax(logits); -(a * log_q[y]) + "
+              "0.01 * sum(exp(log_q) * log_q)",
+    note="Both outputs of `linear_log_probs` are differentiated: the label's "
+         "log-probability, weighted by a float32 advantage per token, and "
+         "the entropy bonus."))
+
+
+# --- linear_kl_divergence, linear_js_divergence: two heads -----------------
+
+
+def _kl_from_logits(p_logits, q_logits):
+  return optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(q_logits), jax.nn.log_softmax(p_logits))
+
+
+def _js_from_logits(p_logits, q_logits, beta=0.5):
+  log_p = jax.nn.log_softmax(p_logits)
+  log_q = jax.nn.log_softmax(q_logits)
+  log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+  return (beta * jnp.sum(jnp.exp(log_p) * (log_p - log_m), axis=-1)
+          + (1 - beta) * jnp.sum(jnp.exp(log_q) * (log_q - log_m), axis=-1))
+
+
+_TEACHER_NOTE = (
+    "The teacher head P (`p_x`, `p_w`) is data; the loss and its gradient "
+    "are taken with respect to the student head Q (`q_x`, `q_w`), as in "
+    "distillation.")
+
+_register(linear_suite(
+    "linear_kl", "KL divergence D(P || Q) between a teacher head P and a "
+    "student head Q", heads=2, extra=lambda draw, tokens, vocab, dtype: (),
+    jxent_fn=lambda p_x, p_w, q_x, q_w, **o: jxent.linear_kl_divergence(
+        p_x, p_w, q_x, q_w, **o),
+    jxent_code="jxent.linear_kl_divergence(p_x, p_w, q_x, q_w)",
+    loss=_kl_from_logits,
+    loss_code="optax.losses.kl_divergence_with_log_targets("
+              "jax.nn.log_softmax(q), jax.nn.log_softmax(p))",
+    note=_TEACHER_NOTE))
+
+_register(linear_suite(
+    "linear_js", "Jensen-Shannon divergence (beta 0.5) between a teacher "
+    "head P and a student head Q", heads=2,
+    extra=lambda draw, tokens, vocab, dtype: (),
+    jxent_fn=lambda p_x, p_w, q_x, q_w, **o: jxent.linear_js_divergence(
+        p_x, p_w, q_x, q_w, **o),
+    jxent_code="jxent.linear_js_divergence(p_x, p_w, q_x, q_w)",
+    loss=_js_from_logits,
+    loss_code="log_m = logaddexp(log_p + log 0.5, log_q + log 0.5); "
+              "0.5 KL(P || M) + 0.5 KL(Q || M) with jax.nn.log_softmax",
+    note=_TEACHER_NOTE))
+
+
+# --- linear_kl_divergence_from_top_k: a sparse teacher ----------------------
+
+
+def _top_k_teacher(draw, tokens, vocab, dtype):
+  """`TOP_K` distinct classes per token, evenly spaced from a random start,
+  and the teacher's log-probabilities of them, `TOP_K_MASS` in all."""
+  k = min(TOP_K, vocab)
+  start = draw.integers(vocab, (tokens, 1))
+  steps = jnp.arange(k, dtype=jnp.int32)[None, :] * (vocab // k)
+  indices = (start + steps) % vocab
+  log_p = jax.nn.log_softmax(draw.normal((tokens, k), 2.0)) + math.log(
+      TOP_K_MASS)
+  return indices, log_p.astype(dtype)
+
+
+def _top_k_kl_from_logits(logits, indices, teacher_log_probs):
+  log_q = jnp.take_along_axis(jax.nn.log_softmax(logits), indices, axis=-1)
+  log_p = jax.nn.log_softmax(teacher_log_probs.astype(jnp.float32))
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+_register(linear_suite(
+    "linear_top_k", f"KL divergence from a teacher's top {TOP_K} "
+    "log-probabilities (renormalised) to a linear head",
+    extra=_top_k_teacher,
+    jxent_fn=lambda x, w, i, lp, **o: jxent.linear_kl_divergence_from_top_k(
+        i, lp, x, w, **o),
+    jxent_code="jxent.linear_kl_divergence_from_top_k(i, lp, x, w)",
+    loss=_top_k_kl_from_logits,
+    loss_code="log_p = jax.nn.log_softmax(lp); sum(exp(log_p) * (log_p - "
+              "jax.nn.log_softmax(logits)[i]))",
+    note=f"The teacher is {TOP_K} distinct classes per token and their "
+         f"log-probabilities (in the input dtype, {TOP_K_MASS} of the mass), "
+         "renormalised over them (`tail=\"renormalize\"`, the default)."))
 
 
 if __name__ == "__main__":
