@@ -276,35 +276,31 @@ def test_linear_suite_runs_and_agrees(tmp_path):
 LINEAR_HEADS = ("linear_log_probs", "linear_kl", "linear_js", "linear_top_k")
 
 
-@pytest.fixture(scope="module")
-def linear_heads(tmp_path_factory):
-  """The four vocabulary-scale heads against their materialised logits, at
-  8 tokens: two vocabulary blocks of 8192 columns, so the fused loss needs
-  less than the logits. The chunked peer is
+def test_linear_head_suites_run_and_agree(tmp_path):
+  """The four vocabulary-scale heads against their materialised logits, in
+  one run (one test, so that one xdist worker compiles them), at 8 tokens:
+  two vocabulary blocks of 8192 columns, so the fused loss needs less than
+  the logits. The chunked peer is
   `test_chunked_peer_splits_every_head_and_extra`'s."""
-  out = tmp_path_factory.mktemp("linear_heads")
   assert main(["--suite", ",".join(LINEAR_HEADS), "--shapes", "8x8x16384",
                "--impls", "jxent,materialised", "--reps", "1",
-               "--max-case-s", "0.01", "--strict", "--out", str(out)]) == 0
-  return out, json.loads((out / "results.json").read_text())
-
-
-@pytest.mark.parametrize("suite", LINEAR_HEADS)
-def test_linear_head_suite_runs_and_agrees(linear_heads, suite):
-  out, results = linear_heads
-  rows = {r["impl"]: r for r in _rows(results, suite=suite)}
-  assert set(rows) == {"jxent", "materialised"}
-  row = rows["materialised"]
-  assert row["mode"] == "vjp" and row["status"] == "ok"
-  assert row["loss_max_abs_diff"] <= F32_LOSS_RTOL * max(
-      1.0, row["loss_ref_max_abs"])
-  assert row["grad_max_abs_diff"] <= (F32_GRAD_RTOL["float32"]
-                                      * row["grad_ref_max_abs"])
-  assert row["agrees"] is True and row["vs_ref"] > 0
-  assert rows["jxent"]["temp_bytes"] < row["temp_bytes"]
-  assert row["temp_vs_ref"] > 1
-  assert f"| {suite} | vjp | float32 | 8x8x16384 | materialised |" in (
-      out / "table.md").read_text()
+               "--max-case-s", "0.01", "--strict", "--out",
+               str(tmp_path)]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  table = (tmp_path / "table.md").read_text()
+  for suite in LINEAR_HEADS:
+    rows = {r["impl"]: r for r in _rows(results, suite=suite)}
+    assert set(rows) == {"jxent", "materialised"}, suite
+    row = rows["materialised"]
+    assert row["mode"] == "vjp" and row["status"] == "ok", row
+    assert row["loss_max_abs_diff"] <= F32_LOSS_RTOL * max(
+        1.0, row["loss_ref_max_abs"]), row
+    assert row["grad_max_abs_diff"] <= (F32_GRAD_RTOL["float32"]
+                                        * row["grad_ref_max_abs"]), row
+    assert row["agrees"] is True and row["vs_ref"] > 0, row
+    assert rows["jxent"]["temp_bytes"] < row["temp_bytes"], suite
+    assert row["temp_vs_ref"] > 1, row
+    assert f"| {suite} | vjp | float32 | 8x8x16384 | materialised |" in table
 
 
 def test_linear_suites_differentiate_the_student():
