@@ -4,7 +4,7 @@ Examples::
 
   python -m bench --quick
   python -m bench --suite ce_int --shapes 8192x32768,8192x262144 --dtypes bfloat16
-  python -m bench --suite linear_ce          # or: python -m bench.linear
+  python -m bench --suite linear_ce,linear_kl   # python -m bench.linear: all
   python -m bench --from-json bench/results/cpu-2026-11-26/results.json
 
 Without ``--out``, a run writes to ``bench/runs/<device>-<UTC time>/``, which
@@ -84,20 +84,22 @@ def _file(text):
   return text
 
 
-def _parser(prog: str, suite: str | None) -> _Parser:
+def _parser(prog: str, suite: tuple[str, ...] | None) -> _Parser:
   p = _Parser(
       prog=prog, description="Benchmark jxent against its peers on the "
       "default JAX device.",
       epilog="Without --out, results go to bench/runs/<device>-<UTC time>/ "
       "(ignored by git).")
-  p.add_argument("--suite", type=_names, default=suite and (suite,),
+  p.add_argument("--suite", type=_names, default=suite,
                  help="comma list of suites (--list names them), or 'all' "
-                      f"(default: {suite or 'the suites on logits'})")
+                      "(default: "
+                      f"{','.join(suite) if suite else 'the suites on logits'})")
   p.add_argument("--list", action="store_true",
                  help="list the suites and their implementations, and exit")
   p.add_argument("--shapes", type=_shapes,
                  help="comma list of sizes joined by x, for every suite: "
-                      "ROWSxCLASSES (TOKENSxDIMxVOCAB for linear_ce), e.g. "
+                      "ROWSxCLASSES (TOKENSxDIMxVOCAB for the linear "
+                      "suites), e.g. "
                       "8192x32768,8192x262144 (default: a grid per suite and "
                       "platform)")
   p.add_argument("--dtypes", type=_names,
@@ -224,13 +226,13 @@ def _out_dir(p: _Parser, args, device_slug: str) -> str:
 
 
 def main(argv=None, *, prog: str = "python -m bench",
-         suite: str | None = None) -> int:
+         suite: str | tuple[str, ...] | None = None) -> int:
   """Entry point of ``python -m bench`` and its aliases.
 
   Args:
     argv: The arguments, without the program name; None for ``sys.argv``.
     prog: The command's name, for messages and the record.
-    suite: The suite run without ``--suite`` (``bench.linear``,
+    suite: The suite, or suites, run without ``--suite`` (``bench.linear``,
       ``bench.sharded``); None for the default suites.
 
   Returns:
@@ -238,7 +240,7 @@ def main(argv=None, *, prog: str = "python -m bench",
     disagreed with the reference. Bad arguments exit with status 2.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  p = _parser(prog, suite)
+  p = _parser(prog, (suite,) if isinstance(suite, str) else suite)
   args = p.parse_args(argv)
   if args.list:
     from bench import registry

@@ -1,10 +1,11 @@
 """The linear suites: a loss of ``x @ w`` without materialising the logits.
 
-    python -m bench.linear                      # the default shape for the device
+    python -m bench.linear                      # every linear suite
+    python -m bench.linear --suite linear_kl    # one of them
     python -m bench.linear --shapes 2048x512x32768 --dtypes float32
 
-``python -m bench.linear`` is ``python -m bench --suite linear_ce``. Each
-suite compares, in one process and in rotating rounds:
+``python -m bench.linear`` is ``python -m bench --suite`` with the suites
+below (`NAMES`). Each suite compares, in one process and in rotating rounds:
 
 * ``jxent``: jxent's linear loss, e.g. ``jxent.linear_softmax_cross_entropy``;
 * ``materialised``: the loss on the full float32 logits ``x @ w``, as users
@@ -12,12 +13,15 @@ suite compares, in one process and in rotating rounds:
 * ``chunked``: the same over chunks of tokens in a ``lax.map``, each chunk
   under ``jax.checkpoint``, so only one chunk's logits are alive at a time.
 
-The mode is what training runs: ``jax.value_and_grad`` of the mean loss
-with respect to both ``x`` and ``w``, under ``jit``. The matmuls bound the
+A suite has one head ``(x, w)`` or, for distillation, a teacher head and a
+student head, the student last. The mode is what training runs:
+``jax.value_and_grad`` of the mean loss with respect to the student's ``x``
+and ``w``, under ``jit``; a teacher head is data. The matmuls bound the
 time, not memory traffic, so there is no byte model; XLA's temporary memory
 is the point.
 """
 
+import math
 import sys
 
 import jax
@@ -29,29 +33,48 @@ from bench.registry import Impl, Lazy, Suite, register
 jxent = Lazy("jxent")
 
 TOKEN_CHUNK = 1024
+# The policy-gradient loss's entropy bonus (`linear_log_probs`).
+ENTROPY_BONUS = 0.01
+# The teacher's classes per token (`linear_top_k`), and the share of its
+# mass on them.
+TOP_K = 64
+TOP_K_MASS = 0.9
+
+# The suites registered below, in order: what ``python -m bench.linear`` runs.
+NAMES: list[str] = []
 
 
-def materialised(loss):
-  """``loss(x @ w, *extra).mean()``, the logits materialised in float32."""
-  def fn(x, w, *extra):
-    logits = jnp.dot(x, w, preferred_element_type=jnp.float32)
-    return loss(logits, *extra).mean()
+def _logits(x, w):
+  return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def materialised(loss, heads=1):
+  """``loss(x @ w, ..., *extra).mean()``, each head's logits materialised in
+  float32; the inputs are ``x, w`` per head, then the per-token extras."""
+  def fn(*args):
+    pairs, extra = args[:2 * heads], args[2 * heads:]
+    logits = [_logits(x, w) for x, w in zip(pairs[::2], pairs[1::2],
+                                            strict=True)]
+    return loss(*logits, *extra).mean()
   return fn
 
 
-def chunked(loss):
+def chunked(loss, heads=1):
   """`materialised` over chunks of `TOKEN_CHUNK` tokens, each checkpointed."""
-  def fn(x, w, *extra):
-    chunk = min(TOKEN_CHUNK, x.shape[0])
+  def fn(*args):
+    pairs, extra = args[:2 * heads], args[2 * heads:]
+    xs, ws = pairs[::2], pairs[1::2]
+    tokens = xs[0].shape[0]
+    chunk = min(TOKEN_CHUNK, tokens)
 
     @jax.checkpoint
-    def chunk_loss(args):
-      xc, *extra_c = args
-      logits = jnp.dot(xc, w, preferred_element_type=jnp.float32)
-      return loss(logits, *extra_c).sum()
+    def chunk_loss(split):
+      logits = [_logits(xc, w) for xc, w in zip(split[:heads], ws,
+                                                strict=True)]
+      return loss(*logits, *split[heads:]).sum()
 
-    split = [a.reshape(-1, chunk, *a.shape[1:]) for a in (x, *extra)]
-    return jnp.sum(jax.lax.map(chunk_loss, split)) / x.shape[0]
+    split = [a.reshape(-1, chunk, *a.shape[1:]) for a in (*xs, *extra)]
+    return jnp.sum(jax.lax.map(chunk_loss, split)) / tokens
   return fn
 
 
@@ -64,36 +87,46 @@ def _check_tokens(shape):
 
 
 def linear_suite(name, title, *, extra, jxent_fn, jxent_code, loss,
-                 loss_code) -> Suite:
-  """A suite on hidden states ``x`` (tokens, dim) and weights (dim, vocab).
+                 loss_code, heads=1, note="") -> Suite:
+  """A suite on heads of hidden states ``x`` (tokens, dim) and weights
+  ``w`` (dim, vocab).
 
   Args:
     name: The suite's name.
     title: What it computes.
-    extra: ``extra(draw, tokens, vocab, dtype)``: the inputs after ``x, w``,
-      each with the tokens first.
-    jxent_fn: ``jxent_fn(x, w, *extra, **options)``, jxent's mean loss.
+    extra: ``extra(draw, tokens, vocab, dtype)``: the inputs after the
+      heads, each with the tokens first.
+    jxent_fn: ``jxent_fn(*heads, *extra, **options)``, jxent's loss (per
+      token or its mean), each head given as ``x, w``.
     jxent_code: Its user code.
-    loss: ``loss(logits, *extra)``: the per-token loss on logits, which the
-      ``materialised`` and ``chunked`` peers call.
+    loss: ``loss(*logits, *extra)``: the per-token loss on each head's
+      logits, which the ``materialised`` and ``chunked`` peers call.
     loss_code: Its user code.
+    heads: The number of heads: 1, or 2 for a teacher and a student. The
+      last head is the student, the one differentiated.
+    note: How to read its results, for table.md.
 
   Returns:
     The suite.
   """
   def inputs(draw, shape, dtype):
     tokens, dim, vocab = shape
-    x = draw.normal((tokens, dim)).astype(dtype)
-    w = draw.normal((dim, vocab), dim ** -0.5).astype(dtype)
-    return (x, w, *extra(draw, tokens, vocab, dtype))
+    pairs = []
+    for _ in range(heads):
+      pairs.append(draw.normal((tokens, dim)).astype(dtype))
+      pairs.append(draw.normal((dim, vocab), dim ** -0.5).astype(dtype))
+    return (*pairs, *extra(draw, tokens, vocab, dtype))
 
+  per_head = " per head" if heads > 1 else ""
+  student = 2 * (heads - 1)
   return Suite(
       name=name, title=title, dims=("tokens", "dim", "vocab"), inputs=inputs,
       jxent=jxent_fn, jxent_code=jxent_code,
       peers=(
-          Impl("materialised", materialised(loss),
-               f"{loss_code} on logits = x @ w in float32", f32=True),
-          Impl("chunked", chunked(loss),
+          Impl("materialised", materialised(loss, heads),
+               f"{loss_code} on logits = x @ w{per_head} in float32",
+               f32=True),
+          Impl("chunked", chunked(loss, heads),
                f"the same over {TOKEN_CHUNK}-token chunks under "
                "jax.checkpoint in lax.map", f32=True),
       ),
@@ -106,11 +139,16 @@ def linear_suite(name, title, *, extra, jxent_fn, jxent_code, loss,
       byte_model="none, the matmuls bound the time: compare times and "
                  "temporary memory",
       baseline=("materialised", "chunked"), modes=("vjp",),
-      grad_argnums=(0, 1), check_shape=_check_tokens, reps=5,
-      max_case_s=20.0, default=False)
+      grad_argnums=(student, student + 1), check_shape=_check_tokens, reps=5,
+      max_case_s=20.0, note=note, default=False)
 
 
-register(linear_suite(
+def _register(suite: Suite) -> Suite:
+  NAMES.append(suite.name)
+  return register(suite)
+
+
+_register(linear_suite(
     "linear_ce", "softmax cross-entropy of x @ w, integer labels",
     extra=lambda draw, tokens, vocab, dtype: (draw.integers(vocab, (tokens,)),),
     jxent_fn=lambda x, w, y, **o: jxent.linear_softmax_cross_entropy(
@@ -120,7 +158,120 @@ register(linear_suite(
     loss_code="optax.softmax_cross_entropy_with_integer_labels(logits, y)"))
 
 
+# --- linear_log_probs: a policy-gradient loss with an entropy bonus ---------
+
+
+def policy_gradient(log_q, entropy, advantages):
+  """``-(A log q_y) - c H(q)`` per token, c = `ENTROPY_BONUS`."""
+  return -(advantages * log_q) - ENTROPY_BONUS * entropy
+
+
+def _log_probs_from_logits(logits, labels, advantages):
+  log_q = jax.nn.log_softmax(logits)
+  entropy = -jnp.sum(jnp.exp(log_q) * log_q, axis=-1)
+  label_log_q = jnp.take_along_axis(log_q, labels[:, None], axis=-1)[:, 0]
+  return policy_gradient(label_log_q, entropy, advantages)
+
+
+_register(linear_suite(
+    "linear_log_probs",
+    "policy-gradient loss -(A log q_y) - 0.01 H(q) of x @ w",
+    extra=lambda draw, tokens, vocab, dtype: (
+        draw.integers(vocab, (tokens,)), draw.normal((tokens,))),
+    jxent_fn=lambda x, w, y, a, **o: policy_gradient(
+        *jxent.linear_log_probs(x, w, y, return_entropy=True, **o), a),
+    jxent_code="log_q, h = jxent.linear_log_probs(x, w, y, "
+               "return_entropy=True); -(a * log_q) - 0.01 * h",
+    loss=_log_probs_from_logits,
+    loss_code="log_q = jax.nn.log_softmax(logits); -(a * log_q[y]) + "
+              "0.01 * sum(exp(log_q) * log_q)",
+    note="Both outputs of `linear_log_probs` are differentiated: the label's "
+         "log-probability, weighted by a float32 advantage per token, and "
+         "the entropy bonus."))
+
+
+# --- linear_kl_divergence, linear_js_divergence: two heads -----------------
+
+
+def _kl_from_logits(p_logits, q_logits):
+  return optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(q_logits), jax.nn.log_softmax(p_logits))
+
+
+def _js_from_logits(p_logits, q_logits, beta=0.5):
+  log_p = jax.nn.log_softmax(p_logits)
+  log_q = jax.nn.log_softmax(q_logits)
+  log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+  return (beta * jnp.sum(jnp.exp(log_p) * (log_p - log_m), axis=-1)
+          + (1 - beta) * jnp.sum(jnp.exp(log_q) * (log_q - log_m), axis=-1))
+
+
+_TEACHER_NOTE = (
+    "The teacher head P (`p_x`, `p_w`) is data; the loss and its gradient "
+    "are taken with respect to the student head Q (`q_x`, `q_w`), as in "
+    "distillation.")
+
+_register(linear_suite(
+    "linear_kl", "KL divergence D(P || Q) between a teacher head P and a "
+    "student head Q", heads=2, extra=lambda draw, tokens, vocab, dtype: (),
+    jxent_fn=lambda p_x, p_w, q_x, q_w, **o: jxent.linear_kl_divergence(
+        p_x, p_w, q_x, q_w, **o),
+    jxent_code="jxent.linear_kl_divergence(p_x, p_w, q_x, q_w)",
+    loss=_kl_from_logits,
+    loss_code="optax.losses.kl_divergence_with_log_targets("
+              "jax.nn.log_softmax(q), jax.nn.log_softmax(p))",
+    note=_TEACHER_NOTE))
+
+_register(linear_suite(
+    "linear_js", "Jensen-Shannon divergence (beta 0.5) between a teacher "
+    "head P and a student head Q", heads=2,
+    extra=lambda draw, tokens, vocab, dtype: (),
+    jxent_fn=lambda p_x, p_w, q_x, q_w, **o: jxent.linear_js_divergence(
+        p_x, p_w, q_x, q_w, **o),
+    jxent_code="jxent.linear_js_divergence(p_x, p_w, q_x, q_w)",
+    loss=_js_from_logits,
+    loss_code="log_m = logaddexp(log_p + log 0.5, log_q + log 0.5); "
+              "0.5 KL(P || M) + 0.5 KL(Q || M) with jax.nn.log_softmax",
+    note=_TEACHER_NOTE))
+
+
+# --- linear_kl_divergence_from_top_k: a sparse teacher ----------------------
+
+
+def _top_k_teacher(draw, tokens, vocab, dtype):
+  """`TOP_K` distinct classes per token, evenly spaced from a random start,
+  and the teacher's log-probabilities of them, `TOP_K_MASS` in all."""
+  k = min(TOP_K, vocab)
+  start = draw.integers(vocab, (tokens, 1))
+  steps = jnp.arange(k, dtype=jnp.int32)[None, :] * (vocab // k)
+  indices = (start + steps) % vocab
+  log_p = jax.nn.log_softmax(draw.normal((tokens, k), 2.0)) + math.log(
+      TOP_K_MASS)
+  return indices, log_p.astype(dtype)
+
+
+def _top_k_kl_from_logits(logits, indices, teacher_log_probs):
+  log_q = jnp.take_along_axis(jax.nn.log_softmax(logits), indices, axis=-1)
+  log_p = jax.nn.log_softmax(teacher_log_probs.astype(jnp.float32))
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+_register(linear_suite(
+    "linear_top_k", f"KL divergence from a teacher's top {TOP_K} "
+    "log-probabilities (renormalised) to a linear head",
+    extra=_top_k_teacher,
+    jxent_fn=lambda x, w, i, lp, **o: jxent.linear_kl_divergence_from_top_k(
+        i, lp, x, w, **o),
+    jxent_code="jxent.linear_kl_divergence_from_top_k(i, lp, x, w)",
+    loss=_top_k_kl_from_logits,
+    loss_code="log_p = jax.nn.log_softmax(lp); sum(exp(log_p) * (log_p - "
+              "jax.nn.log_softmax(logits)[i]))",
+    note=f"The teacher is {TOP_K} distinct classes per token and their "
+         f"log-probabilities (in the input dtype, {TOP_K_MASS} of the mass), "
+         "renormalised over them (`tail=\"renormalize\"`, the default)."))
+
+
 if __name__ == "__main__":
   from bench.__main__ import main
 
-  sys.exit(main(prog="python -m bench.linear", suite="linear_ce"))
+  sys.exit(main(prog="python -m bench.linear", suite=tuple(NAMES)))

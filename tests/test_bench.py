@@ -273,6 +273,78 @@ def test_linear_suite_runs_and_agrees(tmp_path):
   assert not (tmp_path / "bench.png").exists()  # no byte model, no plot
 
 
+LINEAR_HEADS = ("linear_log_probs", "linear_kl", "linear_js", "linear_top_k")
+
+
+def test_linear_head_suites_run_and_agree(tmp_path):
+  """The four vocabulary-scale heads against their materialised logits, in
+  one run (one test, so that one xdist worker compiles them), at 8 tokens:
+  two vocabulary blocks of 8192 columns, so the fused loss needs less than
+  the logits. The chunked peer is
+  `test_chunked_peer_splits_every_head_and_extra`'s."""
+  assert main(["--suite", ",".join(LINEAR_HEADS), "--shapes", "8x8x16384",
+               "--impls", "jxent,materialised", "--reps", "1",
+               "--max-case-s", "0.01", "--strict", "--out",
+               str(tmp_path)]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  table = (tmp_path / "table.md").read_text()
+  for suite in LINEAR_HEADS:
+    rows = {r["impl"]: r for r in _rows(results, suite=suite)}
+    assert set(rows) == {"jxent", "materialised"}, suite
+    row = rows["materialised"]
+    assert row["mode"] == "vjp" and row["status"] == "ok", row
+    assert row["loss_max_abs_diff"] <= F32_LOSS_RTOL * max(
+        1.0, row["loss_ref_max_abs"]), row
+    assert row["grad_max_abs_diff"] <= (F32_GRAD_RTOL["float32"]
+                                        * row["grad_ref_max_abs"]), row
+    assert row["agrees"] is True and row["vs_ref"] > 0, row
+    assert rows["jxent"]["temp_bytes"] < row["temp_bytes"], suite
+    assert row["temp_vs_ref"] > 1, row
+    assert f"| {suite} | vjp | float32 | 8x8x16384 | materialised |" in table
+
+
+def test_linear_suites_differentiate_the_student():
+  """The last head is the student; a teacher head is data."""
+  from bench import linear
+
+  assert linear.NAMES == ["linear_ce", *LINEAR_HEADS]
+  for name in linear.NAMES:
+    heads = 2 if name in ("linear_kl", "linear_js") else 1
+    assert registry.get(name).grad_argnums == (2 * heads - 2, 2 * heads - 1)
+
+
+def test_top_k_teacher_is_distinct_classes(rng):
+  from bench import linear
+
+  indices, log_p = linear._top_k_teacher(registry.Draw(0, host=True), 5, 1000,
+                                         np.float32)
+  assert indices.shape == log_p.shape == (5, linear.TOP_K)
+  for row in np.asarray(indices):
+    assert len(set(row)) == linear.TOP_K and 0 <= row.min() <= row.max() < 1000
+  np.testing.assert_allclose(np.exp(log_p).sum(axis=1), linear.TOP_K_MASS,
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("suite", ["linear_kl", "linear_top_k"])
+def test_chunked_peer_splits_every_head_and_extra(monkeypatch, suite):
+  """Two chunks of 4 tokens: each head's x and each extra are split, the
+  weights are shared, and the result is the materialised one."""
+  import jax
+
+  from bench import linear
+
+  monkeypatch.setattr(linear, "TOKEN_CHUNK", 4)
+  s = registry.get(suite)
+  impls = {i.name: i.fn for i in s.peers}
+  inputs = s.inputs(registry.Draw(0, host=True), (8, 4, 128), np.float32)
+  want, got = (jax.jit(jax.value_and_grad(impls[name],
+                                          argnums=s.grad_argnums))(*inputs)
+               for name in ("materialised", "chunked"))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for g, w in zip(got[1], want[1], strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
 def test_sharded_suite_runs_on_8_devices(tmp_path):
   # A fresh process: the command line sets up the 8 CPU devices.
   result = subprocess.run(
