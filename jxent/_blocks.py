@@ -30,20 +30,33 @@ from jxent._logsumexp import shift_of
 AxisName = str | tuple[str, ...]
 
 # Bytes of one float32 [tokens, block] buffer that the automatic block size
-# aims for; a few such buffers are alive at once.
-_BLOCK_BYTES = 4 * 2**20
-_MIN_BLOCK, _MAX_BLOCK = 128, 8192
+# aims for, and its bounds; a few such buffers are alive at once. A GPU wants
+# few, large matmuls: on an H100 at 8192 x 2304 x 256000 bfloat16, blocks of
+# 128 columns took 3.4 times as long as the materialised logits, and 4096
+# columns (a 128 MiB buffer) 0.76 times, in 1/57 of the memory
+# (bench/results/nvidia-h100-2026-11-27-blocks). A CPU wants small ones.
+_BLOCK_BYTES = {"gpu": 128 * 2**20}
+_DEFAULT_BLOCK_BYTES = 4 * 2**20
+_MIN_BLOCK = 128
+_MAX_BLOCK = {"gpu": 16384}
+_DEFAULT_MAX_BLOCK = 8192
 
 
-def default_block_size(tokens: int, vocab: int) -> int:
-  """Picks the vocabulary block size from the shapes.
+def default_block_size(tokens: int, vocab: int,
+                       platform: str | None = None) -> int:
+  """Picks the vocabulary block size from the shapes and the platform.
 
-  A power of two with one float32 [tokens, block] buffer near 4 MiB,
-  clamped to [128, 8192] and never more than the vocabulary (at least 1).
+  A power of two with one float32 [tokens, block] buffer near 128 MiB on a
+  GPU (4 MiB elsewhere), clamped to [128, 16384] on a GPU ([128, 8192]
+  elsewhere) and never more than the vocabulary (at least 1). `platform`
+  defaults to `jax.default_backend()`.
   """
-  block = _BLOCK_BYTES // (4 * max(tokens, 1))
+  platform = jax.default_backend() if platform is None else platform
+  budget = _BLOCK_BYTES.get(platform, _DEFAULT_BLOCK_BYTES)
+  largest = _MAX_BLOCK.get(platform, _DEFAULT_MAX_BLOCK)
+  block = budget // (4 * max(tokens, 1))
   block = 2 ** max(0, int(math.log2(max(block, 1))))
-  return int(max(min(max(block, _MIN_BLOCK), _MAX_BLOCK, vocab), 1))
+  return int(max(min(max(block, _MIN_BLOCK), largest, vocab), 1))
 
 
 class Config(NamedTuple):

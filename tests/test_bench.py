@@ -529,3 +529,17 @@ def test_sweep_rehearses_in_interpret_mode(tmp_path):
   assert {b["kernel"] for b in table["best"]} == {"row_stats",
                                                    "logits_gradient"}
   assert table["best"][0]["bucket"] == 128 and table["interpret"]
+
+
+def test_linear_block_sweep_writes_its_rows(tmp_path):
+  from bench import linear_blocks
+  out = tmp_path / "blocks.json"
+  assert linear_blocks.main(["--shape", "16x8x256", "--blocks", "32,256",
+                             "--dtype", "float32", "--reps", "2",
+                             "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert {(r["suite"], r["impl"]) for r in rows} == {
+      (s, i) for s in ("linear_ce", "linear_kl")
+      for i in ("block 32", "block 256", "materialised")}
+  assert all(r["median_ms"] > 0 for r in rows)
+  assert linear_blocks.main(["--shape", "16x8"]) == 2

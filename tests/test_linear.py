@@ -140,6 +140,10 @@ def test_default_block_size_depends_on_shapes():
   assert default_block_size(2048, 32768) == 512
   assert default_block_size(16, 1000) == 1000
   assert default_block_size(1, 10**6) == 8192
+  # A GPU takes larger blocks: 128 MiB of float32 per [tokens, block] buffer.
+  assert default_block_size(8192, 256000, "gpu") == 4096
+  assert default_block_size(8192, 256000, "cpu") == 128
+  assert default_block_size(1, 10**6, "gpu") == 16384
 
 
 def test_bad_input_is_rejected_with_clear_errors(rng):
