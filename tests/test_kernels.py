@@ -151,14 +151,35 @@ def test_pallas_on_a_cpu_is_a_clear_error():
       lambda x: int_ce(x, labels))(x))
 
 
-def test_tile_widths_must_be_powers_of_two():
+@pytest.fixture
+def untuned(tmp_path, monkeypatch):
+  """The kernels' configurations as if no sweep had been committed."""
+  from jxent._kernels import config
+  monkeypatch.setattr(config, "_TUNED_FILE", tmp_path / "absent.json")
+  monkeypatch.delenv("JXENT_KERNEL_CONFIGS", raising=False)
+  config.tuned.cache_clear()
+  yield
+  config.tuned.cache_clear()
+
+
+def test_the_committed_tuned_configurations_load_and_are_used():
+  from jxent._kernels import config
+  config.tuned.cache_clear()
+  table = config.tuned()
+  assert table, "jxent/_kernels/tuned.json is missing or empty"
+  for (bucket, dtype, kernel), tuned in table.items():
+    assert kernel in config.KERNELS and bucket & (bucket - 1) == 0
+    assert _kernels.default_config(bucket, jnp.dtype(dtype), kernel) == tuned
+
+
+def test_tile_widths_must_be_powers_of_two(untuned):
   with pytest.raises(ValueError, match="power of two"):
     _kernels.KernelConfig(block=1000)
   assert _kernels.default_config(262144, jnp.bfloat16).block == 4096
   assert _kernels.default_config(100, jnp.float32).block == 128
 
 
-def test_configs_tuned_by_the_sweep_are_used(tmp_path, monkeypatch):
+def test_configs_tuned_by_the_sweep_are_used(tmp_path, monkeypatch, untuned):
   from jxent._kernels import config
   table = {"best": [{"bucket": 32768, "dtype": "bfloat16",
                      "kernel": "logits_gradient", "block": 8192,
