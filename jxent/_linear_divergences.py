@@ -32,64 +32,84 @@ def _kl_forward(static, p, q, keep):
   return value, (lse_p, lse_q, value, counts)
 
 
+def _pair_fwd(forward):
+  """The forward rule of a two-head custom VJP around `forward`.
+
+  It notes which heads' arrays are perturbed (symbolic zeros), so that the
+  backward pass computes no gradient for a frozen head.
+  """
+  def fwd(static, p, q, keep):
+    perturbed = (_vocab.perturbed(p), _vocab.perturbed(q))
+    p, q, keep = _vocab.values((p, q, keep))
+    value, per_row = forward(static, p, q, keep)
+    return value, (p, q, per_row, perturbed)
+  return fwd
+
+
+def _pair_bwd(block_cotangents):
+  """The backward rule of a two-head custom VJP: one walk over the blocks.
+
+  `block_cotangents(static, per_row, g, zp, zq, live, want)` gives the
+  cotangents of one block of each head's logits (None for a head not in
+  `want`); the walk turns them into gradients of x, w and bias. `per_row`
+  ends with the rows that count.
+  """
+  def bwd(static, residuals, g):
+    p, q, per_row, (p_perturbed, q_perturbed) = residuals
+    cfg, counts = static.cfg, per_row[-1]
+    g = jnp.where(counts, g, 0)
+    want = (any(p_perturbed), any(q_perturbed))
+    p_primals, q_primals = tuple(p), tuple(q)
+    p, q = (Head(*h) for h in lax.optimization_barrier((p_primals,
+                                                          q_primals)))
+    offset = _blocks.offset_of(cfg, p.w.shape[1])
+
+    def body(i, grads):
+      zp, _, live, start = block_logits(*p, i, cfg, offset)
+      zq, _, _, _ = block_logits(*q, i, cfg, offset)
+      # Rows that do not count are skipped outright: an empty row's
+      # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
+      live = live & counts[:, None]
+      cotangents = block_cotangents(static, per_row, g, zp, zq, live, want)
+      return tuple(
+          _blocks.accumulate(
+              grads_h, h.x, h.w,
+              _blocks.raw_gradient(jnp.where(live, dz, 0), z, cfg), start,
+              cfg) if wanted else grads_h
+          for grads_h, h, dz, z, wanted in zip(
+              grads, (p, q), cotangents, (zp, zq), want, strict=True))
+
+    grads = (_blocks.zero_grads(*p, cfg, p_perturbed),
+             _blocks.zero_grads(*q, cfg, q_perturbed))
+    if any(want):
+      grads = walk_blocks(body, grads, p.w.shape[1], cfg.block,
+                          cfg.axis_name is not None)
+    return (Head(*_blocks.finish_grads(grads[0], *p_primals)),
+            Head(*_blocks.finish_grads(grads[1], *q_primals)), None)
+  return bwd
+
+
 @_vocab.jit_if_sharded
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _kl(static, p, q, keep):
   return _kl_forward(static, p, q, keep)[0]
 
 
-def _kl_fwd(static, p, q, keep):
-  perturbed = (_vocab.perturbed(p), _vocab.perturbed(q))
-  p, q, keep = _vocab.values((p, q, keep))
-  value, per_row = _kl_forward(static, p, q, keep)
-  return value, (p, q, per_row, perturbed)
+def _kl_cotangents(static, per_row, g, zp, zq, live, want):
+  del static
+  lse_p, lse_q, value, _ = per_row
+  log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
+  log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
+  probs_p = jnp.exp(log_p)
+  # dD/dz_p = p (log p - log q - D), 0 where p = 0; dD/dz_q = q - p.
+  dzp = g[:, None] * _vocab.times_finite(
+      probs_p, log_p - log_q - value[:, None]) if want[0] else None
+  dzq = g[:, None] * (jnp.exp(log_q) - probs_p) if want[1] else None
+  return dzp, dzq
 
 
-def _kl_bwd(static, residuals, g):
-  p, q, per_row, (p_perturbed, q_perturbed) = residuals
-  lse_p, lse_q, value, counts = per_row
-  cfg = static.cfg
-  g = jnp.where(counts, g, 0)
-  want_p, want_q = any(p_perturbed), any(q_perturbed)
-  p_primals, q_primals = tuple(p), tuple(q)
-  p, q = (Head(*h) for h in lax.optimization_barrier((p_primals, q_primals)))
-  offset = _blocks.offset_of(cfg, p.w.shape[1])
-
-  def body(i, carry):
-    p_grads, q_grads = carry
-    zp, _, live, start = block_logits(*p, i, cfg, offset)
-    # Rows that do not count are skipped outright: an empty row's
-    # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
-    live = live & counts[:, None]
-    zq, _, _, _ = block_logits(*q, i, cfg, offset)
-    log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
-    log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
-    probs_p = jnp.exp(log_p)
-    if want_p:
-      # dD/dz_p = p (log p - log q - D), 0 where p = 0.
-      dzp = g[:, None] * _vocab.times_finite(probs_p,
-                                       log_p - log_q - value[:, None])
-      p_grads = _blocks.accumulate(
-          p_grads, p.x, p.w,
-          _blocks.raw_gradient(jnp.where(live, dzp, 0), zp, cfg), start, cfg)
-    if want_q:
-      # dD/dz_q = q - p.
-      dzq = g[:, None] * (jnp.exp(log_q) - probs_p)
-      q_grads = _blocks.accumulate(
-          q_grads, q.x, q.w,
-          _blocks.raw_gradient(jnp.where(live, dzq, 0), zq, cfg), start, cfg)
-    return p_grads, q_grads
-
-  grads = (_blocks.zero_grads(*p, cfg, p_perturbed),
-           _blocks.zero_grads(*q, cfg, q_perturbed))
-  if want_p or want_q:
-    grads = walk_blocks(body, grads, p.w.shape[1], cfg.block,
-                        cfg.axis_name is not None)
-  return (Head(*_blocks.finish_grads(grads[0], *p_primals)),
-          Head(*_blocks.finish_grads(grads[1], *q_primals)), None)
-
-
-_kl.__wrapped__.defvjp(_kl_fwd, _kl_bwd, symbolic_zeros=True)
+_kl.__wrapped__.defvjp(_pair_fwd(_kl_forward), _pair_bwd(_kl_cotangents),
+                       symbolic_zeros=True)
 
 
 def _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias, prefix="p_",
@@ -175,58 +195,22 @@ def _js(static, p, q, keep):
   return _js_forward(static, p, q, keep)[0]
 
 
-def _js_fwd(static, p, q, keep):
-  perturbed = (_vocab.perturbed(p), _vocab.perturbed(q))
-  p, q, keep = _vocab.values((p, q, keep))
-  value, per_row = _js_forward(static, p, q, keep)
-  return value, (p, q, per_row, perturbed)
+def _js_cotangents(static, per_row, g, zp, zq, live, want):
+  lse_p, lse_q, kl_pm, kl_qm, _ = per_row
+  beta = static.beta
+  log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
+      zp, zq, lse_p, lse_q, beta, live)
+  # dJS/dz_p = beta p (log p - log m - KL(P || M)), and for Q alike with
+  # 1 - beta; 0 where the probability is 0.
+  dzp = (g * beta)[:, None] * _vocab.times_finite(
+      probs_p, log_p - log_m - kl_pm[:, None]) if want[0] else None
+  dzq = (g * (1 - beta))[:, None] * _vocab.times_finite(
+      probs_q, log_q - log_m - kl_qm[:, None]) if want[1] else None
+  return dzp, dzq
 
 
-def _js_bwd(static, residuals, g):
-  p, q, per_row, (p_perturbed, q_perturbed) = residuals
-  lse_p, lse_q, kl_pm, kl_qm, counts = per_row
-  cfg, beta = static.cfg, static.beta
-  g = jnp.where(counts, g, 0)
-  want_p, want_q = any(p_perturbed), any(q_perturbed)
-  p_primals, q_primals = tuple(p), tuple(q)
-  p, q = (Head(*h) for h in lax.optimization_barrier((p_primals, q_primals)))
-  offset = _blocks.offset_of(cfg, p.w.shape[1])
-
-  def body(i, carry):
-    p_grads, q_grads = carry
-    zp, _, live, start = block_logits(*p, i, cfg, offset)
-    # Rows that do not count are skipped outright: an empty row's
-    # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
-    live = live & counts[:, None]
-    zq, _, _, _ = block_logits(*q, i, cfg, offset)
-    log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
-        zp, zq, lse_p, lse_q, beta, live)
-    # dJS/dz_p = beta p (log p - log m - KL(P || M)), and for Q alike with
-    # 1 - beta; 0 where the probability is 0.
-    if want_p:
-      dzp = (g * beta)[:, None] * _vocab.times_finite(
-          probs_p, log_p - log_m - kl_pm[:, None])
-      p_grads = _blocks.accumulate(
-          p_grads, p.x, p.w,
-          _blocks.raw_gradient(jnp.where(live, dzp, 0), zp, cfg), start, cfg)
-    if want_q:
-      dzq = (g * (1 - beta))[:, None] * _vocab.times_finite(
-          probs_q, log_q - log_m - kl_qm[:, None])
-      q_grads = _blocks.accumulate(
-          q_grads, q.x, q.w,
-          _blocks.raw_gradient(jnp.where(live, dzq, 0), zq, cfg), start, cfg)
-    return p_grads, q_grads
-
-  grads = (_blocks.zero_grads(*p, cfg, p_perturbed),
-           _blocks.zero_grads(*q, cfg, q_perturbed))
-  if want_p or want_q:
-    grads = walk_blocks(body, grads, p.w.shape[1], cfg.block,
-                        cfg.axis_name is not None)
-  return (Head(*_blocks.finish_grads(grads[0], *p_primals)),
-          Head(*_blocks.finish_grads(grads[1], *q_primals)), None)
-
-
-_js.__wrapped__.defvjp(_js_fwd, _js_bwd, symbolic_zeros=True)
+_js.__wrapped__.defvjp(_pair_fwd(_js_forward), _pair_bwd(_js_cotangents),
+                       symbolic_zeros=True)
 
 
 def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
