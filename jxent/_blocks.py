@@ -338,9 +338,38 @@ def prepare_head(x, w, bias, *, x_name="x", w_name="w", bias_name="bias",
   return Head(x.reshape(math.prod(batch), x.shape[-1]), w, bias), batch
 
 
+def token_labels(labels, batch, name="labels") -> jax.Array:
+  """Integer labels, one per token: shape `x.shape[:-1]`, checked."""
+  labels = jnp.asarray(labels)
+  _checks.check_integer(name, labels)
+  if labels.shape != batch:
+    raise ValueError(
+        f"`{name}` must have shape x.shape[:-1]={batch}, got"
+        f" {name}.shape={labels.shape}.")
+  return labels
+
+
+def whole_vocab(local_vocab: int, axis_name, vocab_size) -> int:
+  """The whole vocabulary V (over every shard), checked against padding."""
+  if axis_name is None:
+    return local_vocab if vocab_size is None else int(vocab_size)
+  padded = local_vocab * lax.axis_size(axis_name)
+  num_classes = padded if vocab_size is None else int(vocab_size)
+  if not 0 < num_classes <= padded:
+    raise ValueError(
+        f"`vocab_size` must be in (0, {padded}], the padded vocabulary"
+        f" ({local_vocab} columns on each of {padded // local_vocab}"
+        f" devices), got {vocab_size!r}.")
+  return num_classes
+
+
 def config_for(heads, block_size, logit_softcap, temperature=1.0,
-               num_classes=None, axis_name=None) -> Config:
-  """The walk's `Config` for heads sharing a vocabulary."""
+               vocab_size=None, axis_name=None) -> Config:
+  """The walk's `Config` for heads sharing a vocabulary.
+
+  `vocab_size` is the true V when W (split over `axis_name`, if given) was
+  padded; None means every column.
+  """
   local_vocab = heads[0].w.shape[1]
   tokens = heads[0].x.shape[0]
   acc = _checks.compute_dtype(*(h.x.dtype for h in heads),
@@ -348,6 +377,6 @@ def config_for(heads, block_size, logit_softcap, temperature=1.0,
   return Config(
       block=check_block_size(block_size, local_vocab, tokens),
       cap=_checks.check_softcap(logit_softcap), acc=acc,
-      num_classes=local_vocab if num_classes is None else num_classes,
+      num_classes=whole_vocab(local_vocab, axis_name, vocab_size),
       axis_name=axis_name,
       temperature=_checks.check_temperature(temperature))

@@ -149,7 +149,7 @@ def linear_ce_rows(cfg: Config, x, w, bias, labels, opts):
 
 
 def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,
-            logit_softcap, reduction, block_size, num_classes=None,
+            logit_softcap, reduction, block_size, vocab_size=None,
             axis_name=None, w_name="w", bias_name="bias"):
   """Validates a linear cross-entropy's inputs; returns what it runs on.
 
@@ -160,15 +160,9 @@ def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,
   """
   head, batch = _blocks.prepare_head(x, w, bias, w_name=w_name,
                                      bias_name=bias_name)
-  labels = jnp.asarray(labels)
-  _checks.check_integer("labels", labels)
-  if labels.shape != batch:
-    raise ValueError(
-        f"`labels` must have shape x.shape[:-1]={batch}, got"
-        f" labels.shape={labels.shape}."
-    )
+  labels = _blocks.token_labels(labels, batch)
   cfg = _blocks.config_for([head], block_size, logit_softcap,
-                           num_classes=num_classes, axis_name=axis_name)
+                           vocab_size=vocab_size, axis_name=axis_name)
   opts = parse_options(label_smoothing=label_smoothing, z_loss=z_loss,
                        ignore_index=ignore_index, reduction=reduction)
   flat_labels = _checks.sort_labels(labels.reshape(math.prod(batch)),

@@ -133,9 +133,8 @@ def kl_divergence(p_x, p_w, q_x, q_w, *, p_bias=None, q_bias=None,
                   vocab_size=None, batch_axis_name=None):
   """`linear_kl_divergence` and its sharded form (with `axis_name`)."""
   p, q, batch = _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias)
-  num_classes = _vocab.num_classes_of(p, axis_name, vocab_size)
   cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
-                           num_classes, axis_name)
+                           vocab_size, axis_name)
   reduction = _checks.check_reduction(reduction)
   keep = _vocab.token_mask(where, batch)
   value = _kl(_Pair(cfg), p, q, keep)
@@ -232,9 +231,8 @@ def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
         reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
         batch_axis_name=batch_axis_name)
   p, q, batch = _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias)
-  num_classes = _vocab.num_classes_of(p, axis_name, vocab_size)
   cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
-                           num_classes, axis_name)
+                           vocab_size, axis_name)
   reduction = _checks.check_reduction(reduction)
   keep = _vocab.token_mask(where, batch)
   value = _js(_JS(cfg, beta), p, q, keep)

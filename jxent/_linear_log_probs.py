@@ -97,17 +97,11 @@ def log_probs(x, w, labels, *, bias=None, temperature=1.0,
   """`linear_log_probs` and its sharded form (with `axis_name`)."""
   head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
                                      w_name=names[1], bias_name=names[2])
-  num_classes = _vocab.num_classes_of(head, axis_name, vocab_size)
   cfg = _blocks.config_for([head], block_size, logit_softcap, temperature,
-                           num_classes, axis_name)
-  labels = jnp.asarray(labels)
-  _checks.check_integer("labels", labels)
-  if labels.shape != batch:
-    raise ValueError(
-        f"`labels` must have shape x.shape[:-1]={batch}, got"
-        f" labels.shape={labels.shape}.")
+                           vocab_size, axis_name)
+  labels = _blocks.token_labels(labels, batch)
   sorted_labels = _checks.sort_labels(
-      labels.reshape(-1), num_classes,
+      labels.reshape(-1), cfg.num_classes,
       _checks.check_ignore_index(ignore_index))
   keep = _vocab.token_mask(where, batch)
   log_prob, entropy = _log_probs(

@@ -164,9 +164,9 @@ def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w, *,
     raise ValueError(f"`tail` must be one of {_TAILS}, got {tail!r}.")
   head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
                                      w_name=names[1], bias_name=names[2])
-  num_classes = _vocab.num_classes_of(head, axis_name, vocab_size)
   cfg = _blocks.config_for([head], block_size, logit_softcap, temperature,
-                           num_classes, axis_name)
+                           vocab_size, axis_name)
+  num_classes = cfg.num_classes
   indices = jnp.asarray(top_k_indices)
   _checks.check_integer("top_k_indices", indices)
   teacher = jnp.asarray(top_k_log_probs)

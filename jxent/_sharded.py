@@ -347,25 +347,12 @@ def linear_softmax_cross_entropy(
     ...       .round(4))  # uniform over 5 tokens: log 5
     1.6094
   """
-  local_w = jnp.asarray(local_w)
-  if local_w.ndim != 2:
-    raise ValueError(
-        f"`local_w` must have shape [D, V / n], got {local_w.shape}.")
-  local_vocab = local_w.shape[1]
-  padded_vocab = local_vocab * lax.axis_size(axis_name)
-  num_classes = padded_vocab if vocab_size is None else int(vocab_size)
-  if not 0 < num_classes <= padded_vocab:
-    raise ValueError(
-        f"`vocab_size` must be in (0, {padded_vocab}], the padded vocabulary"
-        f" ({local_vocab} columns on each of {padded_vocab // local_vocab}"
-        f" devices), got {vocab_size!r}."
-    )
   labels_shape = jnp.shape(labels)
   flat_x, local_w, local_bias, flat_labels, opts, cfg = _linear.prepare(
       x, local_w, labels, local_bias, ignore_index=ignore_index,
       label_smoothing=label_smoothing, z_loss=z_loss,
       logit_softcap=logit_softcap, reduction=reduction,
-      block_size=block_size, num_classes=num_classes, axis_name=axis_name,
+      block_size=block_size, vocab_size=vocab_size, axis_name=axis_name,
       w_name="local_w", bias_name="local_bias")
   loss, weight = _linear.linear_ce_rows(cfg, flat_x, local_w, local_bias,
                                         flat_labels, opts)

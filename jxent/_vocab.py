@@ -148,20 +148,3 @@ def token_mask(where, batch, name="where"):
     raise ValueError(
         f"`{name}` must have the tokens' shape {batch}, got {where.shape}.")
   return where.reshape(-1)
-
-
-def num_classes_of(head, axis_name, vocab_size):
-  """The whole vocabulary V (over every shard), checked against padding."""
-  local = head.w.shape[1]
-  if axis_name is None:
-    return local if vocab_size is None else int(vocab_size)
-  padded = local * lax.axis_size(axis_name)
-  num_classes = padded if vocab_size is None else int(vocab_size)
-  if not 0 < num_classes <= padded:
-    raise ValueError(
-        f"`vocab_size` must be in (0, {padded}], the padded vocabulary"
-        f" ({local} columns on each of {padded // local} devices), got"
-        f" {vocab_size!r}.")
-  return num_classes
-
-
