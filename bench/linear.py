@@ -151,8 +151,7 @@ def _register(suite: Suite) -> Suite:
 _register(linear_suite(
     "linear_ce", "softmax cross-entropy of x @ w, integer labels",
     extra=lambda draw, tokens, vocab, dtype: (draw.integers(vocab, (tokens,)),),
-    jxent_fn=lambda x, w, y, **o: jxent.linear_softmax_cross_entropy(
-        x, w, y, **o),
+    jxent_fn=jxent.linear_softmax_cross_entropy,
     jxent_code="jxent.linear_softmax_cross_entropy(x, w, y)",
     loss=optax.softmax_cross_entropy_with_integer_labels,
     loss_code="optax.softmax_cross_entropy_with_integer_labels(logits, y)"))
@@ -214,8 +213,7 @@ _TEACHER_NOTE = (
 _register(linear_suite(
     "linear_kl", "KL divergence D(P || Q) between a teacher head P and a "
     "student head Q", heads=2, extra=lambda draw, tokens, vocab, dtype: (),
-    jxent_fn=lambda p_x, p_w, q_x, q_w, **o: jxent.linear_kl_divergence(
-        p_x, p_w, q_x, q_w, **o),
+    jxent_fn=jxent.linear_kl_divergence,
     jxent_code="jxent.linear_kl_divergence(p_x, p_w, q_x, q_w)",
     loss=_kl_from_logits,
     loss_code="optax.losses.kl_divergence_with_log_targets("
@@ -226,8 +224,7 @@ _register(linear_suite(
     "linear_js", "Jensen-Shannon divergence (beta 0.5) between a teacher "
     "head P and a student head Q", heads=2,
     extra=lambda draw, tokens, vocab, dtype: (),
-    jxent_fn=lambda p_x, p_w, q_x, q_w, **o: jxent.linear_js_divergence(
-        p_x, p_w, q_x, q_w, **o),
+    jxent_fn=jxent.linear_js_divergence,
     jxent_code="jxent.linear_js_divergence(p_x, p_w, q_x, q_w)",
     loss=_js_from_logits,
     loss_code="log_m = logaddexp(log_p + log 0.5, log_q + log 0.5); "
