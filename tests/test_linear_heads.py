@@ -590,8 +590,12 @@ def test_bad_heads_are_refused_with_clear_errors(rng):
     jxent.linear_js_divergence(p_x, p_w, q_x, p_w)
   with pytest.raises(ValueError, match="beta"):
     jxent.linear_js_divergence(p_x, p_w, q_x, q_w, beta=1.5)
-  with pytest.raises(ValueError, match="temperature"):
-    jxent.linear_log_probs(p_x, p_w, prob["labels"], temperature=0.0)
+  with pytest.raises(ValueError, match="beta"):
+    jxent.linear_js_divergence(p_x, p_w, q_x, q_w, beta=float("nan"))
+  for temperature in (0.0, -1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="temperature"):
+      jxent.linear_log_probs(p_x, p_w, prob["labels"],
+                             temperature=temperature)
   with pytest.raises(ValueError, match="labels"):
     jxent.linear_log_probs(p_x, p_w, prob["labels"][:-1])
   with pytest.raises(TypeError, match="where"):

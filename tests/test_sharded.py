@@ -551,3 +551,17 @@ def test_heads_with_padded_w_and_vocab_size(rng, name):
                  for v, r in zip(args, roles, strict=True))
   _check_heads(name, padded, argnums, roles, _mesh((2, n)),
                {"block_size": 3}, pad_to=vocab, vocab_size=vocab)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_heads_vocab_size_larger_than_padded_raises(rng, name):
+  args, _, roles = _heads_problem(rng, name, VOCAB)
+  spec = {"x": P(), "w": P(None, "vocab"), "b": P("vocab"), "y": P(),
+          "k": P(), "t": P()}
+  out = (P(), P()) if name == "linear_log_probs" else P()
+  fn = jax.shard_map(
+      lambda *a: _head_call(name, a, axis="vocab", vocab_size=VOCAB + 1),
+      mesh=_mesh((1, 8)), in_specs=tuple(spec[r] for r in roles),
+      out_specs=out)
+  with pytest.raises(ValueError, match="vocab_size"):
+    fn(*args)
