@@ -20,6 +20,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from jxent import _rows
 from jxent._kernels.config import KernelConfig
+from jxent._kernels.inputs import row_inputs
 from jxent._options import CrossEntropyOptions
 
 
@@ -96,24 +97,10 @@ def logits_gradient(
     The gradient, of the logits' shape and dtype.
   """
   num_classes = logits.shape[-1]
-  kind = "integer" if label_index is not None else "soft"
   weighted = opts.class_weights is not None
   flat = lambda a: a.reshape(-1)  # noqa: E731
-  inputs: list[jax.Array] = [logits.reshape(-1, num_classes)]
-  axes: list[int | None] = [0]
-  if kind == "integer":
-    assert label_index is not None
-    inputs.append(flat(label_index).astype(jnp.int32))
-  else:
-    assert targets is not None
-    inputs.append(targets.reshape(-1, num_classes))
-  axes.append(0)
-  if mask is not None:
-    inputs.append(mask.reshape(-1, num_classes).astype(jnp.int8))
-    axes.append(0)
-  if opts.class_weights is not None:
-    inputs.append(opts.class_weights)
-    axes.append(None)
+  kind, inputs, axes = row_inputs(logits, mask, opts.class_weights,
+                                  label_index, targets)
   per_row = [shift, log_sumexp, coefficients.prob, coefficients.label]
   if coefficients.smooth is not None:
     per_row.append(coefficients.smooth)

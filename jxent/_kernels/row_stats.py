@@ -21,6 +21,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from jxent import _rows
 from jxent._kernels.config import KernelConfig
+from jxent._kernels.inputs import row_inputs
 from jxent._options import CrossEntropyOptions
 
 
@@ -130,24 +131,9 @@ def row_stats(
     The rows' `RowStats`, as `jxent._rows.dense_row_stats` gives them.
   """
   batch = logits.shape[:-1]
-  kind = "integer" if label_index is not None else "soft"
   weighted = opts.class_weights is not None
-  inputs: list[jax.Array] = [logits.reshape(-1, num_classes)]
-  axes: list[int | None] = [0]
-  if kind == "integer":
-    assert label_index is not None
-    inputs.append(label_index.reshape(-1).astype(jnp.int32))
-    axes.append(0)
-  else:
-    assert targets is not None
-    inputs.append(targets.reshape(-1, num_classes))
-    axes.append(0)
-  if mask is not None:
-    inputs.append(mask.reshape(-1, num_classes).astype(jnp.int8))
-    axes.append(0)
-  if opts.class_weights is not None:
-    inputs.append(opts.class_weights)
-    axes.append(None)
+  kind, inputs, axes = row_inputs(logits, mask, opts.class_weights,
+                                  label_index, targets)
   n_out = 3 + (kind == "soft") + 3 * opts.smoothing
   kernel = functools.partial(
       _kernel, num_classes=num_classes, block=config.block, kind=kind,
