@@ -153,9 +153,21 @@ def online_lse(row_max, sumexp, logits):
   """
   new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
   old, new = shift_of(row_max), shift_of(new_max)
-  sumexp = sumexp * jnp.exp(row_max - new) + jnp.sum(
+  sumexp = sumexp * rescale(row_max, new) + jnp.sum(
       jnp.exp(logits - new[:, None]), axis=1)
   return new_max, sumexp, old, new
+
+
+def rescale(row_max, new_shift):
+  """exp(row_max - new_shift): a running sum's factor when the shift moves.
+
+  The factor is a constant of the walk, like the shift itself: a gradient
+  through the running max would be counted on top of the one the shifted
+  terms already carry, and second derivatives (which differentiate the
+  forward walk) would be wrong whenever the vocabulary spans several
+  blocks. An old max of -inf gives 0, never exp(-inf - -inf).
+  """
+  return jnp.exp(lax.stop_gradient(row_max) - new_shift)
 
 
 def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=(),

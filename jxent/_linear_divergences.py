@@ -154,8 +154,14 @@ def _mixture_terms(zp, zq, lse_p, lse_q, beta, live):
   """log p, log q, p, q and log m of one block, m = beta p + (1 - beta) q."""
   log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
   log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
-  # log m in log space: stable, and -inf only where both are 0.
-  log_m = jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+  # log m in log space: stable, and -inf only where both are 0. The double
+  # where gives logaddexp finite stand-ins there: its derivative at
+  # (-inf, -inf) is NaN, which a zero cotangent would not cancel in reverse
+  # over reverse.
+  either = (log_p > -jnp.inf) | (log_q > -jnp.inf)
+  log_m = jnp.where(either, jnp.logaddexp(
+      math.log(beta) + jnp.where(either, log_p, 0),
+      math.log1p(-beta) + jnp.where(either, log_q, 0)), -jnp.inf)
   return log_p, log_q, jnp.exp(log_p), jnp.exp(log_q), log_m
 
 

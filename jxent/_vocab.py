@@ -89,7 +89,7 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False):
       # sum e (z - shift), rescaled and rebased when the shift moves; a
       # class with e = 0 adds 0 even at -inf.
       e = jnp.exp(logits - new[:, None])
-      ent = jnp.exp(row_max - new) * (ent + (old - new) * previous) + (
+      ent = _blocks.rescale(row_max, new) * (ent + (old - new) * previous) + (
           jnp.sum(times_finite(e, logits - new[:, None]), 1))
     return new_max, sumexp, picked, ent
 
@@ -119,7 +119,7 @@ def pair_stats(p: Head, q: Head, cfg: Config):
     ep = jnp.exp(zp - shift_p[:, None])
     # log p - log q up to the rows' log-sum-exps, in one term: nearly equal
     # P and Q do not cancel two large sums.
-    cross = jnp.exp(p_max - shift_p) * cross + jnp.sum(
+    cross = _blocks.rescale(p_max, shift_p) * cross + jnp.sum(
         times_finite(ep, zp - zq), 1)
     return new_p, p_sum, q_max, q_sum, cross
 
