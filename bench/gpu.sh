@@ -96,7 +96,7 @@ echo "results folder: $DIR"
 CHECK=$(mktemp -d)
 step check "$(max 5 "$(min 50 $(($(left) - 170)))")" "$PY" -m bench --quick \
   --strict --no-plot --out "$CHECK" \
-  --impls jxent,jxent_xla,jxent_pallas,optax,optax_f32,jax_nn,jax_nn_f32 \
+  --impls jxent,jxent_xla,jxent_triton,optax,optax_f32,jax_nn,jax_nn_f32 \
   >/dev/null || status=1
 grep -E '^\| (ce|entropy|kl)' "$CHECK/table.md" || true
 

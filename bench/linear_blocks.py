@@ -8,7 +8,7 @@ Times loss and gradient (for the student's x and w) of
 (a frozen teacher of the same shape), under `jit`, at each block size and
 with the materialised logits, interleaved in one process, and records
 XLA's compiled temporary memory for each. What it measures chooses the
-automatic block size of `jxent._blocks.default_block_size`.
+automatic block size of `jxent._vocab.blocks.default_block_size`.
 """
 
 import argparse

@@ -8,7 +8,7 @@ the loss; ``vjp``: the loss and its gradient), dtype and shape. The runner
 
 * To add a peer to a suite, add an `Impl` to the suite's ``peers``.
 * To add one of jxent's own implementations to every suite, such as the
-  suite's jxent loss called with ``implementation="pallas"``, add a `Variant`
+  suite's jxent loss called with ``implementation="triton"``, add a `Variant`
   to `JXENT`.
 * To add a suite, ``register(Suite(...))`` in one of `SUITE_MODULES`.
 """
@@ -96,7 +96,7 @@ JXENT = (
     Variant("jxent"),
     Variant("jxent_xla", {"implementation": "xla"}, suites=_KERNEL_SUITES,
             platforms=("gpu",)),
-    Variant("jxent_pallas", {"implementation": "pallas"},
+    Variant("jxent_triton", {"implementation": "triton"},
             suites=_KERNEL_SUITES, platforms=("gpu",)),
 )
 
@@ -193,8 +193,8 @@ def _with_options(fn, options):
   def call(*inputs):
     if not interpret_kernels():
       return fn(*inputs, **options)
-    from jxent import _implementation  # The kernels on any backend.
-    with _implementation.kernels_anywhere(interpret=True, block=64):
+    from jxent._cross_entropy import api  # The kernels on any backend.
+    with api.kernels_anywhere(interpret=True, block=64):
       return fn(*inputs, **options)
 
   return call

@@ -3,7 +3,7 @@
 For each shape, each kernel (the forward `row_stats`, the backward
 `logits_gradient`) is timed under every configuration of the grid (tile
 width, warps, stages) on integer labels, and the fastest is written to a
-JSON file in the form `jxent._kernels.config.tuned` reads: point
+JSON file in the form `jxent._cross_entropy.triton.config.tuned` reads: point
 $JXENT_KERNEL_CONFIGS at it, or copy it to `jxent/_kernels/tuned.json` to
 make it the default. On a GPU only; with --interpret it rehearses on a CPU
 (tiny shapes, Pallas' interpreter: the timings mean nothing).
@@ -92,8 +92,10 @@ def parse_args(argv):
 
 def _programs(shape, dtype, config):
   """The jitted forward and backward kernels, and their inputs."""
-  from jxent import _checks, _kernels, _rows
-  from jxent._options import parse_options
+  from jxent._cross_entropy import rows as _rows
+  from jxent._cross_entropy import triton as _kernels
+  from jxent._numerics import checks as _checks
+  from jxent._numerics.options import parse_options
   rows, classes = shape
   key = jax.random.key(0)
   logits = jax.random.normal(key, shape, jnp.float32).astype(dtype)
@@ -135,7 +137,7 @@ def _time(fn, args, reps):
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from jxent import _kernels
+  from jxent._cross_entropy import triton as _kernels
   start = time.perf_counter()
   dtype = jnp.dtype(args.dtype)
   rows_out, skipped = [], 0

@@ -52,12 +52,12 @@ jxent_api_rules = [
     ("sharded", "jxent.sharded", "*", "*"),
     ("sharded", "jxent", "jxent.sharded", "sharded"),
     ("linear", "jxent", "*", "linear_*"),
-    ("linear", "jxent", "jxent._linear", "*"),
-    ("primitives", "jxent", "jxent._logsumexp", "*"),
-    ("debugging", "jxent", "jxent._debug", "*"),
-    ("logits", "jxent", "jxent._information", "*_from_logits"),
-    ("probabilities", "jxent", "jxent._information", "*"),
-    ("losses", "jxent", "jxent._classification", "*"),
+    ("linear", "jxent", "jxent._vocab.cross_entropy", "*"),
+    ("primitives", "jxent", "jxent._numerics.logsumexp", "*"),
+    ("debugging", "jxent", "jxent._debug.checked", "*"),
+    ("logits", "jxent", "jxent._information.logits", "*_from_logits"),
+    ("probabilities", "jxent", "jxent._information.probabilities", "*"),
+    ("losses", "jxent", "jxent._cross_entropy.losses", "*"),
 ]
 jxent_bench_results = "../bench/results"
 

@@ -13,7 +13,7 @@ collectives over `axis_name`; nothing of vocabulary size is ever gathered:
   KL terms) are summed locally and `psum`-ed.
 
 The functions are the plain ones with an `axis_name`: the same row step
-(`jxent._rows`) and the same custom derivatives, whose tangent is summed
+(`jxent._cross_entropy.rows`) and the same custom derivatives, whose tangent is summed
 over the axis with `psum`. The backward pass is local to each shard, and
 reverse mode saves only the local inputs and a few numbers per row, never
 a float32 copy of the local logits. The linear loss walks its local columns
@@ -29,17 +29,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import (
-    _checks,
-    _linear,
-    _linear_divergences,
-    _linear_log_probs,
-    _linear_top_k,
-    _rows,
-)
-from jxent._classification import softmax_cross_entropy_rows
-from jxent._information import entropy_rows, pair_rows
-from jxent._options import parse_options
+from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy.xla import softmax_cross_entropy_rows
+from jxent._information.logits import entropy_rows, pair_rows
+from jxent._numerics import checks as _checks
+from jxent._numerics.options import parse_options
+from jxent._vocab import cross_entropy as _linear
+from jxent._vocab import divergences as _linear_divergences
+from jxent._vocab import log_probs as _linear_log_probs
+from jxent._vocab import top_k as _linear_top_k
 
 _AxisName = str | tuple[str, ...]
 
@@ -135,7 +133,7 @@ def softmax_cross_entropy_with_integer_labels(
   sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index)
   mask = _checks.broadcast_where(where, local_logits.shape)
   loss, weight = softmax_cross_entropy_rows(
-      axis_name, num_classes, None, local_logits, mask, sorted_labels, opts)
+      axis_name, num_classes, (), local_logits, mask, sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)
 
 
@@ -201,7 +199,7 @@ def softmax_cross_entropy(
       dtype=_checks.compute_dtype(local_logits.dtype), reduction=reduction)
   mask = _checks.broadcast_where(where, local_logits.shape)
   loss, weight = softmax_cross_entropy_rows(
-      axis_name, num_classes, None, local_logits, mask, local_labels, opts)
+      axis_name, num_classes, (), local_logits, mask, local_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)
 
 

@@ -203,7 +203,7 @@ def test_the_reference_comes_first():
 
 
 def test_a_jxent_variant_is_one_entry(monkeypatch, tmp_path):
-  """Like "jxent_pallas": one `Variant`, run beside jxent and checked."""
+  """Like "jxent_triton": one `Variant`, run beside jxent and checked."""
   monkeypatch.setattr(registry, "JXENT", (
       *registry.JXENT, registry.Variant("jxent_axis", {"axis": -1},
                                         suites=("entropy",))))

@@ -1,11 +1,14 @@
-"""Tests for the Pallas kernels, on a CPU: interpret mode and CUDA lowering.
+"""Tests for the kernel implementations, on a CPU: interpret mode, lowering.
 
-The kernels must compute what the XLA path computes. In Pallas' interpret
-mode they run here and are compared with it, option by option, on shapes
-that exercise partial tiles. Interpret mode accepts things Triton refuses
-(say, a tile that is not a power of two), so every configuration dispatch
-can pick is also lowered for CUDA with `jax.export`, which runs the Triton
-lowering without a GPU.
+Every implementation registered in `jxent._cross_entropy.api.KERNELS` must
+compute what the XLA path computes. In Pallas' interpret mode the kernels
+run here and are compared with it, option by option, on shapes that
+exercise partial tiles. Interpret mode accepts things Triton refuses (say,
+a tile that is not a power of two), so every configuration dispatch can
+pick is also lowered for its platform with `jax.export`, which runs the
+Triton lowering without a GPU. The default implementation chooses per
+platform when it is lowered: the tests export it for CUDA, CPU, TPU and
+CPU with CUDA together.
 """
 
 import jax
@@ -14,7 +17,10 @@ import numpy as np
 import pytest
 
 import jxent
-from jxent import _implementation, _kernels
+from jxent._cross_entropy import api
+from jxent._cross_entropy import triton as _kernels
+
+KERNELS = sorted(api.KERNELS)
 
 int_ce = jxent.softmax_cross_entropy_with_integer_labels
 soft_ce = jxent.softmax_cross_entropy
@@ -80,7 +86,7 @@ def _compare(got, want, dtype):
                                atol=atol)
 
 
-@pytest.mark.parametrize("implementation", [None, "pallas"])
+@pytest.mark.parametrize("implementation", [None, *KERNELS])
 @pytest.mark.parametrize("options", list(OPTIONS))
 @pytest.mark.parametrize("kind", ["integer", "soft"])
 def test_kernels_match_the_xla_path(rng, implementation, options, kind):
@@ -94,7 +100,7 @@ def test_kernels_match_the_xla_path(rng, implementation, options, kind):
     target, fn = soft, soft_ce
   want = _loss_and_grads(lambda x, t: fn(x, t, implementation="xla", **kw),
                          x, target)
-  with _implementation.kernels_anywhere(interpret=True, block=128):
+  with api.kernels_anywhere(interpret=True, block=128):
     got = _loss_and_grads(
         lambda x, t: fn(x, t, implementation=implementation, **kw), x,
         target)
@@ -103,9 +109,11 @@ def test_kernels_match_the_xla_path(rng, implementation, options, kind):
   assert np.isnan(got[0][1]) and got[0][3] == 0
 
 
+@pytest.mark.parametrize("implementation", KERNELS)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("shape", [(1, 7), (3, 1000), (4, 64)])
-def test_kernels_on_every_dtype_and_awkward_shapes(rng, dtype, shape):
+def test_kernels_on_every_dtype_and_awkward_shapes(rng, implementation,
+                                                   dtype, shape):
   # One row; a tiny class count; a width that is not a multiple of the tile;
   # one that is.
   x, labels, soft, weights, mask = _problem(rng, *shape, dtype)
@@ -114,47 +122,88 @@ def test_kernels_on_every_dtype_and_awkward_shapes(rng, dtype, shape):
   for fn, target in ((int_ce, labels), (soft_ce, soft.astype(dtype))):
     want = _loss_and_grads(
         lambda x, t, fn=fn: fn(x, t, implementation="xla", **kw), x, target)
-    with _implementation.kernels_anywhere(interpret=True, block=256):
+    with api.kernels_anywhere(interpret=True, block=256):
       got = _loss_and_grads(
-          lambda x, t, fn=fn: fn(x, t, implementation="pallas", **kw), x,
-          target)
+          lambda x, t, fn=fn: fn(x, t, implementation=implementation,
+                                 **kw), x, target)
     _compare(got, want, dtype)
     assert got[1][0].dtype == dtype
 
 
+def _runs_a_loop(fn, *args) -> bool:
+  """Whether fn's CPU program has a loop: an interpreted kernel walking its
+  tiles. The XLA path has none."""
+  return "stablehlo.while" in jax.jit(fn).lower(*args).as_text()
+
+
 def test_the_default_keeps_every_differentiation_mode(rng):
-  # With the forward kernel inside the custom JVP, forward mode still works.
+  # With the forward kernel inside the custom JVP, forward mode and second
+  # derivatives still work (their tangents are the XLA reference's).
   x, labels, _, _, _ = _problem(rng, 2, 50, jnp.float32)
   labels = jnp.abs(labels) % 50
   x = jnp.nan_to_num(x, posinf=0.0, neginf=-5.0)
   tangent = jnp.ones_like(x)
-  want = jax.jvp(lambda x: int_ce(x, labels, implementation="xla"), (x,),
-                 (tangent,))
-  with _implementation.kernels_anywhere(interpret=True, block=16):
-    got = jax.jvp(lambda x: int_ce(x, labels), (x,), (tangent,))
-    jaxpr = str(jax.make_jaxpr(lambda x: int_ce(x, labels))(x))
-  assert "pallas_call" in jaxpr
+  loss = lambda x: int_ce(x, labels, label_smoothing=0.1)  # noqa: E731
+  xla = lambda x: int_ce(x, labels, label_smoothing=0.1,  # noqa: E731
+                         implementation="xla")
+  want = jax.jvp(xla, (x,), (tangent,))
+  want_hessian = jax.hessian(lambda x: jnp.sum(xla(x)))(x)
+  with api.kernels_anywhere(interpret=True, block=16):
+    got = jax.jvp(loss, (x,), (tangent,))
+    got_hessian = jax.hessian(lambda x: jnp.sum(loss(x)))(x)
+    assert _runs_a_loop(loss, x)
+  assert not _runs_a_loop(xla, x)
+  _compare(got, want, jnp.float32)
+  _compare(got_hessian, want_hessian, jnp.float32)
+
+
+def test_the_default_under_vmap_runs_the_kernel(rng):
+  x, labels, _, _, _ = _problem(rng, 6, 40, jnp.float32)
+  x = jnp.nan_to_num(x, posinf=0.0, neginf=-5.0).reshape(2, 3, 40)
+  labels = (jnp.abs(labels) % 40).reshape(2, 3)
+  per_batch = jax.vmap(lambda x, y: int_ce(x, y, reduction="mean"))
+  want = jax.vmap(lambda x, y: int_ce(x, y, reduction="mean",
+                                      implementation="xla"))(x, labels)
+  with api.kernels_anywhere(interpret=True, block=16):
+    got = per_batch(x, labels)
+    assert _runs_a_loop(per_batch, x, labels)
   _compare(got, want, jnp.float32)
 
 
-def test_pallas_on_a_cpu_is_a_clear_error():
+@pytest.mark.parametrize("implementation", KERNELS)
+def test_a_kernel_that_cannot_run_is_a_clear_error(implementation):
   x, labels = jnp.zeros((2, 8)), jnp.zeros((2,), jnp.int32)
-  with pytest.raises(ValueError, match="needs an NVIDIA GPU.*cpu"):
-    int_ce(x, labels, implementation="pallas")
+  device = api.KERNELS[implementation].device
+  with pytest.raises(ValueError, match=f"needs {device}.*cpu"):
+    int_ce(x, labels, implementation=implementation)
   with pytest.raises(ValueError, match="implementation"):
-    int_ce(x, labels, implementation="triton")
-  with jax.enable_x64(True), _implementation.kernels_anywhere(
+    int_ce(x, labels, implementation="pallas")  # The old name.
+  with jax.enable_x64(True), api.kernels_anywhere(
       interpret=True), pytest.raises(ValueError, match="float64"):
-    int_ce(x.astype(jnp.float64), labels, implementation="pallas")
-  # The default on a CPU is XLA alone: no kernel in the program.
-  assert "pallas_call" not in str(jax.make_jaxpr(
-      lambda x: int_ce(x, labels))(x))
+    int_ce(x.astype(jnp.float64), labels, implementation=implementation)
+
+
+def test_a_computation_on_a_cpu_device_runs_xla():
+  # The kernels are on for CUDA only (in interpret mode, so that running
+  # them anywhere would succeed): inputs committed to a CPU device run XLA,
+  # and the same function lowered for CUDA carries the kernel.
+  cpu = jax.devices("cpu")[0]
+  x = jax.device_put(jnp.linspace(-3, 3, 2 * 40).reshape(2, 40), cpu)
+  labels = jax.device_put(jnp.array([3, 39]), cpu)
+  fn = lambda x, y: int_ce(x, y, reduction="mean")  # noqa: E731
+  with api.kernels_anywhere(interpret=True, platforms=(), block=16):
+    value = jax.jit(fn)(x, labels)
+    assert not _runs_a_loop(fn, x, labels)
+    cuda = jax.export.export(jax.jit(fn), platforms=["cuda"])(x, labels)
+    assert "stablehlo.while" in cuda.mlir_module()
+  np.testing.assert_allclose(value, fn(x, labels), rtol=1e-6)
+  assert value.devices() == {cpu}
 
 
 @pytest.fixture
 def untuned(tmp_path, monkeypatch):
   """The kernels' configurations as if no sweep had been committed."""
-  from jxent._kernels import config
+  from jxent._cross_entropy.triton import config
   monkeypatch.setattr(config, "_TUNED_FILE", tmp_path / "absent.json")
   monkeypatch.delenv("JXENT_KERNEL_CONFIGS", raising=False)
   config.tuned.cache_clear()
@@ -163,7 +212,7 @@ def untuned(tmp_path, monkeypatch):
 
 
 def test_the_committed_tuned_configurations_load_and_are_used():
-  from jxent._kernels import config
+  from jxent._cross_entropy.triton import config
   config.tuned.cache_clear()
   table = config.tuned()
   assert table, "jxent/_kernels/tuned.json is missing or empty"
@@ -180,7 +229,7 @@ def test_tile_widths_must_be_powers_of_two(untuned):
 
 
 def test_configs_tuned_by_the_sweep_are_used(tmp_path, monkeypatch, untuned):
-  from jxent._kernels import config
+  from jxent._cross_entropy.triton import config
   table = {"best": [{"bucket": 32768, "dtype": "bfloat16",
                      "kernel": "logits_gradient", "block": 8192,
                      "num_warps": 16, "num_stages": 3}]}
@@ -201,43 +250,81 @@ def test_configs_tuned_by_the_sweep_are_used(tmp_path, monkeypatch, untuned):
 # --- lowering for CUDA, without a GPU --------------------------------------
 
 TRITON = jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+TRITON_CALL = "__gpu$xla.gpu.triton"
 BENCH_SHAPES = [(8192, 32768), (8192, 131072), (8192, 262144)]
 
 
-def _lower_for_cuda(fn, *args):
-  exported = jax.export.export(jax.jit(fn), platforms=["cuda"],
+def _lower_for(platforms, fn, *args):
+  exported = jax.export.export(jax.jit(fn), platforms=platforms,
                                disabled_checks=[TRITON])(*args)
   return exported.mlir_module()
 
 
-@pytest.mark.parametrize("implementation", [None, "pallas"])
+def _steps(implementation, grad):
+  """The integer- and soft-label losses, alone or with their gradient."""
+  def int_loss(x, y):
+    return int_ce(x, y, label_smoothing=0.1, reduction="mean",
+                  implementation=implementation)
+
+  def soft_loss(x, t):
+    return soft_ce(x, t, label_smoothing=0.1, reduction="mean",
+                   implementation=implementation)
+
+  if not grad:
+    return int_loss, soft_loss
+  return (lambda x, y: jax.value_and_grad(int_loss)(x, y),
+          lambda x, t: jax.value_and_grad(soft_loss, (0, 1))(x, t))
+
+
+def _bench_inputs(shape):
+  rows, _ = shape
+  return ((jax.ShapeDtypeStruct(shape, jnp.bfloat16),
+           jax.ShapeDtypeStruct((rows,), jnp.int32)),
+          (jax.ShapeDtypeStruct(shape, jnp.bfloat16),
+           jax.ShapeDtypeStruct(shape, jnp.bfloat16)))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("shape", [BENCH_SHAPES[0], BENCH_SHAPES[-1]])
+def test_the_default_is_chosen_per_platform_when_lowered(shape, grad):
+  # No test override: the default as users trace it, on this CPU machine.
+  for step, args in zip(_steps(None, grad), _bench_inputs(shape),
+                        strict=True):
+    assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 1
+    for platforms in (["cpu"], ["tpu"]):
+      assert TRITON_CALL not in _lower_for(platforms, step, *args)
+    both = jax.export.export(jax.jit(step), platforms=["cpu", "cuda"],
+                             disabled_checks=[TRITON])(*args)
+    assert both.platforms == ("cpu", "cuda")
+    assert both.mlir_module().count(TRITON_CALL) == 1
+
+
+def test_a_cpu_and_cuda_export_runs_xla_on_the_cpu(rng):
+  x, labels, _, _, _ = _problem(rng, 4, 64, jnp.float32)
+  x = jnp.nan_to_num(x, posinf=0.0, neginf=-5.0)
+  labels = jnp.abs(labels) % 64
+  step = lambda x, y: jax.value_and_grad(  # noqa: E731
+      lambda x: int_ce(x, y, reduction="mean"))(x)
+  exported = jax.export.export(jax.jit(step), platforms=["cpu", "cuda"],
+                               disabled_checks=[TRITON])(x, labels)
+  _compare(exported.call(x, labels), step(x, labels), jnp.float32)
+
+
+@pytest.mark.parametrize("implementation", [None, *KERNELS])
 @pytest.mark.parametrize("shape", BENCH_SHAPES)
 def test_every_dispatched_kernel_lowers_for_cuda(shape, implementation):
-  rows, classes = shape
-  logits = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
-  labels = jax.ShapeDtypeStruct((rows,), jnp.int32)
-  soft = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
-
-  def int_step(x, y):
-    return jax.value_and_grad(lambda x: int_ce(
-        x, y, label_smoothing=0.1, reduction="mean",
-        implementation=implementation))(x)
-
-  def soft_step(x, t):
-    return jax.value_and_grad(lambda x, t: soft_ce(
-        x, t, label_smoothing=0.1, reduction="mean",
-        implementation=implementation), (0, 1))(x, t)
-
-  with _implementation.kernels_anywhere(interpret=False):
-    for text in (_lower_for_cuda(int_step, logits, labels),
-                 _lower_for_cuda(soft_step, logits, soft)):
+  with api.kernels_anywhere(interpret=False):
+    for step, args in zip(_steps(implementation, True), _bench_inputs(shape),
+                          strict=True):
       # Triton's custom call, once (forward) or twice (both passes).
-      assert text.count("__gpu$xla.gpu.triton") == (
-          2 if implementation == "pallas" else 1)
+      assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == (
+          1 if implementation is None else 2)
 
 
+@pytest.mark.parametrize("implementation", KERNELS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
-def test_kernels_lower_for_cuda_in_other_dtypes_and_with_options(dtype):
+def test_kernels_lower_for_cuda_in_other_dtypes_and_with_options(
+    implementation, dtype):
   shape = (256, 50257)  # GPT-2's vocabulary: no power of two.
   logits = jax.ShapeDtypeStruct(shape, dtype)
   labels = jax.ShapeDtypeStruct((256,), jnp.int32)
@@ -247,8 +334,8 @@ def test_kernels_lower_for_cuda_in_other_dtypes_and_with_options(dtype):
   def step(x, y, m, w):
     return jax.grad(lambda x: int_ce(
         x, y, where=m, class_weights=w, ignore_index=-1, z_loss=1e-4,
-        reduction="mean", implementation="pallas"))(x)
+        reduction="mean", implementation=implementation))(x)
 
-  with _implementation.kernels_anywhere(interpret=False):
-    assert "__gpu$xla.gpu.triton" in _lower_for_cuda(step, logits, labels,
-                                                     mask, weights)
+  with api.kernels_anywhere(interpret=False):
+    assert TRITON_CALL in _lower_for(["cuda"], step, logits, labels, mask,
+                                     weights)

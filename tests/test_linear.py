@@ -135,7 +135,7 @@ def test_temporary_memory_stays_far_below_the_materialised_logits():
 
 
 def test_default_block_size_depends_on_shapes():
-  from jxent._linear import default_block_size
+  from jxent._vocab.cross_entropy import default_block_size
   assert default_block_size(8192, 256000) == 128
   assert default_block_size(2048, 32768) == 512
   assert default_block_size(16, 1000) == 1000

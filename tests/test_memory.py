@@ -5,7 +5,7 @@ float32 array of the logits' shape, on any platform, for every
 cross-entropy, entropy and KL from logits. XLA's own accounting
 (`memory_analysis().temp_size_in_bytes`) is the measure, a control shows
 that it sees such a buffer when one exists, and the accelerators' path is
-checked on the CPU too, by forcing it (`jxent._rows.recompute_everywhere`).
+checked on the CPU too, by forcing it (`jxent._numerics.softmax_rows.recompute_everywhere`).
 """
 
 import jax
@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jxent
-from jxent import _rows
+from jxent._numerics import softmax_rows
 
 BATCH, CLASSES = 256, 8192
 FLOAT32_COPY = BATCH * CLASSES * 4
@@ -75,14 +75,14 @@ def test_accelerator_path_keeps_no_float32_copy_of_float32_logits(name):
   # Forced, the path every accelerator takes: recompute, keep per-row
   # numbers only, whatever the dtype.
   logits = jnp.zeros((BATCH, CLASSES), jnp.float32)
-  with _rows.recompute_everywhere():
+  with softmax_rows.recompute_everywhere():
     temp = _temp(_cases(jnp.float32)[name], logits)
   assert temp < LIMIT, (name, temp, FLOAT32_COPY)
 
 
 @pytest.mark.parametrize("name", ["int_ce", "soft_ce", "entropy", "kl_q"])
 def test_cpu_keeps_at_most_one_float32_buffer_for_float32_logits(name):
-  # The CPU may keep exp for float32 logits (see jxent._rows.keeps_exp):
+  # The CPU may keep exp for float32 logits (see jxent._numerics.softmax_rows.keeps_exp):
   # one buffer of the logits' size at most, often none (the gradient takes
   # its place).
   logits = jnp.zeros((BATCH, CLASSES), jnp.float32)

@@ -10,7 +10,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jxent import _checks
+from jxent._numerics import checks as _checks
 
 
 @jax.tree_util.register_dataclass

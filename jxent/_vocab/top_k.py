@@ -1,24 +1,22 @@
 """KL from a sparse teacher (its top-k log-probabilities) to a head."""
 
-import functools
-from typing import NamedTuple
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _blocks, _checks, _rows, _vocab
-from jxent._blocks import Config, Head, block_logits, walk_blocks
-from jxent._logsumexp import is_nonempty
+from jxent._cross_entropy import rows as _rows
+from jxent._numerics import checks as _checks
+from jxent._numerics.logsumexp import is_nonempty
+from jxent._vocab import blocks as _blocks
+from jxent._vocab import rule as _rule
+from jxent._vocab import walks as _walks
+from jxent._vocab.blocks import Config, block_logits, walk_blocks
 
 # --- a sparse teacher: its top-k log-probabilities -------------------------------
 
 _TAILS = ("renormalize", "bin")
-
-
-class _TopK(NamedTuple):
-  cfg: Config
-  tail: str
 
 
 def _in_block(indices, columns_start, i, cfg, offset):
@@ -36,121 +34,102 @@ def _scatter(values, local, inside, block):
   return out.at[rows, local].add(jnp.where(inside, values, 0))
 
 
-def _top_k_forward(static, head, indices, teacher_log_probs, legal, keep):
-  cfg = static.cfg
-  tokens, local_vocab = head.x.shape[0], head.w.shape[1]
-  offset = _blocks.offset_of(cfg, local_vocab)
-  k = indices.shape[1]
+@dataclasses.dataclass(frozen=True)
+class _TopK(_rule.Op):
+  """KL from a teacher's top k to one head's softmax."""
 
-  def body(i, carry):
-    row_max, sumexp, picked, tail_max, tail_sum = carry
-    logits, _, live, start = block_logits(*head, i, cfg, offset)
-    logits = jnp.where(live, logits, -jnp.inf)
-    new_max, sumexp_new, _, _ = _blocks.online_lse(row_max, sumexp, logits)
-    local, inside = _in_block(indices, start, i, cfg, offset)
-    found = jnp.take_along_axis(logits, local, axis=1)
-    picked = picked + jnp.where(inside, found, 0)
-    if static.tail == "bin":
-      # The student's mass outside the teacher's top k, as a log-sum-exp
-      # of its own (not 1 - the top k's, which would cancel when it is
-      # small, nor relative to the row's max, where it could underflow).
-      in_top = _scatter(jnp.ones_like(found), local, inside, cfg.block) > 0
-      tail_max, tail_sum, _, _ = _blocks.online_lse(
-          tail_max, tail_sum, jnp.where(in_top, -jnp.inf, logits))
-    return new_max, sumexp_new, picked, tail_max, tail_sum
+  cfg: Config
+  tail: str
 
-  zeros = jnp.zeros((tokens,), cfg.acc)
-  minus_inf = jnp.full((tokens,), -jnp.inf, cfg.acc)
-  init = (minus_inf, zeros, jnp.zeros((tokens, k), cfg.acc), minus_inf,
-          zeros)
-  row_max, sumexp, picked, tail_max, tail_sum = walk_blocks(
-      body, init, local_vocab, cfg.block, cfg.axis_name is not None)
-  if cfg.axis_name is not None:
-    row_max, sumexp, _, (picked,) = _blocks.combine_lse(
-        row_max, sumexp, cfg.axis_name, summed=(picked,))
-    if static.tail == "bin":
-      tail_max, tail_sum, _, _ = _blocks.combine_lse(tail_max, tail_sum,
-                                                     cfg.axis_name)
-  lse_q = _vocab.lse(row_max, sumexp)
-  log_q = picked - lse_q[:, None]
-  teacher = teacher_log_probs.astype(cfg.acc)
-  counts = keep & is_nonempty(sumexp)
-  if static.tail == "renormalize":
-    # The teacher's top k, renormalised to sum to 1.
-    log_p = teacher - jax.nn.logsumexp(teacher, axis=1, keepdims=True)
-    probs_p = jnp.exp(log_p)
-    value = jnp.sum(_vocab.times_finite(probs_p, log_p - log_q), 1)
-    tail_mass = lse_tail = jnp.zeros_like(value)
-  else:
-    # The teacher's missing mass r as one more bin, against the student's
-    # mass outside the top k. When the top k cover every class the student
-    # can reach, there is no tail, and r (rounding) is dropped.
-    log_p = teacher
-    probs_p = jnp.exp(log_p)
-    has_tail = is_nonempty(tail_sum)
-    tail_mass = jnp.where(has_tail, jnp.maximum(1 - jnp.sum(probs_p, 1), 0),
-                          0)
-    lse_tail = jnp.where(has_tail, _vocab.lse(tail_max, tail_sum), 0)
-    log_r = jnp.log(jnp.where(tail_mass > 0, tail_mass, 1))
-    value = jnp.sum(_vocab.times_finite(probs_p, log_p - log_q), 1) + (
-        _vocab.times_finite(tail_mass, log_r - lse_tail + lse_q))
-  value = jnp.where(legal, jnp.where(counts, value, 0), jnp.nan)
-  per_row = (lse_q, probs_p, tail_mass, lse_tail, counts)
-  return value, per_row
+  def forward(self, heads, data):
+    (head,), (indices, teacher_log_probs, legal, keep) = heads, data
+    cfg, static = self.cfg, self
+    tokens, local_vocab = head.x.shape[0], head.w.shape[1]
+    offset = _blocks.offset_of(cfg, local_vocab)
+    k = indices.shape[1]
 
+    def body(i, carry):
+      row_max, sumexp, picked, tail_max, tail_sum = carry
+      logits, _, live, start = block_logits(*head, i, cfg, offset)
+      logits = jnp.where(live, logits, -jnp.inf)
+      new_max, sumexp_new, _, _ = _blocks.online_lse(row_max, sumexp, logits)
+      local, inside = _in_block(indices, start, i, cfg, offset)
+      found = jnp.take_along_axis(logits, local, axis=1)
+      picked = picked + jnp.where(inside, found, 0)
+      if static.tail == "bin":
+        # The student's mass outside the teacher's top k, as a log-sum-exp
+        # of its own (not 1 - the top k's, which would cancel when it is
+        # small, nor relative to the row's max, where it could underflow).
+        in_top = _scatter(jnp.ones_like(found), local, inside, cfg.block) > 0
+        tail_max, tail_sum, _, _ = _blocks.online_lse(
+            tail_max, tail_sum, jnp.where(in_top, -jnp.inf, logits))
+      return new_max, sumexp_new, picked, tail_max, tail_sum
 
-@_vocab.jit_if_sharded
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _top_k(static, head, indices, teacher_log_probs, legal, keep):
-  return _top_k_forward(static, head, indices, teacher_log_probs, legal,
-                        keep)[0]
+    zeros = jnp.zeros((tokens,), cfg.acc)
+    minus_inf = jnp.full((tokens,), -jnp.inf, cfg.acc)
+    init = (minus_inf, zeros, jnp.zeros((tokens, k), cfg.acc), minus_inf,
+            zeros)
+    row_max, sumexp, picked, tail_max, tail_sum = walk_blocks(
+        body, init, local_vocab, cfg.block, cfg.axis_name is not None)
+    if cfg.axis_name is not None:
+      row_max, sumexp, _, (picked,) = _blocks.combine_lse(
+          row_max, sumexp, cfg.axis_name, summed=(picked,))
+      if static.tail == "bin":
+        tail_max, tail_sum, _, _ = _blocks.combine_lse(tail_max, tail_sum,
+                                                       cfg.axis_name)
+    lse_q = _walks.lse(row_max, sumexp)
+    log_q = picked - lse_q[:, None]
+    teacher = teacher_log_probs.astype(cfg.acc)
+    counts = keep & is_nonempty(sumexp)
+    if static.tail == "renormalize":
+      # The teacher's top k, renormalised to sum to 1.
+      log_p = teacher - jax.nn.logsumexp(teacher, axis=1, keepdims=True)
+      probs_p = jnp.exp(log_p)
+      value = jnp.sum(_walks.times_finite(probs_p, log_p - log_q), 1)
+      tail_mass = lse_tail = jnp.zeros_like(value)
+    else:
+      # The teacher's missing mass r as one more bin, against the student's
+      # mass outside the top k. When the top k cover every class the student
+      # can reach, there is no tail, and r (rounding) is dropped.
+      log_p = teacher
+      probs_p = jnp.exp(log_p)
+      has_tail = is_nonempty(tail_sum)
+      tail_mass = jnp.where(has_tail, jnp.maximum(1 - jnp.sum(probs_p, 1), 0),
+                            0)
+      lse_tail = jnp.where(has_tail, _walks.lse(tail_max, tail_sum), 0)
+      log_r = jnp.log(jnp.where(tail_mass > 0, tail_mass, 1))
+      value = jnp.sum(_walks.times_finite(probs_p, log_p - log_q), 1) + (
+          _walks.times_finite(tail_mass, log_r - lse_tail + lse_q))
+    value = jnp.where(legal, jnp.where(counts, value, 0), jnp.nan)
+    per_row = (lse_q, probs_p, tail_mass, lse_tail, counts)
+    return value, per_row
 
+  def row_cotangents(self, per_row, data, g):
+    if _rule.is_zero(g):
+      return None
+    _, _, _, _, counts = per_row
+    _, _, legal, _ = data
+    return jnp.where(counts, g, 0) * jnp.where(legal, 1, jnp.nan)
 
-def _top_k_fwd(static, head, indices, teacher_log_probs, legal, keep):
-  perturbed = _vocab.perturbed(head)
-  head, indices, teacher_log_probs, legal, keep = _vocab.values(
-      (head, indices, teacher_log_probs, legal, keep))
-  value, per_row = _top_k_forward(static, head, indices, teacher_log_probs,
-                                  legal, keep)
-  return value, (head, indices, legal, per_row, perturbed)
-
-
-def _top_k_bwd(static, residuals, g):
-  head, indices, legal, per_row, perturbed = residuals
-  lse_q, probs_p, tail_mass, lse_tail, counts = per_row
-  cfg = static.cfg
-  g = jnp.where(counts, g, 0) * jnp.where(legal, 1, jnp.nan)
-  primals = tuple(head)
-  head = Head(*lax.optimization_barrier(primals))
-  offset = _blocks.offset_of(cfg, head.w.shape[1])
-
-  def body(i, grads):
-    logits, _, live, start = block_logits(*head, i, cfg, offset)
+  def block_cotangents(self, per_row, data, g, blocks, want):
+    lse_q, probs_p, tail_mass, lse_tail, counts = per_row
+    indices = data[0]
+    (block,), cfg = blocks, self.cfg
+    logits, live = block.logits, block.live
     q = jnp.exp(jnp.where(live, logits, -jnp.inf) - lse_q[:, None])
-    local, inside = _in_block(indices, start, i, cfg, offset)
+    local, inside = _in_block(indices, block.start, block.number, cfg,
+                              block.offset)
     # d/dz_c = q_c - p_c on the top k; with a tail bin, minus
     # r q_c / q_tail = r exp(z_c - lse_tail) outside it.
     dlogits = q - _scatter(probs_p, local, inside, cfg.block)
-    if static.tail == "bin":
+    if self.tail == "bin":
       in_top = _scatter(jnp.ones_like(probs_p), local, inside, cfg.block) > 0
       share = jnp.exp(jnp.where(live & ~in_top, logits, -jnp.inf)
                       - lse_tail[:, None])
-      dlogits = dlogits - _vocab.times_finite(tail_mass[:, None], share)
+      dlogits = dlogits - _walks.times_finite(tail_mass[:, None], share)
     # Rows that do not count are skipped outright: an empty row's q is
     # exp(-inf + inf) = NaN, and 0 * NaN is NaN.
-    dlogits = jnp.where(live & counts[:, None], g[:, None] * dlogits, 0)
-    return _blocks.accumulate(grads, head.x, head.w,
-                              _blocks.raw_gradient(dlogits, logits, cfg),
-                              start, cfg)
-
-  grads = _blocks.zero_grads(*head, cfg, perturbed)
-  if any(perturbed):
-    grads = walk_blocks(body, grads, head.w.shape[1], cfg.block,
-                        cfg.axis_name is not None)
-  return Head(*_blocks.finish_grads(grads, *primals)), None, None, None, None
-
-
-_top_k.__wrapped__.defvjp(_top_k_fwd, _top_k_bwd, symbolic_zeros=True)
+    return (jnp.where(counts[:, None], g[:, None] * dlogits, 0),)
 
 
 def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w, *,
@@ -185,9 +164,10 @@ def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w, *,
   sorted_indices = _checks.sort_labels(flat, num_classes, None)
   # A row with an index out of range gives NaN, never a wrapped class.
   legal = jnp.all(sorted_indices.legal, axis=1)
-  keep = _vocab.token_mask(where, batch)
-  value = _top_k(_TopK(cfg, tail), head, sorted_indices.class_index,
-                 lax.stop_gradient(teacher.reshape(-1, k)), legal, keep)
+  keep = _walks.token_mask(where, batch)
+  value = _rule.apply(_TopK(cfg, tail), (head,), (
+      sorted_indices.class_index, lax.stop_gradient(teacher.reshape(-1, k)),
+      legal, keep))
   return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
       value.dtype), _checks.check_reduction(reduction), batch_axis_name)
 

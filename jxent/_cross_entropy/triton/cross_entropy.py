@@ -7,15 +7,17 @@ per row between the passes. Unlike it, it is reverse-mode only: a custom
 VJP cannot also be differentiated forward.
 """
 
+import dataclasses
 import functools
 
 import jax
 
-from jxent import _checks, _rows
-from jxent._kernels.config import KernelConfig
-from jxent._kernels.gradient import logits_gradient
-from jxent._kernels.row_stats import row_stats
-from jxent._options import CrossEntropyOptions
+from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy.triton.config import KernelConfig, default_config
+from jxent._cross_entropy.triton.gradient import logits_gradient
+from jxent._cross_entropy.triton.row_stats import row_stats
+from jxent._numerics import checks as _checks
+from jxent._numerics.options import CrossEntropyOptions
 
 
 def _forward(num_classes, configs, logits, mask, target, opts):
@@ -80,3 +82,30 @@ def _bwd(num_classes, configs, residuals, cotangents):
 
 
 softmax_cross_entropy_rows.defvjp(_fwd, _bwd, symbolic_zeros=True)
+
+
+def _configured(num_classes, dtype, kernel, config) -> KernelConfig:
+  chosen = default_config(num_classes, dtype, kernel)
+  return dataclasses.replace(chosen, **config) if config else chosen
+
+
+def stats_kernel(num_classes: int, dtype, **config) -> _rows.StatsKernel:
+  """The forward kernel, for the default path on CUDA.
+
+  Args:
+    num_classes: C.
+    dtype: The logits' dtype.
+    **config: `KernelConfig` fields to use instead of the tuned defaults.
+  """
+  return _rows.StatsKernel(
+      "cuda", row_stats,
+      _configured(num_classes, dtype, "row_stats", config))
+
+
+def cross_entropy_rows(num_classes: int, dtype, logits, mask, target, opts,
+                       **config):
+  """Per-row loss and "mean" weight with both passes on the kernels."""
+  configs = (_configured(num_classes, dtype, "row_stats", config),
+             _configured(num_classes, dtype, "logits_gradient", config))
+  return softmax_cross_entropy_rows(num_classes, configs, logits, mask,
+                                    target, opts)

@@ -10,7 +10,8 @@ sharded; XLA today, a GPU kernel later) shares the last two:
    label smoothing, the count, weight and mean of the valid classes.
    `dense_row_stats` computes them with XLA from materialised logits; the
    linear losses compute them block by block; a kernel only has to produce
-   the same numbers (see `row_statistics`, the one place that dispatches).
+   the same numbers (`StatsKernel`; `row_statistics` runs it on its
+   platform).
 2. **The row step** (`row_step`): from the statistics alone come the loss,
    the row's weight in a "mean", and the per-row coefficients of the
    backward pass. Label legality, NaN propagation, smoothing, z-loss and
@@ -27,71 +28,21 @@ sharded; XLA today, a GPU kernel later) shares the last two:
    between the passes.
 """
 
-import contextlib
+import functools
+from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks
-from jxent._logsumexp import (
-  apply_mask,
-  is_nonempty,
-  row_sums,
-  safe_log,
-  shift_of,
-)
-from jxent._options import CrossEntropyOptions
+from jxent._numerics import checks as _checks
+from jxent._numerics import softmax_rows as _softmax_rows
+from jxent._numerics.logsumexp import apply_mask, is_nonempty, safe_log
+from jxent._numerics.options import CrossEntropyOptions
+from jxent._numerics.platforms import per_platform
 
 AxisName = str | tuple[str, ...]
-
-# Tests set this to take the accelerators' path on the CPU too.
-_recompute_everywhere = False
-
-
-def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """Moves the class axes to the end and flattens them into one: rows."""
-  if axes == (x.ndim - 1,):
-    return x
-  batch = [a for a in range(x.ndim) if a not in axes]
-  x = jnp.transpose(x, batch + list(axes))
-  return x.reshape(x.shape[: len(batch)] + (-1,))
-
-
-def is_zero_tangent(tangent) -> bool:
-  """Whether a custom JVP rule's tangent is a symbolic zero (unperturbed)."""
-  return tangent is None or isinstance(
-      tangent, jax.custom_derivatives.SymbolicZero)
-
-
-def keeps_exp(dtype) -> bool:
-  """Whether the forward pass keeps exp(logits - shift) for the backward.
-
-  On a CPU, for float32 (or float64) logits, it does: exp costs more than
-  memory traffic there, and XLA computes a materialised exp on both cores
-  (with XNNPACK row sums) where a fused one runs on one. The kept array
-  is float32 [rows, classes], the one such buffer allowed, and XLA usually
-  writes the gradient into it. For 16-bit logits, and on accelerators,
-  every pass recomputes exp from the logits and only per-row numbers are
-  kept. The choice is made when the function is traced, from
-  `jax.default_backend()`.
-  """
-  return (not _recompute_everywhere
-          and jnp.dtype(dtype).itemsize >= 4
-          and jax.default_backend() == "cpu")
-
-
-@contextlib.contextmanager
-def recompute_everywhere():
-  """Traces the accelerators' path (recompute, no kept exp) on any backend."""
-  global _recompute_everywhere
-  saved, _recompute_everywhere = _recompute_everywhere, True
-  try:
-    yield
-  finally:
-    _recompute_everywhere = saved
-
 
 class RowStats(NamedTuple):
   """What one pass over a row of logits reduces it to (all float32, [rows]).
@@ -220,15 +171,8 @@ def dense_row_stats(
     `(stats, exps)`: a `RowStats`, the same on every shard of `axis_name`,
     and exp(logits - shift) in float32 (or wider) if `keep_exp`, else None.
   """
-  x = apply_mask(logits, mask)
-  dtype = _checks.compute_dtype(x.dtype)
-  # The max is exact in any dtype: take it before the upcast, so a 16-bit
-  # input is read as 16 bits. `initial` gives -inf for zero classes.
-  row_max = jnp.max(x, axis=-1, initial=-jnp.inf).astype(dtype)
-  if axis_name is not None:
-    row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
-  shift = shift_of(row_max)
-  shifted = x.astype(dtype) - shift[..., None]
+  x, shifted, shift = _softmax_rows.shifted(logits, mask, axis_name)
+  dtype = shift.dtype
   terms = [jnp.exp(shifted)]
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
@@ -250,14 +194,12 @@ def dense_row_stats(
     # the label mass is a sum of an input. The rest, which would each need
     # a float32 array of their own, go in one pass that keeps nothing.
     plain = 2 if targets is not None else 1
-    sums = [jnp.sum(term, axis=-1) for term in terms[:plain]]
+    sums = [*_softmax_rows.sums(axis_name, True, *terms[:plain])]
     if terms[plain:]:
-      sums += list(row_sums((x.ndim - 1,), *terms[plain:]))
+      sums += _softmax_rows.sums(axis_name, False, *terms[plain:])
   else:
     # One pass for every sum, keeping nothing (see `row_sums`).
-    sums = list(row_sums((x.ndim - 1,), *terms))
-  if axis_name is not None:
-    sums = list(lax.psum(tuple(sums), axis_name))
+    sums = list(_softmax_rows.sums(axis_name, False, *terms))
   sumexp = sums.pop(0)
   target_mass = target_dot = None
   if targets is not None:
@@ -296,30 +238,94 @@ def _label_logit(x, label_index, offset, axis_name):
   return lax.psum(jnp.where(owns, picked, 0), axis_name)
 
 
+class StatsKernel(NamedTuple):
+  """A kernel that computes `RowStats` on one platform (hashable, static).
+
+  Attributes:
+    platform: Where it runs, as `lax.platform_dependent` names platforms
+      ("cuda", "rocm", "tpu", "cpu").
+    compute: ``compute(logits, mask, opts, num_classes, config, *,
+      label_index, targets) -> RowStats``, giving what `dense_row_stats`
+      gives.
+    config: Its static configuration (tile sizes).
+  """
+
+  platform: str
+  compute: Callable[..., RowStats]
+  config: Hashable
+
+
 def row_statistics(
     logits: jax.Array,
     mask: jax.Array | None,
     opts: CrossEntropyOptions,
     num_classes: int,
-    kernel=None,
-    **kwargs,
+    kernels: tuple[StatsKernel, ...] = (),
+    *,
+    label_index: jax.Array | None = None,
+    targets: jax.Array | None = None,
+    axis_name: AxisName | None = None,
+    offset: jax.Array | int = 0,
+    keep_exp: bool = False,
 ) -> tuple[RowStats, jax.Array | None]:
-  """Row statistics of materialised logits: the seam for GPU kernels.
+  """Row statistics of materialised logits, on each platform's kernel.
 
-  Every materialised-logits cross-entropy gets its `RowStats` here: from
-  the Pallas kernel (`jxent._kernels.row_stats`) when `kernel` names a
-  tile configuration (`jxent._implementation` decides when), else from XLA
-  (`dense_row_stats`). Both give the same numbers, so the row step and the
-  backward pass do not know which ran.
+  `dense_row_stats` (XLA) everywhere, except on the platforms of `kernels`,
+  whose kernel gives the same numbers. The choice is made per platform
+  when the function is lowered (`platforms.per_platform`), so one traced
+  function runs XLA on a CPU and the kernel on a GPU, and `jax.export` for
+  several platforms carries both. Their derivatives (which second-order
+  differentiation of a loss takes) are XLA's everywhere. The arguments are
+  as for `dense_row_stats`; `kernels` never run inside `shard_map`.
   """
-  if kernel is not None:
-    from jxent import _kernels  # Pallas is imported only when used.
-    kwargs.pop("keep_exp", None)
-    kwargs.pop("axis_name", None)
-    kwargs.pop("offset", None)
-    return _kernels.row_stats(logits, mask, opts, num_classes, kernel,
-                              **kwargs), None
-  return dense_row_stats(logits, mask, opts, num_classes, **kwargs)
+  if not kernels:
+    return dense_row_stats(
+        logits, mask, opts, num_classes, label_index=label_index,
+        targets=targets, axis_name=axis_name, offset=offset,
+        keep_exp=keep_exp)
+  assert axis_name is None, "the kernels do not run inside shard_map"
+  return _on_platforms(num_classes, kernels, keep_exp, logits, mask, opts,
+                       label_index, targets)
+
+
+def _xla_stats(num_classes, keep_exp):
+  def xla(logits, mask, opts, label_index, targets):
+    return dense_row_stats(logits, mask, opts, num_classes,
+                           label_index=label_index, targets=targets,
+                           keep_exp=keep_exp)
+  return xla
+
+
+def _kernel_stats(num_classes, keep_exp, kernel: StatsKernel):
+  def run(logits, mask, opts, label_index, targets):
+    stats = kernel.compute(logits, mask, opts, num_classes, kernel.config,
+                           label_index=label_index, targets=targets)
+    exps = None
+    if keep_exp:
+      # Traced for a CPU (see `keeps_exp`), and lowered for this platform
+      # too by `jax.export`: the same outputs as XLA's branch.
+      x = apply_mask(logits, mask)
+      exps = jnp.exp(x.astype(_checks.compute_dtype(x.dtype))
+                     - stats.shift[..., None])
+    return stats, exps
+  return run
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _on_platforms(num_classes, kernels, keep_exp, logits, mask, opts,
+                  label_index, targets):
+  return per_platform(
+      logits, mask, opts, label_index, targets,
+      default=_xla_stats(num_classes, keep_exp),
+      **{k.platform: _kernel_stats(num_classes, keep_exp, k)
+         for k in kernels})
+
+
+@_on_platforms.defjvp
+def _on_platforms_jvp(num_classes, kernels, keep_exp, primals, tangents):
+  # The kernels give the numbers; their derivative is the XLA reference's.
+  _, tangent = jax.jvp(_xla_stats(num_classes, keep_exp), primals, tangents)
+  return _on_platforms(num_classes, kernels, keep_exp, *primals), tangent
 
 
 def row_step(
@@ -440,16 +446,13 @@ def logits_gradient(
     The derivative, in the compute dtype, of the logits' shape. Masked
     classes get exactly 0.
   """
-  x = apply_mask(logits, mask)
-  dtype = _checks.compute_dtype(x.dtype)
-  shifted = x.astype(dtype) - shift[..., None]
-  if exps is None:
-    probs = jnp.exp(shifted - log_sumexp[..., None])
-  else:
-    probs = exps * jnp.exp(-log_sumexp)[..., None]
+  shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp,
+                                           exps)
+  dtype = shift.dtype
   grad = coefficients.prob[..., None] * probs
   if label_index is not None:
-    classes = offset + lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    classes = offset + lax.broadcasted_iota(jnp.int32, shifted.shape,
+                                            shifted.ndim - 1)
     # A compare and select per class, not a scatter: a scatter into a
     # gradient whose class axis is sharded makes XLA's SPMD partitioner
     # all-gather it.
@@ -487,9 +490,8 @@ def targets_gradient(
   reverse-mode finite for the labels that occur (0 on impossible classes),
   as in the sharded loss.
   """
-  x = apply_mask(logits, mask)
-  dtype = _checks.compute_dtype(x.dtype)
-  shifted = x.astype(dtype) - shift[..., None]
+  shifted, _ = _softmax_rows.recompute(logits, mask, shift, log_sumexp)
+  dtype = shift.dtype
   valid = shifted > -jnp.inf
   neg_log_q = jnp.where(valid, log_sumexp[..., None] - shifted, 0)
   grad = coefficients.label[..., None] * neg_log_q

@@ -1,154 +1,23 @@
 r"""Training losses: softmax and sigmoid cross-entropies.
 
-The two softmax cross-entropies share one custom derivative, a
-`jax.custom_jvp`, so every differentiation mode works: `grad`, `jvp`,
-`jacfwd`, `jacrev`, `hessian`, `linearize`. Its tangent is one element-wise
-pass, :math:`\sum_c g_c\, \dot z_c` with :math:`g` recomputed from the
-logits and the per-row numbers of the row step (`jxent._rows`), under
-`jax.checkpoint`: reverse mode then saves only the inputs and a few numbers
-per row, never a float32 [batch, classes] array, whatever the dtype.
-
+The public functions validate their arguments, parse the options once and
+hand the rows to the implementation that `jxent._cross_entropy.api` picks.
 The positional signatures match optax's functions of the same names.
 """
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jxent import _checks, _implementation, _rows
-from jxent._implementation import Implementation
-from jxent._options import CrossEntropyOptions, parse_options
+from jxent._cross_entropy import api as _api
+from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy.api import Implementation
+from jxent._numerics import checks as _checks
+from jxent._numerics import softmax_rows as _softmax_rows
+from jxent._numerics.options import parse_options
 
 Axis = int | tuple[int, ...] | None
-
-
-def _offset(axis_name, local_classes):
-  """This shard's first class inside `shard_map`; 0 without a mesh axis."""
-  if axis_name is None:
-    return 0
-  return lax.axis_index(axis_name) * local_classes
-
-
-def _split_target(target):
-  """(label_index, targets) from integer `Labels` or soft labels."""
-  if isinstance(target, _checks.Labels):
-    return target.class_index, None
-  return None, target
-
-
-def _forward(axis_name, num_classes, kernel, logits, mask, target, opts):
-  offset = _offset(axis_name, logits.shape[-1])
-  label_index, targets = _split_target(target)
-  stats, exps = _rows.row_statistics(
-      logits, mask, opts, num_classes, kernel, label_index=label_index,
-      targets=targets, axis_name=axis_name, offset=offset,
-      keep_exp=kernel is None and _rows.keeps_exp(logits.dtype))
-  labels = target if label_index is not None else None
-  result = _rows.row_step(stats, opts, num_classes, labels)
-  return stats, result, offset, exps
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def softmax_cross_entropy_rows(
-    axis_name: _rows.AxisName | None,
-    num_classes: int,
-    kernel,
-    logits: jax.Array,
-    mask: jax.Array | None,
-    target: _checks.Labels | jax.Array,
-    opts: CrossEntropyOptions,
-) -> tuple[jax.Array, jax.Array]:
-  """Per-row softmax cross-entropy and its weight in a "mean".
-
-  The one implementation behind the plain and the sharded softmax
-  cross-entropies, integer or soft labels, with its custom derivative.
-
-  Args:
-    axis_name: The mesh axis the classes are split over (inside
-      `shard_map`), or None.
-    num_classes: The number of classes in all.
-    kernel: The Pallas forward kernel's configuration, or None to compute
-      the row statistics with XLA (see `jxent._implementation`).
-    logits: Floating logits, classes last.
-    mask: Boolean mask of the logits' shape, or None.
-    target: Sorted integer labels (`Labels`), or soft labels of the logits'
-      shape.
-    opts: The parsed options.
-
-  Returns:
-    `(loss, weight)`, both of the rows' shape.
-  """
-  _, result, _, _ = _forward(axis_name, num_classes, kernel, logits, mask,
-                             target, opts)
-  return result.loss, result.weight
-
-
-def _logits_tangent(axis_name, logits, mask, shift, log_sumexp,
-                    coefficients, opts, label_index, targets, offset,
-                    dlogits, exps=None):
-  grad = _rows.logits_gradient(
-      logits, mask, shift, log_sumexp, coefficients, opts,
-      label_index=label_index, targets=targets, offset=offset, exps=exps)
-  tangent = jnp.sum(grad * dlogits.astype(grad.dtype), axis=-1)
-  return tangent if axis_name is None else lax.psum(tangent, axis_name)
-
-
-def _targets_tangent(axis_name, logits, mask, shift, log_sumexp,
-                     coefficients, opts, offset, dtargets):
-  grad = _rows.targets_gradient(logits, mask, shift, log_sumexp,
-                                coefficients, opts, offset)
-  tangent = jnp.sum(grad * dtargets.astype(grad.dtype), axis=-1)
-  return tangent if axis_name is None else lax.psum(tangent, axis_name)
-
-
-@functools.partial(softmax_cross_entropy_rows.defjvp, symbolic_zeros=True)
-def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, kernel, primals,
-                                    tangents):
-  logits, mask, target, opts = primals
-  dlogits, _, dtarget, dopts = tangents
-  stats, result, offset, exps = _forward(axis_name, num_classes, kernel,
-                                         logits, mask, target, opts)
-  label_index, targets = _split_target(target)
-  tangent = jnp.zeros_like(result.loss)
-  if not _rows.is_zero_tangent(dlogits) and exps is not None:
-    # The forward pass's exp is kept for the backward (see keeps_exp).
-    tangent = tangent + _logits_tangent(
-        axis_name, logits, mask, stats.shift, result.log_sumexp,
-        result.coefficients, opts, label_index, targets, offset, dlogits,
-        exps)
-  elif not _rows.is_zero_tangent(dlogits):
-    # Under jax.checkpoint, reverse mode saves only these inputs and the
-    # per-row numbers, and recomputes the softmax in the backward pass. It
-    # also keeps XLA from merging that recomputation with the forward pass
-    # into one materialised float32 [rows, classes] array.
-    tangent = tangent + jax.checkpoint(_logits_tangent, static_argnums=(0,))(
-        axis_name, logits, mask, stats.shift, result.log_sumexp,
-        result.coefficients, opts, label_index, targets, offset, dlogits)
-  if targets is not None and not _rows.is_zero_tangent(dtarget):
-    tangent = tangent + jax.checkpoint(_targets_tangent, static_argnums=(0,))(
-        axis_name, logits, mask, stats.shift, result.log_sumexp,
-        result.coefficients, opts, offset, dtarget)
-  if opts.smoothing and not _rows.is_zero_tangent(dopts.label_smoothing):
-    tangent = tangent + dopts.label_smoothing * result.d_smoothing
-  if opts.z and not _rows.is_zero_tangent(dopts.z_loss):
-    tangent = tangent + dopts.z_loss * result.d_z_loss
-  # The weights are constants: which rows count, and their class weights.
-  return (result.loss, result.weight), (tangent,
-                                        jnp.zeros_like(result.weight))
-
-
-def _rows_on(implementation, num_classes, rows, mask, target, opts):
-  """The per-row loss and weight, on the implementation `plan` picks."""
-  plan = _implementation.plan(implementation, rows.dtype, num_classes)
-  if plan.gradient is not None:
-    from jxent import _kernels  # Pallas is imported only when used.
-    return _kernels.softmax_cross_entropy_rows(
-        num_classes, (plan.stats, plan.gradient), rows, mask, target, opts)
-  return softmax_cross_entropy_rows(None, num_classes, plan.stats, rows,
-                                    mask, target, opts)
 
 
 def _prepare_logits(
@@ -160,8 +29,8 @@ def _prepare_logits(
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape, per_row_axes=axes)
   num_classes = math.prod(logits.shape[a] for a in axes)
-  logits = _rows.classes_last(logits, axes)
-  mask = None if mask is None else _rows.classes_last(mask, axes)
+  logits = _softmax_rows.classes_last(logits, axes)
+  mask = None if mask is None else _softmax_rows.classes_last(mask, axes)
   return logits, mask, axes, num_classes
 
 
@@ -221,7 +90,7 @@ def softmax_cross_entropy_with_integer_labels(
     reduction: "none" (one value per row), "sum", or "mean", which divides
       by the total weight :math:`\sum w_y` of the rows that count (for an
       all-ignored batch it gives 0, where PyTorch gives NaN).
-    implementation: None (choose), "xla" or "pallas"; see
+    implementation: None (choose), "xla" or "triton"; see
       `softmax_cross_entropy`.
 
   Returns:
@@ -259,8 +128,8 @@ def softmax_cross_entropy_with_integer_labels(
       reduction=reduction)
   sorted_labels = _checks.sort_labels(label_array, num_classes,
                                       opts.ignore_index)
-  loss, weight = _rows_on(implementation, num_classes, rows, mask,
-                          sorted_labels, opts)
+  loss, weight = _api.cross_entropy_rows(implementation, num_classes, rows,
+                                         mask, sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 
@@ -308,12 +177,14 @@ def softmax_cross_entropy(
     reduction: "none" (one value per row), "sum", or "mean" over the rows
       that are not empty (PyTorch's mean over the batch; class weights do
       not enter the denominator for probability targets).
-    implementation: None (the default) chooses: on an NVIDIA GPU, a Pallas
-      kernel computes the forward pass's row statistics in one read of the
-      logits, inside the XLA path's custom JVP (every differentiation mode
-      still works); elsewhere XLA alone. "xla" forces XLA. "pallas" runs
-      both passes on Pallas kernels (`jax.grad`, `jax.vjp`: reverse mode
-      only) and raises a `ValueError` where it cannot run.
+    implementation: None (the default) chooses per platform when the
+      function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
+      computes the forward pass's row statistics in one read of the logits,
+      inside the XLA path's custom JVP (every differentiation mode still
+      works); on every other platform, XLA alone. "xla" forces XLA.
+      "triton" runs both passes on the Pallas Triton kernels (`jax.grad`,
+      `jax.vjp`: reverse mode only) and raises a `ValueError` where it
+      cannot run.
 
   Returns:
     Float32 (or wider) array of the batch shape for "none", else a scalar.
@@ -336,8 +207,9 @@ def softmax_cross_entropy(
       label_smoothing=label_smoothing, z_loss=z_loss,
       class_weights=class_weights, num_classes=num_classes,
       dtype=_checks.compute_dtype(rows.dtype), reduction=reduction)
-  loss, weight = _rows_on(implementation, num_classes, rows, mask,
-                          _rows.classes_last(targets, axes), opts)
+  loss, weight = _api.cross_entropy_rows(
+      implementation, num_classes, rows, mask,
+      _softmax_rows.classes_last(targets, axes), opts)
   return _rows.reduce(loss, weight, opts.reduction)
 
 

@@ -1,93 +1,73 @@
 """Log-probabilities and entropy of a linear head, for RL."""
 
-import functools
-from typing import NamedTuple
+import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jxent import _blocks, _checks, _vocab
-from jxent._blocks import Config, Head, block_logits, walk_blocks
-from jxent._logsumexp import is_nonempty, safe_log, shift_of
+from jxent._numerics import checks as _checks
+from jxent._numerics.logsumexp import is_nonempty, safe_log, shift_of
+from jxent._vocab import blocks as _blocks
+from jxent._vocab import rule as _rule
+from jxent._vocab import walks as _walks
+from jxent._vocab.blocks import Config
 
 # --- log-probabilities and entropy ------------------------------------------
 
 
-class _LogProbs(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class _LogProbs(_rule.Op):
+  """log q_y (and the entropy H) of one head's tokens."""
+
   cfg: Config
   entropy: bool
 
+  def forward(self, heads, data):
+    (head,), (labels, keep) = heads, data
+    row_max, sumexp, picked, ent, _, _ = _walks.stats(
+        head, self.cfg, label_index=labels.class_index,
+        entropy=self.entropy)
+    nonempty = is_nonempty(sumexp)
+    s = safe_log(sumexp)
+    shift = shift_of(row_max)
+    counts = keep & labels.counts & nonempty
+    log_prob = jnp.where(counts, picked - shift - s, 0)
+    log_prob = jnp.where(labels.legal | ~keep, log_prob, jnp.nan)
+    entropy_counts = keep & nonempty & (labels.counts | ~labels.legal)
+    entropy = jnp.where(entropy_counts,
+                        s - ent / jnp.where(nonempty, sumexp, 1), 0)
+    return (log_prob, entropy), (shift, s, entropy, counts, entropy_counts)
 
-def _log_probs_forward(static, head, labels, keep):
-  row_max, sumexp, picked, ent = _vocab.stats(
-      head, static.cfg, label_index=labels.class_index,
-      entropy=static.entropy)
-  nonempty = is_nonempty(sumexp)
-  s = safe_log(sumexp)
-  shift = shift_of(row_max)
-  counts = keep & labels.counts & nonempty
-  log_prob = jnp.where(counts, picked - shift - s, 0)
-  log_prob = jnp.where(labels.legal | ~keep, log_prob, jnp.nan)
-  entropy = jnp.where(keep & nonempty & (labels.counts | ~labels.legal),
-                      s - ent / jnp.where(nonempty, sumexp, 1), 0)
-  return (log_prob, entropy), (shift, s, entropy, counts, keep & nonempty &
-                               (labels.counts | ~labels.legal))
+  def row_cotangents(self, per_row, data, cotangents):
+    _, _, _, counts, entropy_counts = per_row
+    labels, keep = data
+    g_lp, g_h = cotangents
+    if _rule.is_zero(g_lp) and _rule.is_zero(g_h):
+      return None
+    # An illegal label's log-probability is NaN, and so is its gradient;
+    # a masked token gives 0 and no gradient, whatever its label.
+    g_lp = None if _rule.is_zero(g_lp) else jnp.where(
+        counts, g_lp, 0) * jnp.where(labels.legal | ~keep, 1, jnp.nan)
+    g_h = None if _rule.is_zero(g_h) else jnp.where(entropy_counts, g_h, 0)
+    return g_lp, g_h
 
-
-@_vocab.jit_if_sharded
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _log_probs(static, head, labels, keep):
-  return _log_probs_forward(static, head, labels, keep)[0]
-
-
-def _log_probs_fwd(static, head, labels, keep):
-  perturbed = _vocab.perturbed(head)
-  head, labels, keep = _vocab.values((head, labels, keep))
-  outs, per_row = _log_probs_forward(static, head, labels, keep)
-  return outs, (head, labels, per_row, perturbed)
-
-
-def _log_probs_bwd(static, residuals, cotangents):
-  head, labels, per_row, perturbed = residuals
-  shift, s, entropy, counts, entropy_counts = per_row
-  g_lp, g_h = cotangents
-  cfg = static.cfg
-  # An illegal label's log-probability is NaN, and so is its gradient.
-  g_lp = None if _vocab.is_zero(g_lp) else jnp.where(
-      counts, g_lp, 0) * jnp.where(labels.legal, 1, jnp.nan)
-  g_h = None if _vocab.is_zero(g_h) else jnp.where(entropy_counts, g_h, 0)
-  primals = tuple(head)
-  head = Head(*lax.optimization_barrier(primals))
-  offset = _blocks.offset_of(cfg, head.w.shape[1])
-
-  def body(i, grads):
-    logits, columns, live, start = block_logits(*head, i, cfg, offset)
-    log_q = jnp.where(live, logits, -jnp.inf) - (shift + s)[:, None]
+  def block_cotangents(self, per_row, data, g, blocks, want):
+    shift, s, entropy, _, _ = per_row
+    labels, _ = data
+    (block,), (g_lp, g_h) = blocks, g
+    log_q = jnp.where(block.live, block.logits, -jnp.inf) - (
+        shift + s)[:, None]
     q = jnp.exp(log_q)
-    dlogits = jnp.zeros_like(logits)
+    dlogits = jnp.zeros_like(block.logits)
     if g_lp is not None:
       # d log q_y / dz_c = [c = y] - q_c.
-      onehot = columns == labels.class_index[:, None]
+      onehot = block.columns == labels.class_index[:, None]
       dlogits = dlogits + g_lp[:, None] * (jnp.where(onehot, 1, 0) - q)
     if g_h is not None:
       # dH / dz_c = -q_c (log q_c + H), 0 where q_c = 0.
-      dlogits = dlogits - g_h[:, None] * _vocab.times_finite(
+      dlogits = dlogits - g_h[:, None] * _walks.times_finite(
           q, log_q + entropy[:, None])
-    dlogits = jnp.where(live, dlogits, 0)
-    return _blocks.accumulate(grads, head.x, head.w,
-                              _blocks.raw_gradient(dlogits, logits, cfg),
-                              start, cfg)
-
-  grads = _blocks.zero_grads(*head, cfg, perturbed)
-  if g_lp is not None or g_h is not None:
-    grads = walk_blocks(body, grads, head.w.shape[1], cfg.block,
-                        cfg.axis_name is not None)
-  return Head(*_blocks.finish_grads(grads, *primals)), None, None
-
-
-_log_probs.__wrapped__.defvjp(_log_probs_fwd, _log_probs_bwd,
-                              symbolic_zeros=True)
+    return (dlogits,)
 
 
 def log_probs(x, w, labels, *, bias=None, temperature=1.0,
@@ -103,9 +83,9 @@ def log_probs(x, w, labels, *, bias=None, temperature=1.0,
   sorted_labels = _checks.sort_labels(
       labels.reshape(-1), cfg.num_classes,
       _checks.check_ignore_index(ignore_index))
-  keep = _vocab.token_mask(where, batch)
-  log_prob, entropy = _log_probs(
-      _LogProbs(cfg, bool(return_entropy)), head, sorted_labels, keep)
+  keep = _walks.token_mask(where, batch)
+  log_prob, entropy = _rule.apply(_LogProbs(cfg, bool(return_entropy)),
+                                  (head,), (sorted_labels, keep))
   if return_entropy:
     return log_prob.reshape(batch), entropy.reshape(batch)
   return log_prob.reshape(batch)

@@ -1,115 +1,71 @@
 """KL and generalised JS divergences between two linear heads."""
 
-import functools
+import dataclasses
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _blocks, _checks, _rows, _vocab
-from jxent._blocks import Config, Head, block_logits, walk_blocks
-from jxent._logsumexp import is_nonempty
+from jxent._cross_entropy import rows as _rows
+from jxent._numerics import checks as _checks
+from jxent._numerics.logsumexp import is_nonempty
+from jxent._vocab import blocks as _blocks
+from jxent._vocab import rule as _rule
+from jxent._vocab import walks as _walks
+from jxent._vocab.blocks import Config, block_logits, walk_blocks
 
 # --- KL divergence -------------------------------------------------------------
 
 
-class _Pair(NamedTuple):
+class _Pair(_rule.Op):
+  """What KL and JS share: two heads, a token mask, rows that count."""
+
+  def row_cotangents(self, per_row, data, g):
+    if _rule.is_zero(g):
+      return None
+    return jnp.where(per_row[-1], g, 0)
+
+  def block_cotangents(self, per_row, data, g, blocks, want):
+    p, q = blocks
+    # Rows that do not count are skipped outright: an empty row's
+    # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
+    live = p.live & per_row[-1][:, None]
+    dzp, dzq = self.logits_cotangents(per_row, g, p.logits, q.logits, live,
+                                      want)
+    return tuple(None if dz is None else jnp.where(live, dz, 0)
+                 for dz in (dzp, dzq))
+
+
+@dataclasses.dataclass(frozen=True)
+class _KL(_Pair):
+  """KL(P || Q) between two heads' softmaxes."""
+
   cfg: Config
 
+  def forward(self, heads, data):
+    (p, q), (keep,) = heads, data
+    p_max, p_sum, q_max, q_sum, cross = _walks.pair_stats(p, q, self.cfg)
+    lse_p, lse_q = _walks.lse(p_max, p_sum), _walks.lse(q_max, q_sum)
+    p_nonempty = is_nonempty(p_sum)
+    counts = keep & p_nonempty
+    # D = E_p[z_p - z_q] - lse_p + lse_q; an empty P gives 0, an empty Q inf.
+    value = cross / jnp.where(p_nonempty, p_sum, 1) - lse_p + lse_q
+    # An empty Q would give inf - inf above; against a live P it is inf.
+    value = jnp.where(is_nonempty(q_sum), value, jnp.inf)
+    value = jnp.where(counts, value, 0)
+    return value, (lse_p, lse_q, value, counts)
 
-def _kl_forward(static, p, q, keep):
-  p_max, p_sum, q_max, q_sum, cross = _vocab.pair_stats(p, q, static.cfg)
-  lse_p, lse_q = _vocab.lse(p_max, p_sum), _vocab.lse(q_max, q_sum)
-  p_nonempty = is_nonempty(p_sum)
-  counts = keep & p_nonempty
-  # D = E_p[z_p - z_q] - lse_p + lse_q; an empty P gives 0, an empty Q inf.
-  value = cross / jnp.where(p_nonempty, p_sum, 1) - lse_p + lse_q
-  # An empty Q would give inf - inf above; against a live P it is inf.
-  value = jnp.where(is_nonempty(q_sum), value, jnp.inf)
-  value = jnp.where(counts, value, 0)
-  return value, (lse_p, lse_q, value, counts)
-
-
-def _pair_fwd(forward):
-  """The forward rule of a two-head custom VJP around `forward`.
-
-  It notes which heads' arrays are perturbed (symbolic zeros), so that the
-  backward pass computes no gradient for a frozen head.
-  """
-  def fwd(static, p, q, keep):
-    perturbed = (_vocab.perturbed(p), _vocab.perturbed(q))
-    p, q, keep = _vocab.values((p, q, keep))
-    value, per_row = forward(static, p, q, keep)
-    return value, (p, q, per_row, perturbed)
-  return fwd
-
-
-def _pair_bwd(block_cotangents):
-  """The backward rule of a two-head custom VJP: one walk over the blocks.
-
-  `block_cotangents(static, per_row, g, zp, zq, live, want)` gives the
-  cotangents of one block of each head's logits (None for a head not in
-  `want`); the walk turns them into gradients of x, w and bias. `per_row`
-  ends with the rows that count.
-  """
-  def bwd(static, residuals, g):
-    p, q, per_row, (p_perturbed, q_perturbed) = residuals
-    cfg, counts = static.cfg, per_row[-1]
-    g = jnp.where(counts, g, 0)
-    want = (any(p_perturbed), any(q_perturbed))
-    p_primals, q_primals = tuple(p), tuple(q)
-    p, q = (Head(*h) for h in lax.optimization_barrier((p_primals,
-                                                          q_primals)))
-    offset = _blocks.offset_of(cfg, p.w.shape[1])
-
-    def body(i, grads):
-      zp, _, live, start = block_logits(*p, i, cfg, offset)
-      zq, _, _, _ = block_logits(*q, i, cfg, offset)
-      # Rows that do not count are skipped outright: an empty row's
-      # probabilities are exp(-inf + inf) = NaN, and 0 * NaN is NaN.
-      live = live & counts[:, None]
-      cotangents = block_cotangents(static, per_row, g, zp, zq, live, want)
-      return tuple(
-          _blocks.accumulate(
-              grads_h, h.x, h.w,
-              _blocks.raw_gradient(jnp.where(live, dz, 0), z, cfg), start,
-              cfg) if wanted else grads_h
-          for grads_h, h, dz, z, wanted in zip(
-              grads, (p, q), cotangents, (zp, zq), want, strict=True))
-
-    grads = (_blocks.zero_grads(*p, cfg, p_perturbed),
-             _blocks.zero_grads(*q, cfg, q_perturbed))
-    if any(want):
-      grads = walk_blocks(body, grads, p.w.shape[1], cfg.block,
-                          cfg.axis_name is not None)
-    return (Head(*_blocks.finish_grads(grads[0], *p_primals)),
-            Head(*_blocks.finish_grads(grads[1], *q_primals)), None)
-  return bwd
-
-
-@_vocab.jit_if_sharded
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _kl(static, p, q, keep):
-  return _kl_forward(static, p, q, keep)[0]
-
-
-def _kl_cotangents(static, per_row, g, zp, zq, live, want):
-  del static
-  lse_p, lse_q, value, _ = per_row
-  log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
-  log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
-  probs_p = jnp.exp(log_p)
-  # dD/dz_p = p (log p - log q - D), 0 where p = 0; dD/dz_q = q - p.
-  dzp = g[:, None] * _vocab.times_finite(
-      probs_p, log_p - log_q - value[:, None]) if want[0] else None
-  dzq = g[:, None] * (jnp.exp(log_q) - probs_p) if want[1] else None
-  return dzp, dzq
-
-
-_kl.__wrapped__.defvjp(_pair_fwd(_kl_forward), _pair_bwd(_kl_cotangents),
-                       symbolic_zeros=True)
+  def logits_cotangents(self, per_row, g, zp, zq, live, want):
+    lse_p, lse_q, value, _ = per_row
+    log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
+    log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
+    probs_p = jnp.exp(log_p)
+    # dD/dz_p = p (log p - log q - D), 0 where p = 0; dD/dz_q = q - p.
+    dzp = g[:, None] * _walks.times_finite(
+        probs_p, log_p - log_q - value[:, None]) if want[0] else None
+    dzq = g[:, None] * (jnp.exp(log_q) - probs_p) if want[1] else None
+    return dzp, dzq
 
 
 def _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias, prefix="p_",
@@ -136,18 +92,13 @@ def kl_divergence(p_x, p_w, q_x, q_w, *, p_bias=None, q_bias=None,
   cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
                            vocab_size, axis_name)
   reduction = _checks.check_reduction(reduction)
-  keep = _vocab.token_mask(where, batch)
-  value = _kl(_Pair(cfg), p, q, keep)
+  keep = _walks.token_mask(where, batch)
+  value = _rule.apply(_KL(cfg), (p, q), (keep,))
   return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
       value.dtype), reduction, batch_axis_name)
 
 
 # --- generalised Jensen-Shannon divergence --------------------------------------
-
-
-class _JS(NamedTuple):
-  cfg: Config
-  beta: float
 
 
 def _mixture_terms(zp, zq, lse_p, lse_q, beta, live):
@@ -165,57 +116,54 @@ def _mixture_terms(zp, zq, lse_p, lse_q, beta, live):
   return log_p, log_q, jnp.exp(log_p), jnp.exp(log_q), log_m
 
 
-def _js_forward(static, p, q, keep):
-  cfg, beta = static.cfg, static.beta
-  p_max, p_sum, q_max, q_sum, _ = _vocab.pair_stats(p, q, cfg)
-  lse_p, lse_q = _vocab.lse(p_max, p_sum), _vocab.lse(q_max, q_sum)
-  offset = _blocks.offset_of(cfg, p.w.shape[1])
+@dataclasses.dataclass(frozen=True)
+class _JS(_Pair):
+  """The generalised JS divergence between two heads' softmaxes."""
 
-  # A second walk, now that both log-sum-exps are known: KL(P || M) and
-  # KL(Q || M).
-  def body(i, carry):
-    kl_pm, kl_qm = carry
-    zp, _, live, _ = block_logits(*p, i, cfg, offset)
-    zq, _, _, _ = block_logits(*q, i, cfg, offset)
+  cfg: Config
+  beta: float
+
+  def forward(self, heads, data):
+    (p, q), (keep,) = heads, data
+    cfg, beta = self.cfg, self.beta
+    p_max, p_sum, q_max, q_sum, _ = _walks.pair_stats(p, q, cfg)
+    lse_p, lse_q = _walks.lse(p_max, p_sum), _walks.lse(q_max, q_sum)
+    offset = _blocks.offset_of(cfg, p.w.shape[1])
+
+    # A second walk, now that both log-sum-exps are known: KL(P || M) and
+    # KL(Q || M).
+    def body(i, carry):
+      kl_pm, kl_qm = carry
+      zp, _, live, _ = block_logits(*p, i, cfg, offset)
+      zq, _, _, _ = block_logits(*q, i, cfg, offset)
+      log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
+          zp, zq, lse_p, lse_q, beta, live)
+      kl_pm = kl_pm + jnp.sum(_walks.times_finite(probs_p, log_p - log_m), 1)
+      kl_qm = kl_qm + jnp.sum(_walks.times_finite(probs_q, log_q - log_m), 1)
+      return kl_pm, kl_qm
+
+    zeros = jnp.zeros(lse_p.shape, cfg.acc)
+    kl_pm, kl_qm = walk_blocks(body, (zeros, zeros), p.w.shape[1],
+                               cfg.block, cfg.axis_name is not None)
+    if cfg.axis_name is not None:
+      kl_pm, kl_qm = lax.psum((kl_pm, kl_qm), cfg.axis_name)
+    # Rows with an empty P or Q have no mixture to speak of: 0.
+    counts = keep & is_nonempty(p_sum) & is_nonempty(q_sum)
+    value = jnp.where(counts, beta * kl_pm + (1 - beta) * kl_qm, 0)
+    return value, (lse_p, lse_q, kl_pm, kl_qm, counts)
+
+  def logits_cotangents(self, per_row, g, zp, zq, live, want):
+    lse_p, lse_q, kl_pm, kl_qm, _ = per_row
+    beta = self.beta
     log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
         zp, zq, lse_p, lse_q, beta, live)
-    kl_pm = kl_pm + jnp.sum(_vocab.times_finite(probs_p, log_p - log_m), 1)
-    kl_qm = kl_qm + jnp.sum(_vocab.times_finite(probs_q, log_q - log_m), 1)
-    return kl_pm, kl_qm
-
-  zeros = jnp.zeros(lse_p.shape, cfg.acc)
-  kl_pm, kl_qm = walk_blocks(body, (zeros, zeros), p.w.shape[1], cfg.block,
-                             cfg.axis_name is not None)
-  if cfg.axis_name is not None:
-    kl_pm, kl_qm = lax.psum((kl_pm, kl_qm), cfg.axis_name)
-  # Rows with an empty P or Q have no mixture to speak of: 0.
-  counts = keep & is_nonempty(p_sum) & is_nonempty(q_sum)
-  value = jnp.where(counts, beta * kl_pm + (1 - beta) * kl_qm, 0)
-  return value, (lse_p, lse_q, kl_pm, kl_qm, counts)
-
-
-@_vocab.jit_if_sharded
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _js(static, p, q, keep):
-  return _js_forward(static, p, q, keep)[0]
-
-
-def _js_cotangents(static, per_row, g, zp, zq, live, want):
-  lse_p, lse_q, kl_pm, kl_qm, _ = per_row
-  beta = static.beta
-  log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
-      zp, zq, lse_p, lse_q, beta, live)
-  # dJS/dz_p = beta p (log p - log m - KL(P || M)), and for Q alike with
-  # 1 - beta; 0 where the probability is 0.
-  dzp = (g * beta)[:, None] * _vocab.times_finite(
-      probs_p, log_p - log_m - kl_pm[:, None]) if want[0] else None
-  dzq = (g * (1 - beta))[:, None] * _vocab.times_finite(
-      probs_q, log_q - log_m - kl_qm[:, None]) if want[1] else None
-  return dzp, dzq
-
-
-_js.__wrapped__.defvjp(_pair_fwd(_js_forward), _pair_bwd(_js_cotangents),
-                       symbolic_zeros=True)
+    # dJS/dz_p = beta p (log p - log m - KL(P || M)), and for Q alike with
+    # 1 - beta; 0 where the probability is 0.
+    dzp = (g * beta)[:, None] * _walks.times_finite(
+        probs_p, log_p - log_m - kl_pm[:, None]) if want[0] else None
+    dzq = (g * (1 - beta))[:, None] * _walks.times_finite(
+        probs_q, log_q - log_m - kl_qm[:, None]) if want[1] else None
+    return dzp, dzq
 
 
 def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
@@ -240,8 +188,8 @@ def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
   cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
                            vocab_size, axis_name)
   reduction = _checks.check_reduction(reduction)
-  keep = _vocab.token_mask(where, batch)
-  value = _js(_JS(cfg, beta), p, q, keep)
+  keep = _walks.token_mask(where, batch)
+  value = _rule.apply(_JS(cfg, beta), (p, q), (keep,))
   return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
       value.dtype), reduction, batch_axis_name)
 

@@ -6,8 +6,8 @@ writes the gradient in the logits' dtype:
 
   g_c = a q_c - b t_c - s w_c [c valid]
 
-with the per-row coefficients a, b, s of `jxent._rows.Coefficients` (already
-multiplied by the cotangent). It computes what `jxent._rows.logits_gradient`
+with the per-row coefficients a, b, s of `jxent._cross_entropy.rows.Coefficients` (already
+multiplied by the cotangent). It computes what `jxent._cross_entropy.rows.logits_gradient`
 computes; the tests compare the two in Pallas' interpret mode.
 """
 
@@ -18,10 +18,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jxent import _rows
-from jxent._kernels.config import KernelConfig
-from jxent._kernels.inputs import row_inputs
-from jxent._options import CrossEntropyOptions
+from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy.triton.config import KernelConfig
+from jxent._cross_entropy.triton.inputs import row_inputs
+from jxent._numerics.options import CrossEntropyOptions
 
 
 def _kernel(*refs, block, kind, smoothing, weighted, masked):

@@ -7,7 +7,7 @@ vocabulary is walked in blocks of `block_size` columns:
 * forward: each block's logits are made, folded into online row statistics
   (a running max, a sum of exponentials rescaled to it, the label's logit
   and the smoothing sums), and dropped. The statistics are the `RowStats`
-  of `jxent._rows`, and the loss, its weight in the mean and the backward
+  of `jxent._cross_entropy.rows`, and the loss, its weight in the mean and the backward
   coefficients come from the same row step as every other cross-entropy;
 * backward: each block's logits are made again, turned into the gradient
   of the loss with respect to them by the shared element-wise pass, and
@@ -23,129 +23,73 @@ with one `pmax` and `psum`s of per-row numbers, and `dx` is summed over the
 axis; nothing of vocabulary size is communicated.
 """
 
-import functools
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jxent import _blocks, _checks, _rows
-from jxent._blocks import Config, block_logits, walk_blocks
-from jxent._logsumexp import shift_of
-from jxent._options import parse_options
+from jxent._cross_entropy import rows as _rows
+from jxent._numerics import checks as _checks
+from jxent._numerics.logsumexp import shift_of
+from jxent._numerics.options import parse_options
+from jxent._vocab import blocks as _blocks
+from jxent._vocab import rule as _rule
+from jxent._vocab import walks as _walks
+from jxent._vocab.blocks import Config, Head
 
 default_block_size = _blocks.default_block_size
 
 
-def online_stats(x, w, bias, label_index, opts, cfg) -> _rows.RowStats:
+def online_stats(head, label_index, opts, cfg) -> _rows.RowStats:
   """The `RowStats` of `x @ w + bias`, one vocabulary block at a time."""
-  tokens, local_vocab = x.shape[0], w.shape[1]
-  offset = _blocks.offset_of(cfg, local_vocab)
-  num_classes = cfg.num_classes
-
-  def body(i, carry):
-    row_max, sumexp, label_logit, count, valid_mean = carry
-    logits, columns, live, _ = block_logits(x, w, bias, i, cfg, offset)
-    logits = jnp.where(live, logits, -jnp.inf)
-    row_max, sumexp, old, new = _blocks.online_lse(row_max, sumexp, logits)
-    is_label = (columns == label_index[:, None]) & live
-    label_logit = label_logit + jnp.sum(jnp.where(is_label, logits, 0), 1)
-    if opts.smoothing:
-      # The valid classes' mean logit, kept relative to the running shift
-      # (rebased when the shift moves) so huge logits lose nothing, and
-      # summed as (z - shift) / V so rows near the float limits cannot
-      # overflow.
-      valid = logits > -jnp.inf
-      valid_mean = valid_mean + count * (old - new) / num_classes + jnp.sum(
-          jnp.where(valid, (logits - new[:, None]) / num_classes, 0), 1)
-      count = count + jnp.sum(valid, axis=1).astype(cfg.acc)
-    return row_max, sumexp, label_logit, count, valid_mean
-
-  zeros = jnp.zeros((tokens,), cfg.acc)
-  init = (jnp.full((tokens,), -jnp.inf, cfg.acc), zeros, zeros, zeros,
-          zeros)
-  row_max, sumexp, label_logit, count, valid_mean = walk_blocks(
-      body, init, local_vocab, cfg.block, cfg.axis_name is not None)
-  if cfg.axis_name is not None:
-    # Combine the shards: one max, then sums rescaled to it.
-    row_max, sumexp, (valid_mean,), (label_logit, count) = _blocks.combine_lse(
-        row_max, sumexp, cfg.axis_name,
-        rebased=((count / num_classes, valid_mean),),
-        summed=(label_logit, count))
-  shift = shift_of(row_max)
+  walk = _walks.stats(head, cfg, label_index=label_index,
+                      smoothing=opts.smoothing)
+  shift = shift_of(walk.row_max)
   return _rows.RowStats(
-      shift=shift, sumexp=sumexp, target_dot=label_logit - shift,
-      valid_count=count if opts.smoothing else None,
-      valid_mean=valid_mean if opts.smoothing else None)
+      shift=shift, sumexp=walk.sumexp, target_dot=walk.label_logit - shift,
+      valid_count=walk.valid_count if opts.smoothing else None,
+      valid_mean=walk.valid_mean if opts.smoothing else None)
 
 
-def _forward(cfg, x, w, bias, labels, opts):
-  stats = online_stats(x, w, bias, labels.class_index, opts, cfg)
-  result = _rows.row_step(stats, opts, cfg.num_classes, labels)
-  return stats, result
+@dataclasses.dataclass(frozen=True)
+class _CrossEntropy(_rule.Op):
+  """The softmax cross-entropy of one head's tokens against labels."""
 
+  cfg: Config
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _linear_ce(cfg, x, w, bias, labels, opts):
-  _, result = _forward(cfg, x, w, bias, labels, opts)
-  return result.loss, result.weight
+  def forward(self, heads, data):
+    (head,), (labels, opts) = heads, data
+    stats = online_stats(head, labels.class_index, opts, self.cfg)
+    result = _rows.row_step(stats, opts, self.cfg.num_classes, labels)
+    per_row = (stats.shift, result.log_sumexp, result.coefficients,
+               result.d_smoothing, result.d_z_loss)
+    return (result.loss, result.weight), per_row
 
+  def row_cotangents(self, per_row, data, cotangents):
+    g, _ = cotangents  # The weights are constants.
+    if _rule.is_zero(g):
+      return None
+    return g
 
-def _linear_ce_fwd(cfg, x, w, bias, labels, opts):
-  # With symbolic zeros the rule sees which inputs are perturbed (unused
-  # here), and, unlike the default, the rule composes with checkify under
-  # `grad` (`jxent.checked`).
-  x, w, bias, labels, opts = jax.tree.map(
-      lambda p: p.value, (x, w, bias, labels, opts),
-      is_leaf=lambda p: isinstance(p, jax.custom_derivatives.CustomVJPPrimal))
-  stats, result = _forward(cfg, x, w, bias, labels, opts)
-  per_row = (stats.shift, result.log_sumexp, result.coefficients,
-             result.d_smoothing, result.d_z_loss)
-  return (result.loss, result.weight), (x, w, bias, labels, opts, per_row)
+  def block_cotangents(self, per_row, data, g, blocks, want):
+    shift, log_sumexp, coefficients, _, _ = per_row
+    (labels, opts), (block,) = data, blocks
+    coefficients = jax.tree.map(lambda c: g * c, coefficients)
+    return (_rows.logits_gradient(
+        block.logits, block.live, shift, log_sumexp, coefficients, opts,
+        label_index=labels.class_index, offset=block.offset + block.start),)
 
-
-def _linear_ce_bwd(cfg, residuals, cotangents):
-  x, w, bias, labels, opts, per_row = residuals
-  shift, log_sumexp, coefficients, d_smoothing, d_z_loss = per_row
-  g, _ = cotangents  # The weights are constants.
-  coefficients = jax.tree.map(lambda c: g * c, coefficients)
-  # Recompute the blocks from x and W behind a barrier: when the whole
-  # vocabulary is one block, XLA would otherwise reuse the forward pass's
-  # logits and keep them alive until here.
-  primals = (x, w, bias)
-  x, w, bias = lax.optimization_barrier(primals)
-  offset = _blocks.offset_of(cfg, w.shape[1])
-
-  def body(i, grads):
-    logits, _, live, start = block_logits(x, w, bias, i, cfg, offset)
-    dlogits = _rows.logits_gradient(
-        logits, live, shift, log_sumexp, coefficients, opts,
-        label_index=labels.class_index, offset=offset + start)
-    return _blocks.accumulate(grads, x, w,
-                              _blocks.raw_gradient(dlogits, logits, cfg),
-                              start, cfg)
-
-  grads = walk_blocks(body, _blocks.zero_grads(x, w, bias, cfg,
-                                               (True, True, True)),
-                      w.shape[1], cfg.block, cfg.axis_name is not None)
-  d_opts = _rows.options_cotangent(opts, g, d_smoothing, d_z_loss,
-                                   _blocks.sum_over_copies)
-  return (*_blocks.finish_grads(grads, *primals), None, d_opts)
-
-
-_linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd, symbolic_zeros=True)
-_linear_ce_jit = jax.jit(_linear_ce, static_argnums=(0,))
+  def data_cotangents(self, per_row, data, g):
+    _, _, _, d_smoothing, d_z_loss = per_row
+    _, opts = data
+    return None, _rows.options_cotangent(opts, g, d_smoothing, d_z_loss,
+                                         _blocks.sum_over_copies)
 
 
 def linear_ce_rows(cfg: Config, x, w, bias, labels, opts):
   """Per-row loss and "mean" weight of the linear cross-entropy."""
-  if cfg.axis_name is not None:
-    # JAX 0.10 cannot run a custom VJP with symbolic zeros eagerly inside
-    # shard_map, but can trace one there. (Elsewhere no jit: checkify fails
-    # to linearise a jit that follows a check.)
-    return _linear_ce_jit(cfg, x, w, bias, labels, opts)
-  return _linear_ce(cfg, x, w, bias, labels, opts)
+  return _rule.apply(_CrossEntropy(cfg), (Head(x, w, bias),), (labels, opts))
 
 
 def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import jax
-import numpy as np
 from jax.experimental import checkify
 
-from jxent import _checks
+from jxent._numerics import checks as _checks
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -17,6 +16,15 @@ R = TypeVar("R")
 
 def _throw(error: checkify.Error) -> None:
   error.throw()
+
+
+def _holds_nnx_objects(tree) -> bool:
+  """Whether `tree` holds Flax NNX modules (without importing Flax)."""
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None:
+    return False
+  return any(nnx.graph.is_graph_node(leaf) for leaf in jax.tree_util.tree_leaves(
+      tree, is_leaf=nnx.graph.is_graph_node))
 
 
 def checked(fn: Callable[P, R]) -> Callable[P, R]:
@@ -66,8 +74,10 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
 
   @functools.wraps(fn)
   def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-    if _holds_nnx_graph_nodes((args, kwargs)):
-      error, out = _checkify_nnx(fn, args, kwargs)
+    if _holds_nnx_objects((args, kwargs)):
+      # The adapter imports Flax, which is loaded already: it was met here.
+      from jxent._debug import nnx
+      error, out = nnx.checkify_nnx(fn, args, kwargs)
     else:
       error, out = checkified(*args, **kwargs)
     if any(isinstance(leaf, jax.core.Tracer)
@@ -79,58 +89,3 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
     return out
 
   return wrapper
-
-
-def _holds_nnx_graph_nodes(tree) -> bool:
-  """Whether `tree` holds Flax NNX modules (without importing Flax)."""
-  nnx = sys.modules.get("flax.nnx")
-  if nnx is None:
-    return False
-  return any(nnx.graph.is_graph_node(leaf) for leaf in jax.tree_util.tree_leaves(
-      tree, is_leaf=nnx.graph.is_graph_node))
-
-
-def _checkify_nnx(fn, args, kwargs):
-  """checkify for a function of Flax NNX modules (say, an `nnx.jit`).
-
-  The modules are split into their graph and state and merged again inside
-  a jitted, checkified function, as NNX's own transforms do: an NNX
-  transform called on module objects from another trace level refuses to
-  run. State the function changes (batch statistics, RNG counts) is written
-  back to the caller's modules.
-  """
-  from flax import nnx  # Imported already: the arguments hold NNX modules.
-
-  leaves, treedef = jax.tree_util.tree_flatten(
-      (args, kwargs), is_leaf=nnx.graph.is_graph_node)
-  nodes = [i for i, leaf in enumerate(leaves) if nnx.graph.is_graph_node(leaf)]
-  arrays = [i for i, leaf in enumerate(leaves)
-            if i not in nodes and isinstance(leaf, jax.Array | np.ndarray)]
-  static = tuple((i, leaf) for i, leaf in enumerate(leaves)
-                 if i not in nodes and i not in arrays)
-  graphdef, state = nnx.split([leaves[i] for i in nodes])
-  pure = functools.partial(_nnx_pure, fn, graphdef, treedef, tuple(nodes),
-                           tuple(arrays), static)
-  # checkify of a jit: NNX's transforms run in the jit's trace, where the
-  # merged modules live (under checkify's own trace they would not).
-  error, (out, new_state) = checkify.checkify(pure)(
-      state, [leaves[i] for i in arrays])
-  nnx.update([leaves[i] for i in nodes], new_state)
-  return error, out
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _nnx_pure(fn, graphdef, treedef, nodes, arrays, static, state, values):
-  """`fn` on the merged modules and the other arguments; and the new state."""
-  from flax import nnx
-
-  leaves = [None] * treedef.num_leaves
-  for i, node in zip(nodes, nnx.merge(graphdef, state), strict=True):
-    leaves[i] = node
-  for i, value in zip(arrays, values, strict=True):
-    leaves[i] = value
-  for i, value in static:
-    leaves[i] = value
-  inner_args, inner_kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
-  out = fn(*inner_args, **inner_kwargs)
-  return out, nnx.state([leaves[i] for i in nodes])

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks
+from jxent._numerics import checks as _checks
 
 
 class Normalizer(NamedTuple):

@@ -3,10 +3,10 @@
 One Triton program per row walks the row's classes tile by tile, keeping an
 online max and a sum of exponentials rescaled to it, and, as the options
 need, the label's logit, the soft labels' mass and dot product, and the
-valid classes' count, weight and mean (`jxent._rows.RowStats`). It reads
+valid classes' count, weight and mean (`jxent._cross_entropy.rows.RowStats`). It reads
 the logits once, where XLA reads them twice (a max, then the sums).
 
-It computes what `jxent._rows.dense_row_stats` computes, -inf, masks and NaN
+It computes what `jxent._cross_entropy.rows.dense_row_stats` computes, -inf, masks and NaN
 included (NaN is counted explicitly, since Triton's max need not propagate
 it); the tests compare the two in Pallas' interpret mode.
 """
@@ -19,10 +19,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jxent import _rows
-from jxent._kernels.config import KernelConfig
-from jxent._kernels.inputs import row_inputs
-from jxent._options import CrossEntropyOptions
+from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy.triton.config import KernelConfig
+from jxent._cross_entropy.triton.inputs import row_inputs
+from jxent._numerics.options import CrossEntropyOptions
 
 
 def _shift_of(row_max):
@@ -128,7 +128,7 @@ def row_stats(
     targets: Soft labels of the logits' shape, or None.
 
   Returns:
-    The rows' `RowStats`, as `jxent._rows.dense_row_stats` gives them.
+    The rows' `RowStats`, as `jxent._cross_entropy.rows.dense_row_stats` gives them.
   """
   batch = logits.shape[:-1]
   weighted = opts.class_weights is not None
@@ -156,3 +156,4 @@ def row_stats(
       valid_weight = None  # It is the count, as the XLA path leaves it.
   return _rows.RowStats(shift, sumexp, target_dot, target_mass, valid_count,
                         valid_weight, valid_mean)
+

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _checks
-from jxent._logsumexp import shift_of
+from jxent._numerics import checks as _checks
+from jxent._numerics.logsumexp import shift_of
 
 AxisName = str | tuple[str, ...]
 

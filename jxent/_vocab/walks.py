@@ -1,52 +1,28 @@
-r"""Vocabulary-scale heads: log-probabilities, entropy, KL, JS, top-k KL.
+r"""The forward walks the vocabulary-scale heads share.
 
-What reinforcement learning and distillation need from a language model's
-output layer, without ever holding its [tokens, vocabulary] logits: each
-function walks the vocabulary in blocks (`jxent._blocks`), keeps a few
-float32 numbers per token between its passes, and has a custom VJP that
-walks again to compute the gradients block by block. Each is exact: it
-equals the materialised computation to float tolerance, in value and
-gradient.
+Each head (cross-entropy, log-probabilities and entropy, KL, JS, top-k KL)
+reduces its logits to a few float32 numbers per token in one walk over the
+vocabulary (`jxent._vocab.blocks`): `stats` for one head, `pair_stats` for
+two over the same vocabulary. Its custom VJP (`jxent._vocab.rule`) walks
+again to compute the gradients block by block. Each is exact: it equals the
+materialised computation to float tolerance, in value and gradient.
 
 The logits of a head are `cap(x @ w + bias) / temperature`. A token whose
 `where` is False (or whose label is `ignore_index`) gives 0 and no
 gradient, and so does a token whose logits are all -inf.
 """
 
-import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent import _blocks
-from jxent._blocks import Config, Head, block_logits, walk_blocks
-from jxent._logsumexp import is_nonempty, safe_log, shift_of
-
-_PRIMAL = jax.custom_derivatives.CustomVJPPrimal
-_ZERO = jax.custom_derivatives.SymbolicZero
-
-
-def values(tree):
-  """Unwraps a custom VJP rule's `CustomVJPPrimal`s into their values."""
-  return jax.tree.map(lambda p: p.value, tree,
-                      is_leaf=lambda p: isinstance(p, _PRIMAL))
-
-
-def perturbed(head) -> tuple[bool, ...]:
-  """Whether a head's x, w and bias are perturbed (need gradients)."""
-  return tuple(isinstance(p, _PRIMAL) and p.perturbed for p in head)
-
-
-def is_zero(cotangent) -> bool:
-  return cotangent is None or isinstance(cotangent, _ZERO)
-
-
-def times_finite(weight, value):
-  """weight * value, 0 where weight is 0 (even if value is infinite)."""
-  nonzero = weight != 0
-  return jnp.where(nonzero, weight * jnp.where(nonzero, value, 0), 0)
+from jxent._numerics.logsumexp import is_nonempty, safe_log, shift_of
+from jxent._numerics.softmax_rows import times_finite
+from jxent._vocab import blocks as _blocks
+from jxent._vocab.blocks import Config, Head, block_logits, walk_blocks
 
 
 def lse(row_max, sumexp):
@@ -55,29 +31,39 @@ def lse(row_max, sumexp):
                    -jnp.inf)
 
 
-def jit_if_sharded(fn):
-  """JAX 0.10 runs a custom VJP with symbolic zeros inside an eager
-  `shard_map` only under `jit`; elsewhere the rule is called directly
-  (checkify cannot linearise a jit that follows a check)."""
-  jitted = jax.jit(fn, static_argnums=(0,))
-
-  @functools.wraps(fn)
-  def call(static, *args):
-    return (jitted if static.cfg.axis_name is not None else fn)(static, *args)
-
-  return call
-
-
 # --- the walks -------------------------------------------------------------
 
 
-def stats(head: Head, cfg: Config, *, label_index=None, entropy=False):
-  """One head's max, sum, label logit and entropy sum, over every shard."""
+class Stats(NamedTuple):
+  """One head's per-token numbers over the whole vocabulary ([tokens]).
+
+  Attributes:
+    row_max: The max logit (-inf for an empty row).
+    sumexp: The sum of exp(logit - shift_of(row_max)).
+    label_logit: The label's logit (0 without labels).
+    entropy_sum: The sum of e (z - shift), e = exp(z - shift), with
+      `entropy`; else 0.
+    valid_count: With `smoothing`, the number of classes above -inf.
+    valid_mean: With `smoothing`, the sum of (z - shift) / V over them.
+  """
+
+  row_max: jax.Array
+  sumexp: jax.Array
+  label_logit: jax.Array
+  entropy_sum: jax.Array
+  valid_count: jax.Array
+  valid_mean: jax.Array
+
+
+def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
+          smoothing=False) -> Stats:
+  """One head's `Stats`, in one walk, over every shard."""
   tokens, local_vocab = head.x.shape[0], head.w.shape[1]
   offset = _blocks.offset_of(cfg, local_vocab)
+  num_classes = cfg.num_classes
 
   def body(i, carry):
-    row_max, sumexp, picked, ent = carry
+    row_max, sumexp, picked, ent, count, valid_mean = carry
     logits, columns, live, _ = block_logits(*head, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
     previous = sumexp
@@ -91,17 +77,32 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False):
       e = jnp.exp(logits - new[:, None])
       ent = _blocks.rescale(row_max, new) * (ent + (old - new) * previous) + (
           jnp.sum(times_finite(e, logits - new[:, None]), 1))
-    return new_max, sumexp, picked, ent
+    if smoothing:
+      # The valid classes' mean logit, kept relative to the running shift
+      # (rebased when the shift moves) so huge logits lose nothing, and
+      # summed as (z - shift) / V so rows near the float limits cannot
+      # overflow.
+      valid = logits > -jnp.inf
+      valid_mean = valid_mean + count * (old - new) / num_classes + jnp.sum(
+          jnp.where(valid, (logits - new[:, None]) / num_classes, 0), 1)
+      count = count + jnp.sum(valid, axis=1).astype(cfg.acc)
+    return new_max, sumexp, picked, ent, count, valid_mean
 
   zeros = jnp.zeros((tokens,), cfg.acc)
-  init = (jnp.full((tokens,), -jnp.inf, cfg.acc), zeros, zeros, zeros)
-  row_max, sumexp, picked, ent = walk_blocks(
+  init = (jnp.full((tokens,), -jnp.inf, cfg.acc),) + (zeros,) * 5
+  row_max, sumexp, picked, ent, count, valid_mean = walk_blocks(
       body, init, local_vocab, cfg.block, cfg.axis_name is not None)
   if cfg.axis_name is not None:
-    row_max, sumexp, _, (picked,), (ent,) = _blocks.combine_lse(
-        row_max, sumexp, cfg.axis_name, summed=(picked,),
-        weighted=((sumexp, ent),))
-  return row_max, sumexp, picked, ent
+    # Combine the shards: one max, then sums rescaled to it.
+    row_max, sumexp, (valid_mean,), (picked, count), *weighted = (
+        _blocks.combine_lse(
+            row_max, sumexp, cfg.axis_name,
+            rebased=((count / num_classes, valid_mean),),
+            summed=(picked, count),
+            weighted=((sumexp, ent),) if entropy else ()))
+    if entropy:
+      (ent,), = weighted
+  return Stats(row_max, sumexp, picked, ent, count, valid_mean)
 
 
 def pair_stats(p: Head, q: Head, cfg: Config):

@@ -1,0 +1,181 @@
+"""Which implementation computes a softmax cross-entropy: the registry.
+
+Implementations are named by backend, as tokamax names them:
+
+* ``"xla"``: XLA on any platform, with the custom JVP (`xla`): every
+  differentiation mode.
+* ``"triton"``: the Pallas Triton kernels (`triton`) for both passes, on
+  NVIDIA GPUs: reverse mode only.
+* ``None`` (the default): XLA's custom JVP everywhere, with the row
+  statistics of the forward pass computed by each kernel implementation's
+  forward kernel on that implementation's platform (the Triton kernel on
+  CUDA). The choice is made per platform when the function is lowered
+  (`lax.platform_dependent`), not when it is traced: one jitted function
+  runs XLA on the CPU of a GPU machine and the kernel on its GPU, and
+  `jax.export` for ``["cpu", "cuda"]`` carries both.
+
+A new kernel (say ``"mosaic_tpu"``) is one module and one `KERNELS` entry;
+the kernel tests run against every entry. Kernel modules are imported only
+when a function is traced with them, so `import jxent` loads no Pallas.
+"""
+
+import contextlib
+import dataclasses
+import importlib
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy import xla as _xla
+
+Implementation = Literal["xla", "triton"] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelImplementation:
+  """A registered kernel implementation of the softmax cross-entropies.
+
+  Its module provides ``stats_kernel(num_classes, dtype, **config)``, a
+  `rows.StatsKernel` for the default path, and ``cross_entropy_rows(
+  num_classes, dtype, logits, mask, target, opts, **config)``, the per-row
+  loss and weight with both passes on its kernels.
+
+  Attributes:
+    module: The module, imported when first used.
+    platform: The platform it runs on, as `lax.platform_dependent` names it.
+    device: The hardware in words, for error messages.
+    dtypes: The logits' dtypes it takes.
+  """
+
+  module: str
+  platform: str
+  device: str
+  dtypes: tuple[str, ...]
+
+  def load(self):
+    return importlib.import_module(self.module)
+
+  def unsuitable(self, dtype, num_classes: int) -> str | None:
+    """Why it cannot run these logits, or None."""
+    if jnp.dtype(dtype).name not in self.dtypes:
+      return (f"it takes {', '.join(self.dtypes)} logits, not"
+              f" {jnp.dtype(dtype).name}")
+    if num_classes == 0:
+      return "there are no classes"
+    return None
+
+
+KERNELS: dict[str, KernelImplementation] = {
+    "triton": KernelImplementation(
+        module="jxent._cross_entropy.triton", platform="cuda",
+        device="an NVIDIA GPU", dtypes=("float32", "bfloat16", "float16")),
+}
+NAMES = ("xla", *KERNELS)
+
+# Tests set this to run the kernels where they could not run otherwise:
+# {"platforms": extra platforms for the default path's kernels (say "cpu",
+# in interpret mode), "config": overrides of the kernels' configuration}.
+_test_override: dict | None = None
+
+
+@contextlib.contextmanager
+def kernels_anywhere(interpret: bool, platforms: tuple[str, ...] | None = None,
+                     **config):
+  """Runs the kernels on any backend, for tests.
+
+  Args:
+    interpret: Run Pallas' interpreter (on a CPU) rather than compile.
+    platforms: The platforms, besides each kernel's own, on which the
+      default path runs the kernels; by default "cpu" in interpret mode,
+      none otherwise.
+    **config: Configuration fields to use instead of the defaults (say, a
+      small `block`, so that short rows take several tiles).
+
+  Within it, an explicit kernel implementation is also traced without
+  looking for its device (so it can be lowered with `jax.export`).
+  """
+  global _test_override
+  if platforms is None:
+    platforms = ("cpu",) if interpret else ()
+  saved = _test_override
+  _test_override = dict(platforms=tuple(platforms),
+                        config=dict(interpret=interpret, **config))
+  try:
+    yield
+  finally:
+    _test_override = saved
+
+
+def _config() -> dict:
+  return {} if _test_override is None else _test_override["config"]
+
+
+def _has_device(kernel: KernelImplementation) -> bool:
+  if _test_override is not None:
+    return True
+  backend = {"cuda": "gpu", "rocm": "gpu"}.get(kernel.platform,
+                                               kernel.platform)
+  try:
+    return bool(jax.devices(backend))
+  except RuntimeError:
+    return False
+
+
+def _stats_kernels(dtype, num_classes: int) -> tuple[_rows.StatsKernel, ...]:
+  """Every registered kernel's forward kernel that suits these logits."""
+  kernels = []
+  for kernel in KERNELS.values():
+    if kernel.unsuitable(dtype, num_classes) is not None:
+      continue
+    stats = kernel.load().stats_kernel(num_classes, dtype, **_config())
+    kernels.append(stats)
+    for platform in () if _test_override is None else (
+        _test_override["platforms"]):
+      kernels.append(stats._replace(platform=platform))
+  return tuple(kernels)
+
+
+def cross_entropy_rows(implementation: Implementation, num_classes: int,
+                       logits, mask, target, opts):
+  """Per-row loss and "mean" weight, on the implementation asked for.
+
+  Raises:
+    ValueError: If `implementation` is unknown, or a kernel implementation
+      cannot run here, with the reason.
+  """
+  if implementation is not None and implementation not in NAMES:
+    raise ValueError(
+        f"`implementation` must be None or one of {NAMES}, got"
+        f" {implementation!r}.")
+  if implementation == "xla":
+    return _xla.softmax_cross_entropy_rows(None, num_classes, (), logits,
+                                           mask, target, opts)
+  if implementation is None:
+    return _xla.softmax_cross_entropy_rows(
+        None, num_classes, _stats_kernels(logits.dtype, num_classes),
+        logits, mask, target, opts)
+  kernel = KERNELS[implementation]
+  if not _has_device(kernel):
+    raise ValueError(
+        f"implementation={implementation!r} needs {kernel.device}; JAX's"
+        f" backends here: {_backends()}. Use implementation='xla', or None"
+        " to choose per platform.")
+  why = kernel.unsuitable(logits.dtype, num_classes)
+  if why is not None:
+    raise ValueError(
+        f"implementation={implementation!r} cannot run: {why}.")
+  return kernel.load().cross_entropy_rows(
+      num_classes, logits.dtype, logits, mask, target, opts, **_config())
+
+
+def _backends() -> str:
+  names = []
+  for backend in ("cpu", "gpu", "tpu"):
+    try:
+      jax.devices(backend)
+    except RuntimeError:
+      continue
+    names.append(backend)
+  return ", ".join(names) or "none"

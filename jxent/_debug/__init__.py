@@ -1,0 +1,1 @@
+"""`jxent.checked`, and its adapter for Flax NNX objects."""

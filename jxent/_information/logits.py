@@ -1,0 +1,297 @@
+r"""Entropy, cross-entropy and KL divergence of logits.
+
+Logits are unnormalised log-probabilities; they go through the shared
+log-sum-exp and are never exponentiated raw. Results are in nats unless
+`base` is given.
+
+The functions have custom derivatives (`jax.custom_jvp`), built on the row
+mechanics the cross-entropies use (`jxent._numerics.softmax_rows`): one
+pass of row sums forward, and a tangent recomputed element-wise from the
+logits and a few numbers per row, under `jax.checkpoint`. Every
+differentiation mode works, and reverse mode keeps no float32
+[batch, classes] array, which distillation over a large vocabulary needs.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jxent._information.probabilities import in_base
+from jxent._numerics import checks as _checks
+from jxent._numerics import softmax_rows as _softmax_rows
+from jxent._numerics.logsumexp import safe_log
+
+Axis = int | tuple[int, ...]
+
+
+def _logits(name: str, x) -> jax.Array:
+  x = jnp.asarray(x)
+  _checks.check_floating(name, x)
+  return x
+
+
+# --- entropy ------------------------------------------------------------------
+
+
+def _entropy_parts(axis_name, logits, mask):
+  keep = _softmax_rows.keeps_exp(logits.dtype)
+  _, shifted, shift = _softmax_rows.shifted(logits, mask, axis_name)
+  e = jnp.exp(shifted)
+  sumexp, dot = _softmax_rows.sums(axis_name, keep, e,
+                                   _softmax_rows.times_finite(e, shifted))
+  log_sumexp = safe_log(sumexp)
+  # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
+  entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
+  return entropy, shift, log_sumexp, e if keep else None
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def entropy_rows(axis_name, logits, mask):
+  """H(softmax(logits)) per row, classes last, in nats."""
+  return _entropy_parts(axis_name, logits, mask)[0]
+
+
+def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
+                     dlogits, exps=None):
+  shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp, exps)
+  # dH/dz_c = -p_c (log p_c + H), 0 where p_c = 0.
+  grad = -_softmax_rows.times_finite(
+      probs, shifted - log_sumexp[..., None] + entropy[..., None])
+  return _softmax_rows.row_tangent(axis_name, grad, dlogits)
+
+
+@functools.partial(entropy_rows.defjvp, symbolic_zeros=True)
+def _entropy_rows_jvp(axis_name, primals, tangents):
+  logits, mask = primals
+  dlogits, _ = tangents
+  entropy, shift, log_sumexp, exps = _entropy_parts(axis_name, logits, mask)
+  if exps is not None:  # Kept by the forward pass (see keeps_exp).
+    tangent = _entropy_tangent(axis_name, logits, mask, shift, log_sumexp,
+                               entropy, dlogits, exps)
+  else:
+    # jax.checkpoint: reverse mode saves the logits and per-row numbers.
+    tangent = jax.checkpoint(_entropy_tangent, static_argnums=(0,))(
+        axis_name, logits, mask, shift, log_sumexp, entropy, dlogits)
+  return entropy, tangent
+
+
+# --- cross-entropy and KL divergence --------------------------------------------
+
+
+def _pair_value(kind, axis_name, p_logits, q_logits, mask):
+  """The row values and P's and Q's per-row numbers, in one pass of sums."""
+  keep = (_softmax_rows.keeps_exp(p_logits.dtype)
+          and _softmax_rows.keeps_exp(q_logits.dtype))
+  _, sp, shift_p = _softmax_rows.shifted(p_logits, mask, axis_name)
+  _, sq, shift_q = _softmax_rows.shifted(q_logits, mask, axis_name)
+  ep, eq = jnp.exp(sp), jnp.exp(sq)
+  # KL sums p (shifted_p - shifted_q) in one term, so nearly equal P and Q
+  # do not cancel two large sums; the cross-entropy sums p (-shifted_q).
+  per_class = sp - sq if kind == "kl" else -sq
+  sum_p, sum_q, dot = _softmax_rows.sums(
+      axis_name, keep, ep, eq, _softmax_rows.times_finite(ep, per_class))
+  lse_p, lse_q = safe_log(sum_p), safe_log(sum_q)
+  mean = dot / jnp.where(sum_p != 0, sum_p, 1)
+  # D_KL = E_p[shifted_p - shifted_q] - lse_p + lse_q and H(P, Q) =
+  # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
+  value = mean + lse_q - (lse_p if kind == "kl" else 0)
+  value = jnp.where(sum_p != 0, value, 0)
+  exps = (ep, eq) if keep else (None, None)
+  return value, (shift_p, lse_p, sum_p), (shift_q, lse_q), exps
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def pair_rows(kind, axis_name, p_logits, q_logits, mask):
+  """H(P, Q) (kind "cross_entropy") or D_KL(P || Q) (kind "kl") per row."""
+  return _pair_value(kind, axis_name, p_logits, q_logits, mask)[0]
+
+
+def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
+               q_shift, q_lse, value, dlogits, p_exps=None):
+  sp, probs_p = _softmax_rows.recompute(p_logits, mask, p_shift, p_lse, p_exps)
+  sq, _ = _softmax_rows.recompute(q_logits, mask, q_shift, q_lse)
+  log_q = sq - q_lse[..., None]
+  if kind == "kl":
+    # dD/dz_p,c = p_c (log p_c - log q_c - D).
+    per_class = sp - p_lse[..., None] - log_q - value[..., None]
+  else:
+    # dH/dz_p,c = p_c (-log q_c - H).
+    per_class = -log_q - value[..., None]
+  return _softmax_rows.row_tangent(axis_name, _softmax_rows.times_finite(probs_p, per_class), dlogits)
+
+
+def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
+               q_shift, q_lse, dlogits, p_exps=None, q_exps=None):
+  # d/dz_q,c of both H(P, Q) and D_KL(P || Q) is q_c - p_c (0 for an
+  # empty P).
+  _, probs_p = _softmax_rows.recompute(p_logits, mask, p_shift, p_lse, p_exps)
+  _, probs_q = _softmax_rows.recompute(q_logits, mask, q_shift, q_lse, q_exps)
+  grad = jnp.where((p_sum != 0)[..., None], probs_q - probs_p, 0)
+  return _softmax_rows.row_tangent(axis_name, grad, dlogits)
+
+
+@functools.partial(pair_rows.defjvp, symbolic_zeros=True)
+def _pair_rows_jvp(kind, axis_name, primals, tangents):
+  p_logits, q_logits, mask = primals
+  dp, dq, _ = tangents
+  value, p, q, (p_exps, q_exps) = _pair_value(kind, axis_name, p_logits,
+                                              q_logits, mask)
+  tangent = jnp.zeros_like(value)
+  # Without kept exps (see keeps_exp), under jax.checkpoint: reverse mode
+  # then saves the logits and per-row numbers only.
+  kept = p_exps is not None
+  if not _softmax_rows.is_zero_tangent(dp):
+    p_rule = _p_tangent if kept else jax.checkpoint(_p_tangent,
+                                                    static_argnums=(0, 1))
+    tangent = tangent + p_rule(
+        kind, axis_name, p_logits, q_logits, mask, p[0], p[1], q[0], q[1],
+        value, dp, *((p_exps,) if kept else ()))
+  if not _softmax_rows.is_zero_tangent(dq):
+    q_rule = _q_tangent if kept else jax.checkpoint(_q_tangent,
+                                                    static_argnums=(0,))
+    tangent = tangent + q_rule(
+        axis_name, p_logits, q_logits, mask, p[0], p[1], p[2], q[0], q[1],
+        dq, *((p_exps, q_exps) if kept else ()))
+  return value, tangent
+
+
+# --- public functions of logits -------------------------------------------------
+
+
+def entropy_from_logits(
+    logits: jax.typing.ArrayLike,
+    axis: Axis = -1,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+  r"""Entropy of the categorical distribution `softmax(logits)`.
+
+  .. math:: H(P) = -\sum_x P(x) \log P(x), \qquad P = \operatorname{softmax}(z)
+
+  Every differentiation mode works; reverse mode keeps only the logits and
+  a few numbers per row, so an entropy bonus over a large vocabulary costs
+  no float32 copy of the logits.
+
+  Args:
+    logits: Unnormalised log-probabilities along `axis`; -inf marks an
+      impossible class. Log-probabilities are valid logits.
+    axis: The class axis, or tuple of axes.
+    where: Boolean mask; excluded classes get no probability.
+    base: Logarithm base; None gives nats, 2 gives bits.
+
+  Returns:
+    Array of `logits.shape` without `axis`. A row with every class masked
+    (or a zero-length class axis) has entropy 0; a NaN logit gives NaN.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> print(jxent.entropy_from_logits(jnp.zeros(4), base=2))
+    2.0
+  """
+  log_base = _checks.check_base(base)
+  logits = _logits("logits", logits)
+  axes = _checks.canonical_axes(axis, logits.ndim)
+  mask = _checks.broadcast_where(where, logits.shape)
+  mask = None if mask is None else _softmax_rows.classes_last(mask, axes)
+  value = entropy_rows(None, _softmax_rows.classes_last(logits, axes), mask)
+  return in_base(value, log_base)
+
+
+def _logits_pair(
+    p_logits, q_logits, axis, where
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  p_logits = _logits("p_logits", p_logits)
+  q_logits = _logits("q_logits", q_logits)
+  shape = _checks.broadcast_shapes("p_logits", p_logits, "q_logits",
+                                   q_logits)
+  axes = _checks.canonical_axes(axis, len(shape))
+  mask = _checks.broadcast_where(where, shape)
+  p_logits = _softmax_rows.classes_last(jnp.broadcast_to(p_logits, shape), axes)
+  q_logits = _softmax_rows.classes_last(jnp.broadcast_to(q_logits, shape), axes)
+  mask = None if mask is None else _softmax_rows.classes_last(mask, axes)
+  return p_logits, q_logits, mask
+
+
+def cross_entropy_from_logits(
+    p_logits: jax.typing.ArrayLike,
+    q_logits: jax.typing.ArrayLike,
+    axis: Axis = -1,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+  r"""Cross-entropy H(P, Q) with P and Q given by logits.
+
+  .. math:: H(P, Q) = -\sum_x P(x) \log Q(x),
+     \quad P = \operatorname{softmax}(z_p),\ Q = \operatorname{softmax}(z_q)
+
+  Differentiable in both arguments, in every mode.
+
+  Args:
+    p_logits: Logits of the data distribution P.
+    q_logits: Logits of the model distribution Q; broadcastable.
+    axis: The class axis, or tuple of axes.
+    where: Boolean mask applied to both; excluded classes get no
+      probability in either.
+    base: Logarithm base; None gives nats, 2 gives bits.
+
+  Returns:
+    Array of the broadcast shape without `axis`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> p_logits = jnp.log(jnp.array([1.0, 0.0, 0.0, 0.0]))
+    >>> q_logits = jnp.log(jnp.array([0.7, 0.1, 0.05, 0.15]))
+    >>> print(jxent.cross_entropy_from_logits(p_logits, q_logits).round(4))
+    0.3567
+  """
+  log_base = _checks.check_base(base)
+  p, q, mask = _logits_pair(p_logits, q_logits, axis, where)
+  return in_base(pair_rows("cross_entropy", None, p, q, mask), log_base)
+
+
+def kl_divergence_from_logits(
+    p_logits: jax.typing.ArrayLike,
+    q_logits: jax.typing.ArrayLike,
+    axis: Axis = -1,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+  r"""KL divergence D_KL(P || Q) with P and Q given by logits.
+
+  .. math:: D_{KL}(P \| Q) = \sum_x P(x) (\log P(x) - \log Q(x))
+
+  Differentiable in both arguments, in every mode. Reverse mode keeps only
+  the logits and a few numbers per row, as distillation needs.
+
+  Note:
+    `p_logits`, the data distribution, comes first. optax's
+    `kl_divergence_with_log_targets(log_predictions, log_targets)` takes the
+    reverse order.
+
+  Args:
+    p_logits: Logits of the data distribution P.
+    q_logits: Logits of the model distribution Q; broadcastable.
+    axis: The class axis, or tuple of axes.
+    where: Boolean mask applied to both.
+    base: Logarithm base; None gives nats, 2 gives bits.
+
+  Returns:
+    Array of the broadcast shape without `axis`: 0 where P is empty,
+    `inf` where P has mass on a class that Q rules out.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> p_logits = jnp.log(jnp.array([0.9, 0.1]))
+    >>> print(jxent.kl_divergence_from_logits(p_logits, jnp.zeros(2)).round(4))
+    0.3681
+  """
+  log_base = _checks.check_base(base)
+  p, q, mask = _logits_pair(p_logits, q_logits, axis, where)
+  return in_base(pair_rows("kl", None, p, q, mask), log_base)

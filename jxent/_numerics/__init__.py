@@ -1,0 +1,1 @@
+"""Shared numerics: argument checks, the one log-sum-exp, parsed options."""

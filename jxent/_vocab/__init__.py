@@ -1,0 +1,6 @@
+"""Vocabulary-scale heads: losses of `x @ w` that never hold the logits.
+
+`blocks` is the walk over vocabulary blocks; `walks` the online statistics
+the heads share; `rule` the one custom-VJP rule every head uses; then one
+module per head.
+"""
