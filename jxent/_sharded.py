@@ -13,8 +13,8 @@ collectives over `axis_name`; nothing of vocabulary size is ever gathered:
   KL terms) are summed locally and `psum`-ed.
 
 The functions are the plain ones with an `axis_name`: the same row step
-(`jxent._cross_entropy.rows`) and the same custom derivatives, whose tangent is summed
-over the axis with `psum`. The backward pass is local to each shard, and
+(`jxent._cross_entropy.rows`) and the same custom derivatives, whose tangent
+is summed over the axis with `psum`. The backward pass is local to each shard, and
 reverse mode saves only the local inputs and a few numbers per row, never
 a float32 copy of the local logits. The linear loss walks its local columns
 in blocks. Labels are *global* class indices; a shard knows its offset as
@@ -38,6 +38,7 @@ from jxent._vocab import cross_entropy as _linear
 from jxent._vocab import divergences as _linear_divergences
 from jxent._vocab import log_probs as _linear_log_probs
 from jxent._vocab import top_k as _linear_top_k
+from jxent._vocab.blocks import Walk
 
 _AxisName = str | tuple[str, ...]
 
@@ -121,8 +122,7 @@ def softmax_cross_entropy_with_integer_labels(
     [0.3567]
   """
   local_logits = _local("local_logits", local_logits)
-  labels = jnp.asarray(labels)
-  _checks.check_integer("labels", labels)
+  labels = _checks.as_labels("labels", labels)
   _check_label_shape(labels, local_logits.shape[:-1], "`local_logits`")
   num_classes = local_logits.shape[-1] * lax.axis_size(axis_name)
   opts = parse_options(
@@ -347,11 +347,11 @@ def linear_softmax_cross_entropy(
   """
   labels_shape = jnp.shape(labels)
   flat_x, local_w, local_bias, flat_labels, opts, cfg = _linear.prepare(
-      x, local_w, labels, local_bias, ignore_index=ignore_index,
-      label_smoothing=label_smoothing, z_loss=z_loss,
-      logit_softcap=logit_softcap, reduction=reduction,
-      block_size=block_size, vocab_size=vocab_size, axis_name=axis_name,
-      w_name="local_w", bias_name="local_bias")
+      x, local_w, labels, local_bias,
+      Walk(block_size, logit_softcap, 1.0, vocab_size, axis_name),
+      ignore_index=ignore_index, label_smoothing=label_smoothing,
+      z_loss=z_loss, reduction=reduction, w_name="local_w",
+      bias_name="local_bias")
   loss, weight = _linear.linear_ce_rows(cfg, flat_x, local_w, local_bias,
                                         flat_labels, opts)
   return _rows.reduce(loss.reshape(labels_shape),
@@ -411,10 +411,10 @@ def linear_log_probs(
     [-1.3863 -1.3863]
   """
   return _linear_log_probs.log_probs(
-      x, local_w, labels, bias=local_bias, temperature=temperature,
-      logit_softcap=logit_softcap, return_entropy=return_entropy,
-      ignore_index=ignore_index, where=where, block_size=block_size,
-      axis_name=axis_name, vocab_size=vocab_size,
+      x, local_w, labels,
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      bias=local_bias, return_entropy=return_entropy,
+      ignore_index=ignore_index, where=where,
       names=("x", "local_w", "local_bias"))
 
 
@@ -455,7 +455,8 @@ def linear_kl_divergence(
     logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
     where: Optional boolean token mask.
     block_size: Local vocabulary columns per block.
-    reduction: "none", "sum" or "mean" over the kept tokens.
+    reduction: "none", "sum" or "mean" over the tokens that count (as in
+      the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
 
   Returns:
@@ -475,11 +476,10 @@ def linear_kl_divergence(
     [0.3681]
   """
   return _linear_divergences.kl_divergence(
-      p_x, local_p_w, q_x, local_q_w, p_bias=local_p_bias,
-      q_bias=local_q_bias, temperature=temperature,
-      logit_softcap=logit_softcap, where=where, block_size=block_size,
-      reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
-      batch_axis_name=batch_axis_name)
+      p_x, local_p_w, q_x, local_q_w,
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      p_bias=local_p_bias, q_bias=local_q_bias, where=where,
+      reduction=reduction, batch_axis_name=batch_axis_name)
 
 
 def linear_js_divergence(
@@ -521,7 +521,8 @@ def linear_js_divergence(
     logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
     where: Optional boolean token mask.
     block_size: Local vocabulary columns per block.
-    reduction: "none", "sum" or "mean" over the kept tokens.
+    reduction: "none", "sum" or "mean" over the tokens that count (as in
+      the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
 
   Returns:
@@ -542,11 +543,10 @@ def linear_js_divergence(
     [0.6931]
   """
   return _linear_divergences.js_divergence(
-      p_x, local_p_w, q_x, local_q_w, beta=beta, p_bias=local_p_bias,
-      q_bias=local_q_bias, temperature=temperature,
-      logit_softcap=logit_softcap, where=where, block_size=block_size,
-      reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
-      batch_axis_name=batch_axis_name)
+      p_x, local_p_w, q_x, local_q_w,
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      beta=beta, p_bias=local_p_bias, q_bias=local_q_bias, where=where,
+      reduction=reduction, batch_axis_name=batch_axis_name)
 
 
 def linear_kl_divergence_from_top_k(
@@ -586,7 +586,8 @@ def linear_kl_divergence_from_top_k(
     logit_softcap: The student's soft cap :math:`c > 0`, or None.
     where: Optional boolean token mask.
     block_size: Local vocabulary columns per block.
-    reduction: "none", "sum" or "mean" over the kept tokens.
+    reduction: "none", "sum" or "mean" over the tokens that count (as in
+      the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
 
   Returns:
@@ -608,11 +609,10 @@ def linear_kl_divergence_from_top_k(
     [0.6931]
   """
   return _linear_top_k.kl_divergence_from_top_k(
-      top_k_indices, top_k_log_probs, x, local_w, tail=tail, bias=local_bias,
-      temperature=temperature, logit_softcap=logit_softcap, where=where,
-      block_size=block_size, reduction=reduction, axis_name=axis_name,
-      vocab_size=vocab_size, batch_axis_name=batch_axis_name,
-      names=("x", "local_w", "local_bias"))
+      top_k_indices, top_k_log_probs, x, local_w,
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      tail=tail, bias=local_bias, where=where, reduction=reduction,
+      batch_axis_name=batch_axis_name, names=("x", "local_w", "local_bias"))
 
 
 def pad_vocab(

@@ -315,3 +315,21 @@ def test_every_derivative_matches_float64_autodiff(rng, mode, which):
     np.testing.assert_allclose(DERIVATIVES[mode](got_fn, a),
                                DERIVATIVES[mode](want_fn, a),
                                rtol=5e-5, atol=5e-6)
+
+
+def test_kl_of_large_finite_logits_does_not_overflow():
+  # Regression (issue 19): E_p[z_p - z_q] was summed before it was divided
+  # by the sum of P's exponentials, and 3 x 1.7e38 overflowed to inf; the
+  # true value, 1.275e38, fits in float32. The hypothesis test
+  # test_everything_finite_for_extreme_logits found it at random.
+  q = jnp.array([[1.7e38, 0.0, 0.0, 0.0]], jnp.float32)
+  p = jnp.zeros((1, 4), jnp.float32)
+  # P is uniform; log Q is 0 on class 0 and -1.7e38 on the others (the
+  # log-sum-exp of Q is 0 to float precision): both are 3/4 x 1.7e38.
+  want = 0.75 * 1.7e38
+  for fn in (jxent.kl_divergence_from_logits, jxent.cross_entropy_from_logits):
+    value = fn(p, q)
+    assert np.isfinite(value).all()
+    np.testing.assert_allclose(value, [want], rtol=1e-6)
+  grad = jax.grad(lambda q: jnp.sum(jxent.kl_divergence_from_logits(p, q)))(q)
+  np.testing.assert_allclose(grad, [[0.75, -0.25, -0.25, -0.25]], rtol=1e-6)

@@ -601,3 +601,29 @@ def test_bad_heads_are_refused_with_clear_errors(rng):
   with pytest.raises(TypeError, match="where"):
     jxent.linear_kl_divergence(p_x, p_w, q_x, q_w,
                                where=jnp.ones(TOKENS, jnp.int32))
+
+
+@pytest.mark.parametrize("head", ["cross_entropy", "log_probs", "top_k"])
+def test_a_frozen_output_layer_costs_no_weight_gradient_matmuls(rng, head):
+  # LoRA-style fine-tuning freezes w: its gradient's matmuls are skipped,
+  # and so are x's when only w is trained.
+  prob = _problem(rng)
+  x, w, labels = prob["p_x"], prob["p_w"], _legal(prob["labels"])
+  indices, teacher = _top_k(rng)
+
+  def loss(x, w):
+    if head == "cross_entropy":
+      return jxent.linear_softmax_cross_entropy(x, w, labels, block_size=8)
+    if head == "log_probs":
+      return jnp.sum(jxent.linear_log_probs(x, w, labels, block_size=8))
+    return jnp.sum(jxent.linear_kl_divergence_from_top_k(
+        indices, teacher, x, w, block_size=8))
+
+  def dots(argnums):
+    return _count_dots(jax.make_jaxpr(jax.grad(loss, argnums))(x, w).jaxpr)
+
+  both, x_only, w_only = dots((0, 1)), dots(0), dots(1)
+  assert x_only < both and w_only < both, (x_only, w_only, both)
+  grads = jax.grad(loss, (0, 1))(x, w)
+  np.testing.assert_allclose(jax.grad(loss, 0)(x, w), grads[0], rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(loss, 1)(x, w), grads[1], rtol=1e-6)

@@ -113,8 +113,7 @@ def softmax_cross_entropy_with_integer_labels(
   """
   logits_shape = jnp.shape(logits)
   rows, mask, _, num_classes = _prepare_logits(logits, axis, where)
-  label_array = jnp.asarray(labels)
-  _checks.check_integer("labels", label_array)
+  label_array = _checks.as_labels("labels", labels)
   if label_array.shape != rows.shape[:-1]:
     raise ValueError(
         f"`labels` must have the shape of `logits` without the class axis"

@@ -129,7 +129,8 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, kernels, primals,
     tangent = tangent + jax.checkpoint(_targets_tangent, static_argnums=(0,))(
         axis_name, logits, mask, stats.shift, result.log_sumexp,
         result.coefficients, opts, offset, dtarget)
-  if opts.smoothing and not _softmax_rows.is_zero_tangent(dopts.label_smoothing):
+  if opts.smoothing and not _softmax_rows.is_zero_tangent(
+      dopts.label_smoothing):
     tangent = tangent + dopts.label_smoothing * result.d_smoothing
   if opts.z and not _softmax_rows.is_zero_tangent(dopts.z_loss):
     tangent = tangent + dopts.z_loss * result.d_z_loss

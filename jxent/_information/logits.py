@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jxent._information.probabilities import in_base
 from jxent._numerics import checks as _checks
@@ -54,7 +55,8 @@ def entropy_rows(axis_name, logits, mask):
 
 def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
                      dlogits, exps=None):
-  shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp, exps)
+  shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp,
+                                           exps)
   # dH/dz_c = -p_c (log p_c + H), 0 where p_c = 0.
   grad = -_softmax_rows.times_finite(
       probs, shifted - log_sumexp[..., None] + entropy[..., None])
@@ -89,10 +91,16 @@ def _pair_value(kind, axis_name, p_logits, q_logits, mask):
   # KL sums p (shifted_p - shifted_q) in one term, so nearly equal P and Q
   # do not cancel two large sums; the cross-entropy sums p (-shifted_q).
   per_class = sp - sq if kind == "kl" else -sq
+  # Divided by C before the sum and multiplied back after dividing by
+  # sum_p, so that logits near the float limits cannot overflow the sum
+  # when the mean itself is finite.
+  classes = max(p_logits.shape[-1] * (
+      1 if axis_name is None else lax.axis_size(axis_name)), 1)
   sum_p, sum_q, dot = _softmax_rows.sums(
-      axis_name, keep, ep, eq, _softmax_rows.times_finite(ep, per_class))
+      axis_name, keep, ep, eq,
+      _softmax_rows.times_finite(ep, per_class / classes))
   lse_p, lse_q = safe_log(sum_p), safe_log(sum_q)
-  mean = dot / jnp.where(sum_p != 0, sum_p, 1)
+  mean = dot / jnp.where(sum_p != 0, sum_p, 1) * classes
   # D_KL = E_p[shifted_p - shifted_q] - lse_p + lse_q and H(P, Q) =
   # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
   value = mean + lse_q - (lse_p if kind == "kl" else 0)
@@ -118,7 +126,8 @@ def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
   else:
     # dH/dz_p,c = p_c (-log q_c - H).
     per_class = -log_q - value[..., None]
-  return _softmax_rows.row_tangent(axis_name, _softmax_rows.times_finite(probs_p, per_class), dlogits)
+  return _softmax_rows.row_tangent(
+      axis_name, _softmax_rows.times_finite(probs_p, per_class), dlogits)
 
 
 def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,

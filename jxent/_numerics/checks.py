@@ -14,6 +14,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 
 Reduction = Literal["none", "sum", "mean"]
@@ -49,6 +50,30 @@ def check_floating(name: str, x: jax.Array) -> None:
             else ""
         )
     )
+
+
+def as_labels(name: str, labels) -> jax.Array:
+  """Integer labels (or indices) as a JAX array, no value wrapped around.
+
+  Without x64, `jnp.asarray` converts a NumPy int64 (or uint32, uint64)
+  array to int32, and 2**32 + 3 would become class 3 before its range is
+  checked. A concrete array whose dtype JAX narrows is therefore clipped to
+  the narrower range first: a value outside it stays outside every class
+  range (and equals no `ignore_index` within it).
+
+  Raises:
+    TypeError: If the labels are not integers.
+  """
+  if isinstance(labels, jax.Array):
+    check_integer(name, labels)
+    return labels
+  host = np.asarray(labels)
+  check_integer(name, host)
+  narrow = jax.dtypes.canonicalize_dtype(host.dtype)
+  if narrow != host.dtype and host.size:
+    info = np.iinfo(narrow)
+    host = np.clip(host, info.min, info.max)
+  return jnp.asarray(host, narrow)
 
 
 def check_integer(name: str, x: jax.Array) -> None:

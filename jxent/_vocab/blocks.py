@@ -26,6 +26,7 @@ from jax import lax
 
 from jxent._numerics import checks as _checks
 from jxent._numerics.logsumexp import shift_of
+from jxent._numerics.softmax_rows import times_finite
 
 AxisName = str | tuple[str, ...]
 
@@ -198,7 +199,10 @@ def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=(),
       (sumexp * scale,
        tuple(value + weight * delta for weight, value in rebased),
        tuple(summed),
-       tuple((value + total * delta) * scale for total, value in weighted)),
+       # 0 where the scale is (a jump so large that total * delta would
+       # overflow).
+       tuple(value * scale + times_finite(total * scale, delta)
+             for total, value in weighted)),
       axis_name)
   if weighted:
     return row_max, sumexp, rebased, summed, weighted
@@ -352,8 +356,7 @@ def prepare_head(x, w, bias, *, x_name="x", w_name="w", bias_name="bias",
 
 def token_labels(labels, batch, name="labels") -> jax.Array:
   """Integer labels, one per token: shape `x.shape[:-1]`, checked."""
-  labels = jnp.asarray(labels)
-  _checks.check_integer(name, labels)
+  labels = _checks.as_labels(name, labels)
   if labels.shape != batch:
     raise ValueError(
         f"`{name}` must have shape x.shape[:-1]={batch}, got"
@@ -375,20 +378,37 @@ def whole_vocab(local_vocab: int, axis_name, vocab_size) -> int:
   return num_classes
 
 
-def config_for(heads, block_size, logit_softcap, temperature=1.0,
-               vocab_size=None, axis_name=None) -> Config:
-  """The walk's `Config` for heads sharing a vocabulary.
+class Walk(NamedTuple):
+  """The walk's options as a head's caller gives them, in one object.
 
-  `vocab_size` is the true V when W (split over `axis_name`, if given) was
-  padded; None means every column.
+  Every public head builds one from its keywords and hands it on; `config_for`
+  checks it against the heads and makes the static `Config`.
+
+  Attributes:
+    block_size: Vocabulary columns per block, or None to choose.
+    logit_softcap: The soft cap, or None.
+    temperature: Divides the logits, after the cap.
+    vocab_size: The true V when W (split over `axis_name`) was padded; None
+      means every column.
+    axis_name: The mesh axis W's columns are split over, or None.
   """
+
+  block_size: int | None = None
+  logit_softcap: float | None = None
+  temperature: float = 1.0
+  vocab_size: int | None = None
+  axis_name: AxisName | None = None
+
+
+def config_for(heads, walk: Walk) -> Config:
+  """The walk's `Config` for heads sharing a vocabulary."""
   local_vocab = heads[0].w.shape[1]
   tokens = heads[0].x.shape[0]
   acc = _checks.compute_dtype(*(h.x.dtype for h in heads),
                               *(h.w.dtype for h in heads))
   return Config(
-      block=check_block_size(block_size, local_vocab, tokens),
-      cap=_checks.check_softcap(logit_softcap), acc=acc,
-      num_classes=whole_vocab(local_vocab, axis_name, vocab_size),
-      axis_name=axis_name,
-      temperature=_checks.check_temperature(temperature))
+      block=check_block_size(walk.block_size, local_vocab, tokens),
+      cap=_checks.check_softcap(walk.logit_softcap), acc=acc,
+      num_classes=whole_vocab(local_vocab, walk.axis_name, walk.vocab_size),
+      axis_name=walk.axis_name,
+      temperature=_checks.check_temperature(walk.temperature))

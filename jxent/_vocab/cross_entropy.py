@@ -7,8 +7,9 @@ vocabulary is walked in blocks of `block_size` columns:
 * forward: each block's logits are made, folded into online row statistics
   (a running max, a sum of exponentials rescaled to it, the label's logit
   and the smoothing sums), and dropped. The statistics are the `RowStats`
-  of `jxent._cross_entropy.rows`, and the loss, its weight in the mean and the backward
-  coefficients come from the same row step as every other cross-entropy;
+  of `jxent._cross_entropy.rows`, and the loss, its weight in the mean and the
+  backward coefficients come from the same row step as every other
+  cross-entropy;
 * backward: each block's logits are made again, turned into the gradient
   of the loss with respect to them by the shared element-wise pass, and
   pushed through the two matmuls that give `dx` (accumulated) and the
@@ -36,7 +37,7 @@ from jxent._numerics.options import parse_options
 from jxent._vocab import blocks as _blocks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
-from jxent._vocab.blocks import Config, Head
+from jxent._vocab.blocks import Config, Head, Walk
 
 default_block_size = _blocks.default_block_size
 
@@ -92,9 +93,8 @@ def linear_ce_rows(cfg: Config, x, w, bias, labels, opts):
   return _rule.apply(_CrossEntropy(cfg), (Head(x, w, bias),), (labels, opts))
 
 
-def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,
-            logit_softcap, reduction, block_size, vocab_size=None,
-            axis_name=None, w_name="w", bias_name="bias"):
+def prepare(x, w, labels, bias, walk: Walk, *, ignore_index, label_smoothing,
+            z_loss, reduction, w_name="w", bias_name="bias"):
   """Validates a linear cross-entropy's inputs; returns what it runs on.
 
   Returns:
@@ -105,8 +105,7 @@ def prepare(x, w, labels, bias, *, ignore_index, label_smoothing, z_loss,
   head, batch = _blocks.prepare_head(x, w, bias, w_name=w_name,
                                      bias_name=bias_name)
   labels = _blocks.token_labels(labels, batch)
-  cfg = _blocks.config_for([head], block_size, logit_softcap,
-                           vocab_size=vocab_size, axis_name=axis_name)
+  cfg = _blocks.config_for([head], walk)
   opts = parse_options(label_smoothing=label_smoothing, z_loss=z_loss,
                        ignore_index=ignore_index, reduction=reduction)
   flat_labels = _checks.sort_labels(labels.reshape(math.prod(batch)),
@@ -179,10 +178,9 @@ def linear_softmax_cross_entropy(
   """
   labels_shape = jnp.shape(labels)
   flat_x, w, bias, flat_labels, opts, cfg = prepare(
-      x, w, labels, bias, ignore_index=ignore_index,
-      label_smoothing=label_smoothing, z_loss=z_loss,
-      logit_softcap=logit_softcap, reduction=reduction,
-      block_size=block_size)
+      x, w, labels, bias, Walk(block_size, logit_softcap),
+      ignore_index=ignore_index, label_smoothing=label_smoothing,
+      z_loss=z_loss, reduction=reduction)
   loss, weight = linear_ce_rows(cfg, flat_x, w, bias, flat_labels, opts)
   return _rows.reduce(loss.reshape(labels_shape),
                       weight.reshape(labels_shape), opts.reduction)

@@ -13,7 +13,7 @@ from jxent._numerics.logsumexp import is_nonempty
 from jxent._vocab import blocks as _blocks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
-from jxent._vocab.blocks import Config, block_logits, walk_blocks
+from jxent._vocab.blocks import Config, Walk, block_logits, walk_blocks
 
 # --- KL divergence -------------------------------------------------------------
 
@@ -21,7 +21,8 @@ from jxent._vocab.blocks import Config, block_logits, walk_blocks
 class _Pair(_rule.Op):
   """What KL and JS share: two heads, a token mask, rows that count."""
 
-  def row_cotangents(self, per_row, data, g):
+  def row_cotangents(self, per_row, data, cotangents):
+    g, _ = cotangents  # The weights in the mean are constants.
     if _rule.is_zero(g):
       return None
     return jnp.where(per_row[-1], g, 0)
@@ -46,20 +47,23 @@ class _KL(_Pair):
   def forward(self, heads, data):
     (p, q), (keep,) = heads, data
     p_max, p_sum, q_max, q_sum, cross = _walks.pair_stats(p, q, self.cfg)
-    lse_p, lse_q = _walks.lse(p_max, p_sum), _walks.lse(q_max, q_sum)
+    norm_p = _walks.normaliser(p_max, p_sum)
+    norm_q = _walks.normaliser(q_max, q_sum)
     p_nonempty = is_nonempty(p_sum)
     counts = keep & p_nonempty
-    # D = E_p[z_p - z_q] - lse_p + lse_q; an empty P gives 0, an empty Q inf.
-    value = cross / jnp.where(p_nonempty, p_sum, 1) - lse_p + lse_q
-    # An empty Q would give inf - inf above; against a live P it is inf.
+    # D = E_p[z_p - z_q] - lse_p + lse_q, the log-sum-exps' shifts
+    # subtracted apart from their sums (exact for huge logits); an empty P
+    # gives 0, an empty Q inf.
+    value = cross / jnp.where(p_nonempty, p_sum, 1) + norm_q.minus(norm_p)
     value = jnp.where(is_nonempty(q_sum), value, jnp.inf)
     value = jnp.where(counts, value, 0)
-    return value, (lse_p, lse_q, value, counts)
+    return (value, counts.astype(value.dtype)), (norm_p, norm_q, value,
+                                                 counts)
 
   def logits_cotangents(self, per_row, g, zp, zq, live, want):
-    lse_p, lse_q, value, _ = per_row
-    log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
-    log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
+    norm_p, norm_q, value, _ = per_row
+    log_p = norm_p.log_probs(jnp.where(live, zp, -jnp.inf))
+    log_q = norm_q.log_probs(jnp.where(live, zq, -jnp.inf))
     probs_p = jnp.exp(log_p)
     # dD/dz_p = p (log p - log q - D), 0 where p = 0; dD/dz_q = q - p.
     dzp = g[:, None] * _walks.times_finite(
@@ -83,28 +87,26 @@ def _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias, prefix="p_",
   return p, q, batch
 
 
-def kl_divergence(p_x, p_w, q_x, q_w, *, p_bias=None, q_bias=None,
-                  temperature=1.0, logit_softcap=None, where=None,
-                  block_size=None, reduction="none", axis_name=None,
-                  vocab_size=None, batch_axis_name=None):
-  """`linear_kl_divergence` and its sharded form (with `axis_name`)."""
+def kl_divergence(p_x, p_w, q_x, q_w, walk: Walk, *, p_bias=None,
+                  q_bias=None, where=None, reduction="none",
+                  batch_axis_name=None):
+  """`linear_kl_divergence` and its sharded form (`walk.axis_name`)."""
   p, q, batch = _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias)
-  cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
-                           vocab_size, axis_name)
+  cfg = _blocks.config_for([p, q], walk)
   reduction = _checks.check_reduction(reduction)
   keep = _walks.token_mask(where, batch)
-  value = _rule.apply(_KL(cfg), (p, q), (keep,))
-  return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
-      value.dtype), reduction, batch_axis_name)
+  value, weight = _rule.apply(_KL(cfg), (p, q), (keep,))
+  return _rows.reduce(value.reshape(batch), weight.reshape(batch), reduction,
+                      batch_axis_name)
 
 
 # --- generalised Jensen-Shannon divergence --------------------------------------
 
 
-def _mixture_terms(zp, zq, lse_p, lse_q, beta, live):
+def _mixture_terms(zp, zq, norm_p, norm_q, beta, live):
   """log p, log q, p, q and log m of one block, m = beta p + (1 - beta) q."""
-  log_p = jnp.where(live, zp, -jnp.inf) - lse_p[:, None]
-  log_q = jnp.where(live, zq, -jnp.inf) - lse_q[:, None]
+  log_p = norm_p.log_probs(jnp.where(live, zp, -jnp.inf))
+  log_q = norm_q.log_probs(jnp.where(live, zq, -jnp.inf))
   # log m in log space: stable, and -inf only where both are 0. The double
   # where gives logaddexp finite stand-ins there: its derivative at
   # (-inf, -inf) is NaN, which a zero cotangent would not cancel in reverse
@@ -127,7 +129,8 @@ class _JS(_Pair):
     (p, q), (keep,) = heads, data
     cfg, beta = self.cfg, self.beta
     p_max, p_sum, q_max, q_sum, _ = _walks.pair_stats(p, q, cfg)
-    lse_p, lse_q = _walks.lse(p_max, p_sum), _walks.lse(q_max, q_sum)
+    norm_p = _walks.normaliser(p_max, p_sum)
+    norm_q = _walks.normaliser(q_max, q_sum)
     offset = _blocks.offset_of(cfg, p.w.shape[1])
 
     # A second walk, now that both log-sum-exps are known: KL(P || M) and
@@ -137,12 +140,12 @@ class _JS(_Pair):
       zp, _, live, _ = block_logits(*p, i, cfg, offset)
       zq, _, _, _ = block_logits(*q, i, cfg, offset)
       log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
-          zp, zq, lse_p, lse_q, beta, live)
+          zp, zq, norm_p, norm_q, beta, live)
       kl_pm = kl_pm + jnp.sum(_walks.times_finite(probs_p, log_p - log_m), 1)
       kl_qm = kl_qm + jnp.sum(_walks.times_finite(probs_q, log_q - log_m), 1)
       return kl_pm, kl_qm
 
-    zeros = jnp.zeros(lse_p.shape, cfg.acc)
+    zeros = jnp.zeros(p_sum.shape, cfg.acc)
     kl_pm, kl_qm = walk_blocks(body, (zeros, zeros), p.w.shape[1],
                                cfg.block, cfg.axis_name is not None)
     if cfg.axis_name is not None:
@@ -150,13 +153,14 @@ class _JS(_Pair):
     # Rows with an empty P or Q have no mixture to speak of: 0.
     counts = keep & is_nonempty(p_sum) & is_nonempty(q_sum)
     value = jnp.where(counts, beta * kl_pm + (1 - beta) * kl_qm, 0)
-    return value, (lse_p, lse_q, kl_pm, kl_qm, counts)
+    return (value, counts.astype(value.dtype)), (norm_p, norm_q, kl_pm,
+                                                 kl_qm, counts)
 
   def logits_cotangents(self, per_row, g, zp, zq, live, want):
-    lse_p, lse_q, kl_pm, kl_qm, _ = per_row
+    norm_p, norm_q, kl_pm, kl_qm, _ = per_row
     beta = self.beta
     log_p, log_q, probs_p, probs_q, log_m = _mixture_terms(
-        zp, zq, lse_p, lse_q, beta, live)
+        zp, zq, norm_p, norm_q, beta, live)
     # dJS/dz_p = beta p (log p - log m - KL(P || M)), and for Q alike with
     # 1 - beta; 0 where the probability is 0.
     dzp = (g * beta)[:, None] * _walks.times_finite(
@@ -166,11 +170,10 @@ class _JS(_Pair):
     return dzp, dzq
 
 
-def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
-                  temperature=1.0, logit_softcap=None, where=None,
-                  block_size=None, reduction="none", axis_name=None,
-                  vocab_size=None, batch_axis_name=None):
-  """`linear_js_divergence` and its sharded form (with `axis_name`)."""
+def js_divergence(p_x, p_w, q_x, q_w, walk: Walk, *, beta=0.5, p_bias=None,
+                  q_bias=None, where=None, reduction="none",
+                  batch_axis_name=None):
+  """`linear_js_divergence` and its sharded form (`walk.axis_name`)."""
   beta = _checks.static_number("beta", beta)
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
@@ -179,19 +182,16 @@ def js_divergence(p_x, p_w, q_x, q_w, *, beta=0.5, p_bias=None, q_bias=None,
     first, second = (("p", "q") if beta == 0.0 else ("q", "p"))
     heads = dict(p=(p_x, p_w, p_bias), q=(q_x, q_w, q_bias))
     (ax, aw, ab), (bx, bw, bb) = heads[first], heads[second]
-    return kl_divergence(
-        ax, aw, bx, bw, p_bias=ab, q_bias=bb, temperature=temperature,
-        logit_softcap=logit_softcap, where=where, block_size=block_size,
-        reduction=reduction, axis_name=axis_name, vocab_size=vocab_size,
-        batch_axis_name=batch_axis_name)
+    return kl_divergence(ax, aw, bx, bw, walk, p_bias=ab, q_bias=bb,
+                         where=where, reduction=reduction,
+                         batch_axis_name=batch_axis_name)
   p, q, batch = _two_heads(p_x, p_w, q_x, q_w, p_bias, q_bias)
-  cfg = _blocks.config_for([p, q], block_size, logit_softcap, temperature,
-                           vocab_size, axis_name)
+  cfg = _blocks.config_for([p, q], walk)
   reduction = _checks.check_reduction(reduction)
   keep = _walks.token_mask(where, batch)
-  value = _rule.apply(_JS(cfg, beta), (p, q), (keep,))
-  return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
-      value.dtype), reduction, batch_axis_name)
+  value, weight = _rule.apply(_JS(cfg, beta), (p, q), (keep,))
+  return _rows.reduce(value.reshape(batch), weight.reshape(batch), reduction,
+                      batch_axis_name)
 
 
 def linear_kl_divergence(
@@ -235,8 +235,8 @@ def linear_kl_divergence(
     where: Optional boolean mask of the tokens' shape; tokens where it is
       False give 0 and no gradient.
     block_size: Vocabulary columns per block (default from the shapes).
-    reduction: "none" (per token), "sum", or "mean" over the tokens
-      `where` keeps.
+    reduction: "none" (per token), "sum", or "mean" over the tokens that
+      count (kept by `where`, with P's logits not all -inf).
 
   Returns:
     Float32 (or float64) divergences of shape `p_x.shape[:-1]`, or a
@@ -252,9 +252,9 @@ def linear_kl_divergence(
     >>> print(jxent.linear_kl_divergence(x, p_w, x, q_w).round(4))
     [0.3681]
   """
-  return kl_divergence(p_x, p_w, q_x, q_w, p_bias=p_bias, q_bias=q_bias,
-                       temperature=temperature, logit_softcap=logit_softcap,
-                       where=where, block_size=block_size,
+  return kl_divergence(p_x, p_w, q_x, q_w,
+                       Walk(block_size, logit_softcap, temperature),
+                       p_bias=p_bias, q_bias=q_bias, where=where,
                        reduction=reduction)
 
 
@@ -301,7 +301,8 @@ def linear_js_divergence(
     logit_softcap: Soft cap :math:`c > 0` of both heads, or None.
     where: Optional boolean token mask; masked tokens give 0.
     block_size: Vocabulary columns per block (default from the shapes).
-    reduction: "none" (per token), "sum", or "mean" over kept tokens.
+    reduction: "none" (per token), "sum", or "mean" over the tokens that
+      count (kept by `where`, with neither P's nor Q's logits all -inf).
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar;
@@ -316,7 +317,7 @@ def linear_js_divergence(
     >>> print(jxent.linear_js_divergence(x, p_w, x, q_w).round(4))  # log 2
     [0.6931]
   """
-  return js_divergence(p_x, p_w, q_x, q_w, beta=beta, p_bias=p_bias,
-                       q_bias=q_bias, temperature=temperature,
-                       logit_softcap=logit_softcap, where=where,
-                       block_size=block_size, reduction=reduction)
+  return js_divergence(p_x, p_w, q_x, q_w,
+                       Walk(block_size, logit_softcap, temperature),
+                       beta=beta, p_bias=p_bias, q_bias=q_bias, where=where,
+                       reduction=reduction)

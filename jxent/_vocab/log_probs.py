@@ -10,7 +10,7 @@ from jxent._numerics.logsumexp import is_nonempty, safe_log, shift_of
 from jxent._vocab import blocks as _blocks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
-from jxent._vocab.blocks import Config
+from jxent._vocab.blocks import Config, Walk
 
 # --- log-probabilities and entropy ------------------------------------------
 
@@ -70,15 +70,12 @@ class _LogProbs(_rule.Op):
     return (dlogits,)
 
 
-def log_probs(x, w, labels, *, bias=None, temperature=1.0,
-              logit_softcap=None, return_entropy=False, ignore_index=None,
-              where=None, block_size=None, axis_name=None, vocab_size=None,
-              names=("x", "w", "bias")):
-  """`linear_log_probs` and its sharded form (with `axis_name`)."""
+def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
+              ignore_index=None, where=None, names=("x", "w", "bias")):
+  """`linear_log_probs` and its sharded form (`walk.axis_name`)."""
   head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
                                      w_name=names[1], bias_name=names[2])
-  cfg = _blocks.config_for([head], block_size, logit_softcap, temperature,
-                           vocab_size, axis_name)
+  cfg = _blocks.config_for([head], walk)
   labels = _blocks.token_labels(labels, batch)
   sorted_labels = _checks.sort_labels(
       labels.reshape(-1), cfg.num_classes,
@@ -149,7 +146,6 @@ def linear_log_probs(
     >>> print(log_q.round(4), entropy.round(4))  # uniform over 4: log 4
     [-1.3863 -1.3863] [1.3863 1.3863]
   """
-  return log_probs(x, w, labels, bias=bias, temperature=temperature,
-                   logit_softcap=logit_softcap,
-                   return_entropy=return_entropy, ignore_index=ignore_index,
-                   where=where, block_size=block_size)
+  return log_probs(x, w, labels, Walk(block_size, logit_softcap, temperature),
+                   bias=bias, return_entropy=return_entropy,
+                   ignore_index=ignore_index, where=where)

@@ -12,7 +12,7 @@ from jxent._numerics.logsumexp import is_nonempty
 from jxent._vocab import blocks as _blocks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
-from jxent._vocab.blocks import Config, block_logits, walk_blocks
+from jxent._vocab.blocks import Config, Walk, block_logits, walk_blocks
 
 # --- a sparse teacher: its top-k log-probabilities -------------------------------
 
@@ -77,8 +77,10 @@ class _TopK(_rule.Op):
       if static.tail == "bin":
         tail_max, tail_sum, _, _ = _blocks.combine_lse(tail_max, tail_sum,
                                                        cfg.axis_name)
-    lse_q = _walks.lse(row_max, sumexp)
-    log_q = picked - lse_q[:, None]
+    # The log-sum-exps keep their shifts apart from their sums, so huge
+    # logits lose nothing (see `walks.Normaliser`).
+    norm_q = _walks.normaliser(row_max, sumexp)
+    log_q = (picked - norm_q.shift[:, None]) - norm_q.log_sumexp[:, None]
     teacher = teacher_log_probs.astype(cfg.acc)
     counts = keep & is_nonempty(sumexp)
     if static.tail == "renormalize":
@@ -86,25 +88,31 @@ class _TopK(_rule.Op):
       log_p = teacher - jax.nn.logsumexp(teacher, axis=1, keepdims=True)
       probs_p = jnp.exp(log_p)
       value = jnp.sum(_walks.times_finite(probs_p, log_p - log_q), 1)
-      tail_mass = lse_tail = jnp.zeros_like(value)
+      tail_mass = jnp.zeros_like(value)
+      norm_tail = norm_q
     else:
       # The teacher's missing mass r as one more bin, against the student's
       # mass outside the top k. When the top k cover every class the student
-      # can reach, there is no tail, and r (rounding) is dropped.
+      # can reach, there is no tail, and r (rounding) is dropped; a teacher
+      # whose top k sum to more than 1 (bfloat16 rounding, a sloppy teacher)
+      # has r = 0: the value is then sum p (log p - log q), and the gradient
+      # is its derivative.
       log_p = teacher
       probs_p = jnp.exp(log_p)
       has_tail = is_nonempty(tail_sum)
       tail_mass = jnp.where(has_tail, jnp.maximum(1 - jnp.sum(probs_p, 1), 0),
                             0)
-      lse_tail = jnp.where(has_tail, _walks.lse(tail_max, tail_sum), 0)
+      norm_tail = _walks.normaliser(tail_max, tail_sum)
       log_r = jnp.log(jnp.where(tail_mass > 0, tail_mass, 1))
+      # r (log r - log Q_tail), log Q_tail = lse_tail - lse_q.
       value = jnp.sum(_walks.times_finite(probs_p, log_p - log_q), 1) + (
-          _walks.times_finite(tail_mass, log_r - lse_tail + lse_q))
+          _walks.times_finite(tail_mass, log_r - norm_tail.minus(norm_q)))
     value = jnp.where(legal, jnp.where(counts, value, 0), jnp.nan)
-    per_row = (lse_q, probs_p, tail_mass, lse_tail, counts)
-    return value, per_row
+    per_row = (norm_q, probs_p, tail_mass, norm_tail, counts)
+    return (value, counts.astype(value.dtype)), per_row
 
-  def row_cotangents(self, per_row, data, g):
+  def row_cotangents(self, per_row, data, cotangents):
+    g, _ = cotangents  # The weights in the mean are constants.
     if _rule.is_zero(g):
       return None
     _, _, _, _, counts = per_row
@@ -112,42 +120,40 @@ class _TopK(_rule.Op):
     return jnp.where(counts, g, 0) * jnp.where(legal, 1, jnp.nan)
 
   def block_cotangents(self, per_row, data, g, blocks, want):
-    lse_q, probs_p, tail_mass, lse_tail, counts = per_row
+    norm_q, probs_p, tail_mass, norm_tail, counts = per_row
     indices = data[0]
     (block,), cfg = blocks, self.cfg
     logits, live = block.logits, block.live
-    q = jnp.exp(jnp.where(live, logits, -jnp.inf) - lse_q[:, None])
+    q = jnp.exp(norm_q.log_probs(jnp.where(live, logits, -jnp.inf)))
     local, inside = _in_block(indices, block.start, block.number, cfg,
                               block.offset)
-    # d/dz_c = q_c - p_c on the top k; with a tail bin, minus
+    # d/dz_c = M q_c - p_c on the top k, with M = sum p + r the teacher's
+    # mass (1, unless the top k sum to more than 1); with a tail bin, minus
     # r q_c / q_tail = r exp(z_c - lse_tail) outside it.
-    dlogits = q - _scatter(probs_p, local, inside, cfg.block)
+    mass = jnp.sum(probs_p, 1) + tail_mass
+    dlogits = mass[:, None] * q - _scatter(probs_p, local, inside, cfg.block)
     if self.tail == "bin":
       in_top = _scatter(jnp.ones_like(probs_p), local, inside, cfg.block) > 0
-      share = jnp.exp(jnp.where(live & ~in_top, logits, -jnp.inf)
-                      - lse_tail[:, None])
+      share = jnp.exp(norm_tail.log_probs(
+          jnp.where(live & ~in_top, logits, -jnp.inf)))
       dlogits = dlogits - _walks.times_finite(tail_mass[:, None], share)
     # Rows that do not count are skipped outright: an empty row's q is
     # exp(-inf + inf) = NaN, and 0 * NaN is NaN.
     return (jnp.where(counts[:, None], g[:, None] * dlogits, 0),)
 
 
-def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w, *,
-                             tail="renormalize", bias=None, temperature=1.0,
-                             logit_softcap=None, where=None, block_size=None,
-                             reduction="none", axis_name=None,
-                             vocab_size=None, batch_axis_name=None,
-                             names=("x", "w", "bias")):
+def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w,
+                             walk: Walk, *, tail="renormalize", bias=None,
+                             where=None, reduction="none",
+                             batch_axis_name=None, names=("x", "w", "bias")):
   """`linear_kl_divergence_from_top_k` and its sharded form."""
   if tail not in _TAILS:
     raise ValueError(f"`tail` must be one of {_TAILS}, got {tail!r}.")
   head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
                                      w_name=names[1], bias_name=names[2])
-  cfg = _blocks.config_for([head], block_size, logit_softcap, temperature,
-                           vocab_size, axis_name)
+  cfg = _blocks.config_for([head], walk)
   num_classes = cfg.num_classes
-  indices = jnp.asarray(top_k_indices)
-  _checks.check_integer("top_k_indices", indices)
+  indices = _checks.as_labels("top_k_indices", top_k_indices)
   teacher = jnp.asarray(top_k_log_probs)
   _checks.check_floating("top_k_log_probs", teacher)
   if indices.ndim < 1 or indices.shape[:-1] != batch:
@@ -165,11 +171,11 @@ def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w, *,
   # A row with an index out of range gives NaN, never a wrapped class.
   legal = jnp.all(sorted_indices.legal, axis=1)
   keep = _walks.token_mask(where, batch)
-  value = _rule.apply(_TopK(cfg, tail), (head,), (
+  value, weight = _rule.apply(_TopK(cfg, tail), (head,), (
       sorted_indices.class_index, lax.stop_gradient(teacher.reshape(-1, k)),
       legal, keep))
-  return _rows.reduce(value.reshape(batch), keep.reshape(batch).astype(
-      value.dtype), _checks.check_reduction(reduction), batch_axis_name)
+  return _rows.reduce(value.reshape(batch), weight.reshape(batch),
+                      _checks.check_reduction(reduction), batch_axis_name)
 
 
 def linear_kl_divergence_from_top_k(
@@ -207,7 +213,9 @@ def linear_kl_divergence_from_top_k(
 
     (summed over those classes directly, not as 1 minus the top k's). When
     the top k cover every class the student can reach (no tail), r is
-    rounding and is dropped.
+    rounding and is dropped. A teacher whose top-k probabilities sum to
+    more than 1 (bfloat16 rounding, a sloppy teacher) has r = 0: the value
+    is the first sum alone, and the gradient is its derivative.
 
   Differentiable with respect to `x`, `w` and `bias`; the teacher's
   log-probabilities are data (no gradient). Exact; reverse-mode only.
@@ -225,7 +233,8 @@ def linear_kl_divergence_from_top_k(
     logit_softcap: The student's soft cap :math:`c > 0`, or None.
     where: Optional boolean token mask; masked tokens give 0.
     block_size: Vocabulary columns per block (default from the shapes).
-    reduction: "none" (per token), "sum", or "mean" over kept tokens.
+    reduction: "none" (per token), "sum", or "mean" over the tokens that
+      count (kept by `where`, with student logits not all -inf).
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar. An
@@ -242,6 +251,6 @@ def linear_kl_divergence_from_top_k(
     [0.6931]
   """
   return kl_divergence_from_top_k(
-      top_k_indices, top_k_log_probs, x, w, tail=tail, bias=bias,
-      temperature=temperature, logit_softcap=logit_softcap, where=where,
-      block_size=block_size, reduction=reduction)
+      top_k_indices, top_k_log_probs, x, w,
+      Walk(block_size, logit_softcap, temperature), tail=tail, bias=bias,
+      where=where, reduction=reduction)

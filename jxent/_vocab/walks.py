@@ -19,16 +19,36 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent._numerics.logsumexp import is_nonempty, safe_log, shift_of
+from jxent._numerics.logsumexp import safe_log, shift_of
 from jxent._numerics.softmax_rows import times_finite
 from jxent._vocab import blocks as _blocks
 from jxent._vocab.blocks import Config, Head, block_logits, walk_blocks
 
 
-def lse(row_max, sumexp):
-  """The log-sum-exp of a row from its max and shifted sum (-inf if empty)."""
-  return jnp.where(is_nonempty(sumexp), safe_log(sumexp) + shift_of(row_max),
-                   -jnp.inf)
+class Normaliser(NamedTuple):
+  """A row's log-sum-exp kept in two parts: shift + log_sumexp.
+
+  The parts are never added: a log-probability is (z - shift) - log_sumexp,
+  exact when the logits are huge (a constant 1e8 added to every logit
+  changes no probability, and changes nothing here). An empty row has
+  shift 0 and log_sumexp 0, so its log-probabilities are -inf.
+  """
+
+  shift: jax.Array
+  log_sumexp: jax.Array
+
+  def log_probs(self, logits):
+    """log softmax of [tokens, block] logits of these rows."""
+    return (logits - self.shift[:, None]) - self.log_sumexp[:, None]
+
+  def minus(self, other: "Normaliser") -> jax.Array:
+    """This log-sum-exp minus `other`'s, the shifts subtracted first."""
+    return (self.shift - other.shift) + (self.log_sumexp - other.log_sumexp)
+
+
+def normaliser(row_max, sumexp) -> Normaliser:
+  """The `Normaliser` of rows with this max and shifted sum."""
+  return Normaliser(shift_of(row_max), safe_log(sumexp))
 
 
 # --- the walks -------------------------------------------------------------
@@ -75,7 +95,10 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
       # sum e (z - shift), rescaled and rebased when the shift moves; a
       # class with e = 0 adds 0 even at -inf.
       e = jnp.exp(logits - new[:, None])
-      ent = _blocks.rescale(row_max, new) * (ent + (old - new) * previous) + (
+      # The rebasing term is 0 when the rescale is (a jump of the max so
+      # large that old - new times the sum would overflow).
+      scale = _blocks.rescale(row_max, new)
+      ent = scale * ent + times_finite(scale * previous, old - new) + (
           jnp.sum(times_finite(e, logits - new[:, None]), 1))
     if smoothing:
       # The valid classes' mean logit, kept relative to the running shift

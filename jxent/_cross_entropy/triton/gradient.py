@@ -6,8 +6,9 @@ writes the gradient in the logits' dtype:
 
   g_c = a q_c - b t_c - s w_c [c valid]
 
-with the per-row coefficients a, b, s of `jxent._cross_entropy.rows.Coefficients` (already
-multiplied by the cotangent). It computes what `jxent._cross_entropy.rows.logits_gradient`
+with the per-row coefficients a, b, s of
+`jxent._cross_entropy.rows.Coefficients` (already multiplied by the
+cotangent). It computes what `jxent._cross_entropy.rows.logits_gradient`
 computes; the tests compare the two in Pallas' interpret mode.
 """
 

@@ -3,12 +3,12 @@
 One Triton program per row walks the row's classes tile by tile, keeping an
 online max and a sum of exponentials rescaled to it, and, as the options
 need, the label's logit, the soft labels' mass and dot product, and the
-valid classes' count, weight and mean (`jxent._cross_entropy.rows.RowStats`). It reads
-the logits once, where XLA reads them twice (a max, then the sums).
+valid classes' count, weight and mean (`jxent._cross_entropy.rows.RowStats`).
+It reads the logits once, where XLA reads them twice (a max, then the sums).
 
-It computes what `jxent._cross_entropy.rows.dense_row_stats` computes, -inf, masks and NaN
-included (NaN is counted explicitly, since Triton's max need not propagate
-it); the tests compare the two in Pallas' interpret mode.
+It computes what `jxent._cross_entropy.rows.dense_row_stats` computes, -inf,
+masks and NaN included (NaN is counted explicitly, since Triton's max need not
+propagate it); the tests compare the two in Pallas' interpret mode.
 """
 
 import functools
@@ -128,7 +128,8 @@ def row_stats(
     targets: Soft labels of the logits' shape, or None.
 
   Returns:
-    The rows' `RowStats`, as `jxent._cross_entropy.rows.dense_row_stats` gives them.
+    The rows' `RowStats`, as `jxent._cross_entropy.rows.dense_row_stats` gives
+    them.
   """
   batch = logits.shape[:-1]
   weighted = opts.class_weights is not None
