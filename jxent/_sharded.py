@@ -130,8 +130,13 @@ def softmax_cross_entropy_with_integer_labels(
       class_weights=class_weights, num_classes=num_classes,
       dtype=_checks.compute_dtype(local_logits.dtype),
       ignore_index=ignore_index, reduction=reduction)
-  sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index)
   mask = _checks.broadcast_where(where, local_logits.shape)
+  # A row whose every class (on every shard) `where` masks is excluded: its
+  # label is never looked at, as in the unsharded loss.
+  excluded = None if mask is None else lax.psum(
+      jnp.any(mask, axis=-1).astype(jnp.int32), axis_name) == 0
+  sorted_labels = _checks.sort_labels(labels, num_classes, opts.ignore_index,
+                                      excluded)
   loss, weight = softmax_cross_entropy_rows(
       axis_name, num_classes, (), local_logits, mask, sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction, batch_axis_name)

@@ -127,6 +127,7 @@ def test_empty_tokens_do_not_count_in_the_mean(rng, head):
   qw = jnp.abs(qw) + 0.1
   indices = jnp.array([[0, 4, 9], [1, 2, 3], [8, 5, 6], [7, 9, 0]])
   teacher = jnp.log(jnp.array([[0.5, 0.3, 0.1]] * TOKENS))
+  live_x, live_w = _head(rng)
 
   def loss(reduction):
     if head == "kl":
@@ -135,8 +136,11 @@ def test_empty_tokens_do_not_count_in_the_mean(rng, head):
     if head == "js":
       return jxent.linear_js_divergence(x, w, qx, qw, reduction=reduction,
                                         block_size=4)
+    # Top-k: the empty token is the teacher's (all -inf, renormalised);
+    # an empty student against a live teacher is inf, and counts.
     return jxent.linear_kl_divergence_from_top_k(
-        indices, teacher, qx, qw, reduction=reduction, block_size=4)
+        indices, teacher.at[0].set(-jnp.inf), live_x, live_w,
+        reduction=reduction, block_size=4)
 
   per_token = loss("none")
   assert per_token[0] == 0 and np.isfinite(per_token).all()
@@ -246,3 +250,16 @@ def test_numpy_int64_labels_do_not_wrap_without_x64(rng, entry):
   assert np.isnan(out[0]) and np.isfinite(out[1:]).all()
   with pytest.raises(Exception, match=r"must lie in \[0, 10\)"):
     jxent.checked(fn)(arg)
+
+
+# --- 14. an unhandled -100 padding label is easy to diagnose -------------------
+
+
+def test_checked_names_ignore_index_for_a_minus_100_label(rng):
+  x, w = _head(rng)
+  labels = jnp.array([1, -100, 3, 4])
+  with pytest.raises(Exception, match=r"needs ignore_index=-100"):
+    jxent.checked(lambda w: jxent.linear_log_probs(x, w, labels))(w)
+  with pytest.raises(Exception, match=r"needs ignore_index=-100"):
+    jxent.checked(jxent.softmax_cross_entropy_with_integer_labels)(
+        x @ w, labels)

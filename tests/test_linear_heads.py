@@ -2,8 +2,8 @@
 
 Each function is compared, in value and in the gradients for every head
 argument, with the materialised computation in float64: the logits built
-whole, `cap * tanh((x @ w + b) / cap) / T`, then the textbook formula. The
-problems have an odd vocabulary (37) walked in blocks that do not divide it,
+whole, `cap * tanh((x @ w + b) / cap) / T` (a -inf stays -inf), then
+the textbook formula. The problems have an odd vocabulary (37) walked in blocks that do not divide it,
 padded columns with a -inf bias, masked and ignored tokens.
 """
 
@@ -39,7 +39,10 @@ def _logits(x, w, bias, cap, temperature):
   if bias is not None:
     z = z + bias[None, :]
   if cap is not None:
-    z = cap * jnp.tanh(z / cap)
+    # A -inf column (padding) stays -inf under the cap (the conventions'
+    # rule); the double where keeps its gradient finite.
+    live = z > -jnp.inf
+    z = jnp.where(live, cap * jnp.tanh(jnp.where(live, z, 0) / cap), -jnp.inf)
   return z / temperature
 
 
@@ -465,7 +468,7 @@ def test_masked_tokens_give_zero_and_no_gradient(rng, name):
   assert np.abs(dx[0]).sum() > 0
 
 
-@pytest.mark.parametrize("name", ["log_probs", "kl", "js", "top_k"])
+@pytest.mark.parametrize("name", ["log_probs", "kl", "js"])
 def test_a_token_whose_logits_are_all_minus_inf_gives_zero(rng, name):
   prob = _problem(rng)
   indices, teacher = _top_k(rng)

@@ -125,8 +125,11 @@ def softmax_cross_entropy_with_integer_labels(
       class_weights=class_weights, num_classes=num_classes,
       dtype=_checks.compute_dtype(rows.dtype), ignore_index=ignore_index,
       reduction=reduction)
+  # A row whose every class `where` masks is excluded: its label is never
+  # looked at (docs/conventions.md, "Masked rows and tokens").
+  excluded = None if mask is None else ~jnp.any(mask, axis=-1)
   sorted_labels = _checks.sort_labels(label_array, num_classes,
-                                      opts.ignore_index)
+                                      opts.ignore_index, excluded)
   loss, weight = _api.cross_entropy_rows(implementation, num_classes, rows,
                                          mask, sorted_labels, opts)
   return _rows.reduce(loss, weight, opts.reduction)

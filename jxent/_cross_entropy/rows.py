@@ -177,7 +177,11 @@ def dense_row_stats(
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
     # 0 log 0 = 0: a class without label mass adds nothing, even at -inf.
-    terms += [u, u * jnp.where(u != 0, shifted, 0)]
+    # The mass counts the possible classes only: label mass on a -inf
+    # logit makes the loss inf through the dot product, and its gradient is
+    # 0 (see `targets_gradient`), so the mass must not depend on it either.
+    terms += [jnp.where(shifted == -jnp.inf, 0, u),
+              u * jnp.where(u != 0, shifted, 0)]
   if opts.smoothing:
     valid = shifted > -jnp.inf
     weights = _class_weight_row(opts, shifted.shape, dtype, offset)
@@ -468,6 +472,10 @@ def logits_gradient(
     if weights is not None:
       per_class = per_class * weights
     grad = grad - jnp.where(shifted > -jnp.inf, per_class, 0)
+  # A class whose logit is -inf is impossible: its gradient is 0, as for a
+  # masked class, whatever its label mass (the label gradient is 0 there
+  # too, so mixed second derivatives agree). NaN is not -inf: it stays.
+  grad = jnp.where(shifted == -jnp.inf, 0, grad)
   if mask is not None:
     # A masked class does not enter the loss; its NaN cannot leak either.
     grad = jnp.where(mask, grad, 0)

@@ -76,7 +76,7 @@ def as_labels(name: str, labels) -> jax.Array:
   return jnp.asarray(host, narrow)
 
 
-def check_integer(name: str, x: jax.Array) -> None:
+def check_integer(name: str, x: jax.Array | np.ndarray) -> None:
   """Raises a TypeError unless `x` has an integer dtype."""
   if not jnp.issubdtype(x.dtype, jnp.integer):
     raise TypeError(
@@ -149,13 +149,18 @@ def _compare_in_dtype(labels: jax.Array, value: int, op) -> jax.Array:
 
 
 def sort_labels(labels: jax.Array, num_classes: int,
-                ignore_index: int | None) -> Labels:
+                ignore_index: int | None,
+                excluded: jax.Array | None = None) -> Labels:
   """Checks integer labels and sorts them into counting, ignored, illegal.
 
   Every comparison happens in the labels' own dtype, before any conversion:
   with x64 enabled, `2**32 + 3` is out of range, not class 3, and
   `2**32 - 100` is not `ignore_index=-100`. Narrow dtypes are safe too:
   uint8 labels never wrap when compared with 300 classes.
+
+  `excluded` marks rows (tokens) that `where` excludes whole: their label
+  is never looked at, so it is neither counted nor illegal (and
+  `jxent.checked` does not flag it).
   """
   check_integer("labels", labels)
   in_range = _compare_in_dtype(labels, 0, operator.ge) & _compare_in_dtype(
@@ -166,6 +171,9 @@ def sort_labels(labels: jax.Array, num_classes: int,
     ignored = _compare_in_dtype(labels, ignore_index, operator.eq)
     legal = legal | ignored
     counts = counts & ~ignored
+  if excluded is not None:
+    legal = legal | excluded
+    counts = counts & ~excluded
   # Only in-range values are converted, so int32 holds them exactly (no
   # class axis is near 2**31 long).
   index = jnp.where(in_range, labels, jnp.zeros((), labels.dtype))
@@ -188,10 +196,25 @@ def declare_labels_in_range(labels: jax.Array, legal: jax.Array,
       jnp.all(legal),
       f"labels must lie in [0, {num_classes})"
       + ("" if ignore_index is None else f" or equal {ignore_index}")
-      + "; the smallest is {lo} and the largest {hi}.",
+      + "; the smallest is {lo} and the largest {hi}."
+      # PyTorch, Liger and Hugging Face pad labels with -100 and ignore it
+      # by default; here it must be asked for.
+      + ("" if ignore_index is not None else
+         " (Padding labelled -100, as PyTorch and Hugging Face pad, needs"
+         " ignore_index=-100.)"),
       lo=jnp.min(labels),
       hi=jnp.max(labels),
   )
+
+
+def declare_distinct_indices(name: str, distinct: jax.Array) -> None:
+  """Declares that each row's indices are distinct, for `jxent.checked`."""
+  if distinct.size == 0 or not _declare_checks:
+    return
+  checkify.debug_check(
+      jnp.all(distinct),
+      f"`{name}` must be distinct within a token; {{bad}} tokens repeat an"
+      " index.", bad=jnp.sum(~distinct))
 
 
 def check_same_shape(

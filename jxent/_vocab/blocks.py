@@ -128,7 +128,12 @@ def block_logits(x, w, bias, i, cfg: Config, offset):
   if bias is not None:
     raw = raw + lax.dynamic_slice_in_dim(bias, start, cfg.block).astype(
         cfg.acc)[None, :]
-  logits = raw if cfg.cap is None else cfg.cap * jnp.tanh(raw / cfg.cap)
+  logits = raw
+  if cfg.cap is not None:
+    # c tanh(-inf / c) would be -c: a -inf (a padded column's bias) stays
+    # -inf, so the cap never gives it probability or smoothing mass.
+    logits = jnp.where(raw == -jnp.inf, -jnp.inf,
+                       cfg.cap * jnp.tanh(raw / cfg.cap))
   if cfg.temperature != 1.0:
     logits = logits / cfg.temperature
   local = start + lax.broadcasted_iota(jnp.int32, (1, cfg.block), 1)
@@ -219,7 +224,12 @@ def raw_gradient(dlogits, logits, cfg: Config):
     dlogits = dlogits / cfg.temperature
   if cfg.cap is not None:
     capped = logits * cfg.temperature
-    dlogits = dlogits * (1 - jnp.square(capped / cfg.cap))
+    # A -inf column (kept -inf through the cap) has no gradient; the
+    # double where keeps 0 * -inf out of it.
+    live = capped > -jnp.inf
+    dlogits = jnp.where(
+        live, dlogits * (1 - jnp.square(jnp.where(live, capped, 0) / cfg.cap)),
+        0)
   return dlogits
 
 

@@ -81,6 +81,12 @@ class _CrossEntropy(_rule.Op):
         block.logits, block.live, shift, log_sumexp, coefficients, opts,
         label_index=labels.class_index, offset=block.offset + block.start),)
 
+  def token_mask(self, data):
+    # Tokens labelled `ignore_index` are ignored, inputs and all; an
+    # illegal label keeps its NaN.
+    labels, _ = data
+    return labels.counts | ~labels.legal
+
   def data_cotangents(self, per_row, data, g):
     _, _, _, d_smoothing, d_z_loss = per_row
     _, opts = data
@@ -138,9 +144,10 @@ def linear_softmax_cross_entropy(
   to float tolerance, "mean" included (rows whose logits are all -inf do
   not count, as there). The vocabulary is processed in blocks with an
   online log-sum-exp, and the backward pass recomputes each block, so only
-  a few float32 [tokens, block_size] buffers are ever alive. Reverse-mode
-  only (`grad`, `vjp`, Hessian-vector products by reverse over reverse are
-  not supported either: the backward pass is a custom loop).
+  a few float32 [tokens, block_size] buffers are ever alive. Reverse mode
+  (`grad`, `vjp`) and the second derivatives built on it (`jax.hessian`,
+  Hessian-vector products) work; forward mode alone (`jax.jvp`) is refused
+  by JAX (docs/conventions.md, "Derivatives").
 
   Args:
     x: Hidden states, floating, shape [..., D]. bfloat16 is allowed; the

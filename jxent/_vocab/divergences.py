@@ -19,7 +19,8 @@ from jxent._vocab.blocks import Config, Walk, block_logits, walk_blocks
 
 
 class _Pair(_rule.Op):
-  """What KL and JS share: two heads, a token mask, rows that count."""
+  """What KL and JS share: two heads, a token mask; `per_row` ends with
+  the rows that have a gradient."""
 
   def row_cotangents(self, per_row, data, cotangents):
     g, _ = cotangents  # The weights in the mean are constants.
@@ -49,16 +50,17 @@ class _KL(_Pair):
     p_max, p_sum, q_max, q_sum, cross = _walks.pair_stats(p, q, self.cfg)
     norm_p = _walks.normaliser(p_max, p_sum)
     norm_q = _walks.normaliser(q_max, q_sum)
-    p_nonempty = is_nonempty(p_sum)
+    p_nonempty, q_nonempty = is_nonempty(p_sum), is_nonempty(q_sum)
     counts = keep & p_nonempty
     # D = E_p[z_p - z_q] - lse_p + lse_q, the log-sum-exps' shifts
     # subtracted apart from their sums (exact for huge logits); an empty P
-    # gives 0, an empty Q inf.
+    # gives 0, an empty Q against a live P inf, with no gradient (a NaN
+    # would spread into every weight).
     value = cross / jnp.where(p_nonempty, p_sum, 1) + norm_q.minus(norm_p)
-    value = jnp.where(is_nonempty(q_sum), value, jnp.inf)
+    value = jnp.where(q_nonempty, value, jnp.inf)
     value = jnp.where(counts, value, 0)
     return (value, counts.astype(value.dtype)), (norm_p, norm_q, value,
-                                                 counts)
+                                                 counts & q_nonempty)
 
   def logits_cotangents(self, per_row, g, zp, zq, live, want):
     norm_p, norm_q, value, _ = per_row
@@ -221,7 +223,8 @@ def linear_kl_divergence(
   (teacher, student), reverse KL is (student, teacher). The hidden sizes
   of the heads may differ; their vocabularies must match. A frozen head
   (not differentiated, say a teacher under `stop_gradient` or outside
-  `grad`'s arguments) costs no gradient matmuls. Exact; reverse-mode only.
+  `grad`'s arguments) costs no gradient matmuls. Exact; reverse mode and
+  second derivatives (no forward mode alone).
 
   Args:
     p_x: Hidden states of P, shape [..., D_p].
@@ -240,8 +243,8 @@ def linear_kl_divergence(
 
   Returns:
     Float32 (or float64) divergences of shape `p_x.shape[:-1]`, or a
-    scalar. A token whose P logits are all -inf gives 0; P mass on a class
-    Q rules out (-inf) gives inf.
+    scalar. P mass on a class Q rules out (-inf) gives inf. Masked and
+    empty tokens: see docs/conventions.md, "Masked and empty rows and tokens".
 
   Examples:
     >>> import jax.numpy as jnp
@@ -305,8 +308,9 @@ def linear_js_divergence(
       count (kept by `where`, with neither P's nor Q's logits all -inf).
 
   Returns:
-    Float32 (or float64) divergences of the tokens' shape, or a scalar;
-    0 for a token whose P or Q logits are all -inf.
+    Float32 (or float64) divergences of the tokens' shape, or a scalar.
+    Masked and empty tokens: see docs/conventions.md, "Masked and empty
+    rows and tokens".
 
   Examples:
     >>> import jax.numpy as jnp

@@ -77,10 +77,11 @@ def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
                                      w_name=names[1], bias_name=names[2])
   cfg = _blocks.config_for([head], walk)
   labels = _blocks.token_labels(labels, batch)
+  keep = _walks.token_mask(where, batch)
+  # A masked token's label is never looked at (docs/conventions.md).
   sorted_labels = _checks.sort_labels(
       labels.reshape(-1), cfg.num_classes,
-      _checks.check_ignore_index(ignore_index))
-  keep = _walks.token_mask(where, batch)
+      _checks.check_ignore_index(ignore_index), ~keep)
   log_prob, entropy = _rule.apply(_LogProbs(cfg, bool(return_entropy)),
                                   (head,), (sorted_labels, keep))
   if return_entropy:
@@ -115,7 +116,8 @@ def linear_log_probs(
   differentiable with respect to `x`, `w` and `bias` (an entropy bonus is
   trainable); when only one of them is differentiated, the backward pass
   does no work for the other. Exact: equal to the materialised computation
-  to float tolerance. Reverse-mode only.
+  to float tolerance. Reverse mode and second derivatives (no forward
+  mode alone).
 
   Args:
     x: Hidden states, floating, shape [..., D].
@@ -134,8 +136,8 @@ def linear_log_probs(
     The log-probabilities, float32 (float64 for float64 inputs) of shape
     `x.shape[:-1]`; with `return_entropy`, the pair (log-probabilities,
     entropies). A label outside [0, V) that is not `ignore_index` gives NaN
-    (its entropy is still computed); a token whose logits are all -inf
-    gives 0 for both.
+    (its entropy is still computed). Masked and empty tokens: see
+    docs/conventions.md, "Masked and empty rows and tokens".
 
   Examples:
     >>> import jax.numpy as jnp

@@ -13,7 +13,10 @@ as a static, hashable `HeadOp`:
 * `block_cotangents(per_row, data, g, blocks, want)`: the cotangent of one
   vocabulary block of each head's logits (None for a head not in `want`);
 * `data_cotangents(per_row, data, g)`: cotangents of the data (traced
-  options), None by default.
+  options), None by default;
+* `token_mask(data)`: the tokens whose inputs count ([tokens] bool), or
+  None for all. A masked token's x and logits are ignored: a NaN there
+  reaches no gradient (0 * NaN would be NaN in the matmuls).
 
 The rule (`apply`) walks the blocks once in the backward pass, remakes each
 block's logits behind a barrier, and pushes the cotangents through the
@@ -72,6 +75,8 @@ class HeadOp(Protocol):
 
   def data_cotangents(self, per_row, data, g): ...
 
+  def token_mask(self, data) -> jax.Array | None: ...
+
 
 def is_zero(cotangent) -> bool:
   """Whether a cotangent is a symbolic zero (the output is not used)."""
@@ -115,15 +120,23 @@ def _head_loss_bwd(op, residuals, cotangents):
     # logits and keep them alive until here.
     heads = tuple(Head(*h) for h in lax.optimization_barrier(primals))
     offset = _blocks.offset_of(cfg, heads[0].w.shape[1])
+    tokens = op.token_mask(data)
+    if tokens is not None:
+      # A masked token's inputs are ignored: its x is 0 in dw's matmul, and
+      # its cotangents are 0 below, whatever its logits (NaN included).
+      heads = tuple(h._replace(x=jnp.where(tokens[:, None], h.x, 0))
+                    for h in heads)
 
     def body(i, grads):
       blocks = tuple(
           Block(*_blocks.block_logits(*h, i, cfg, offset), offset, i)
           for h in heads)
       dzs = op.block_cotangents(per_row, data, g, blocks, want)
+      live = blocks[0].live if tokens is None else (
+          blocks[0].live & tokens[:, None])
       return tuple(
           _blocks.accumulate(grads_h, h.x, h.w, _blocks.raw_gradient(
-              jnp.where(block.live, dz, 0), block.logits, cfg),
+              jnp.where(live, dz, 0), block.logits, cfg),
               block.start, cfg) if wanted else grads_h
           for grads_h, h, dz, block, wanted in zip(
               grads, heads, dzs, blocks, want, strict=True))
@@ -153,8 +166,12 @@ def apply(op: HeadOp, heads: tuple[Head, ...], data):
 
 
 class Op:
-  """A base for `HeadOp`s (frozen dataclasses): no data cotangent."""
+  """A base for `HeadOp`s (frozen dataclasses): no data cotangent, and the
+  token mask the last entry of the data."""
 
   def data_cotangents(self, per_row, data, g):
     del per_row, data, g
     return None
+
+  def token_mask(self, data):
+    return data[-1]

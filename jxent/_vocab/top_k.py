@@ -82,10 +82,17 @@ class _TopK(_rule.Op):
     norm_q = _walks.normaliser(row_max, sumexp)
     log_q = (picked - norm_q.shift[:, None]) - norm_q.log_sumexp[:, None]
     teacher = teacher_log_probs.astype(cfg.acc)
-    counts = keep & is_nonempty(sumexp)
+    counts = keep
     if static.tail == "renormalize":
-      # The teacher's top k, renormalised to sum to 1.
-      log_p = teacher - jax.nn.logsumexp(teacher, axis=1, keepdims=True)
+      # The teacher's top k, renormalised to sum to 1. A teacher without
+      # mass (every log-probability -inf) has nothing to renormalise: its
+      # token is empty, 0, and does not count; the double where keeps
+      # -inf - -inf out of the logs and their derivatives.
+      live = jnp.any(teacher > -jnp.inf, axis=1)
+      counts = counts & live
+      safe = jnp.where(live[:, None], teacher, 0)
+      log_p = jnp.where(live[:, None], safe - jax.nn.logsumexp(
+          safe, axis=1, keepdims=True), -jnp.inf)
       probs_p = jnp.exp(log_p)
       value = jnp.sum(_walks.times_finite(probs_p, log_p - log_q), 1)
       tail_mass = jnp.zeros_like(value)
@@ -107,17 +114,22 @@ class _TopK(_rule.Op):
       # r (log r - log Q_tail), log Q_tail = lse_tail - lse_q.
       value = jnp.sum(_walks.times_finite(probs_p, log_p - log_q), 1) + (
           _walks.times_finite(tail_mass, log_r - norm_tail.minus(norm_q)))
-    value = jnp.where(legal, jnp.where(counts, value, 0), jnp.nan)
-    per_row = (norm_q, probs_p, tail_mass, norm_tail, counts)
+    # An empty student against a live teacher gives inf, as the dense KL
+    # does, with no gradient (a NaN would spread into every weight). A bad
+    # index gives NaN, unless `where` masks its token.
+    value = jnp.where(counts, value, 0)
+    value = jnp.where(legal | ~keep, value, jnp.nan)
+    grad_rows = counts & is_nonempty(sumexp)
+    per_row = (norm_q, probs_p, tail_mass, norm_tail, grad_rows)
     return (value, counts.astype(value.dtype)), per_row
 
   def row_cotangents(self, per_row, data, cotangents):
     g, _ = cotangents  # The weights in the mean are constants.
     if _rule.is_zero(g):
       return None
-    _, _, _, _, counts = per_row
-    _, _, legal, _ = data
-    return jnp.where(counts, g, 0) * jnp.where(legal, 1, jnp.nan)
+    _, _, _, _, grad_rows = per_row
+    _, _, legal, keep = data
+    return jnp.where(grad_rows, g, 0) * jnp.where(legal | ~keep, 1, jnp.nan)
 
   def block_cotangents(self, per_row, data, g, blocks, want):
     norm_q, probs_p, tail_mass, norm_tail, counts = per_row
@@ -167,10 +179,16 @@ def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w,
     raise ValueError(
         f"k = top_k_indices.shape[-1] must be in [1, {num_classes}], got {k}.")
   flat = indices.reshape(-1, k)
-  sorted_indices = _checks.sort_labels(flat, num_classes, None)
-  # A row with an index out of range gives NaN, never a wrapped class.
-  legal = jnp.all(sorted_indices.legal, axis=1)
   keep = _walks.token_mask(where, batch)
+  # A token with an index out of range gives NaN, never a wrapped class;
+  # so does one that repeats an index (its teacher would count a class
+  # twice). A masked token's indices are never looked at.
+  sorted_indices = _checks.sort_labels(
+      flat, num_classes, None, jnp.broadcast_to(~keep[:, None], flat.shape))
+  ordered = jnp.sort(flat, axis=1)
+  distinct = jnp.all(ordered[:, 1:] != ordered[:, :-1], axis=1) | ~keep
+  _checks.declare_distinct_indices("top_k_indices", distinct)
+  legal = jnp.all(sorted_indices.legal, axis=1) & distinct
   value, weight = _rule.apply(_TopK(cfg, tail), (head,), (
       sorted_indices.class_index, lax.stop_gradient(teacher.reshape(-1, k)),
       legal, keep))
@@ -218,7 +236,8 @@ def linear_kl_divergence_from_top_k(
     is the first sum alone, and the gradient is its derivative.
 
   Differentiable with respect to `x`, `w` and `bias`; the teacher's
-  log-probabilities are data (no gradient). Exact; reverse-mode only.
+  log-probabilities are data (no gradient). Exact; reverse mode and
+  second derivatives (no forward mode alone).
 
   Args:
     top_k_indices: Integer class indices of the teacher's top k, shape
@@ -238,8 +257,9 @@ def linear_kl_divergence_from_top_k(
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar. An
-    index outside [0, V) makes its token NaN; a token whose student logits
-    are all -inf gives 0.
+    index outside [0, V), or one repeated within a token, makes its token
+    NaN. Masked and empty tokens, and an empty teacher: see
+    docs/conventions.md, "Masked and empty rows and tokens".
 
   Examples:
     >>> import jax.numpy as jnp

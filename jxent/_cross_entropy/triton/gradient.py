@@ -64,6 +64,9 @@ def _kernel(*refs, block, kind, smoothing, weighted, masked):
     if smoothing:
       per_class = smooth if weights is None else smooth * weights
       grad = grad - jnp.where(x > -jnp.inf, per_class, 0.0)
+    # An impossible class (logit -inf) gets 0 whatever its label mass, as
+    # on the XLA path.
+    grad = jnp.where(x == -jnp.inf, 0.0, grad)
     if masked:
       grad = jnp.where(keep, grad, 0.0)
     plgpu.store(out_ref.at[cols], grad.astype(out_ref.dtype), mask=inside)

@@ -76,7 +76,8 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
       # sum u (z - shift), rebased when the shift moves; 0 log 0 = 0.
       picked = picked + mass * (old - new) + jnp.sum(
           jnp.where(u != 0, u * shifted, 0.0))
-      mass = mass + jnp.sum(u)
+      # The mass of the possible classes only, as the XLA path counts it.
+      mass = mass + jnp.sum(jnp.where(x == -jnp.inf, 0.0, u))
     if smoothing:
       valid = x > -jnp.inf
       w_valid = valid.astype(jnp.float32) if weights is None else jnp.where(
