@@ -10,8 +10,13 @@ Examples::
 Without ``--out``, a run writes to ``bench/runs/<device>-<UTC time>/``, which
 git ignores, so it never overwrites the committed ``bench/results/``. To
 commit a run, name its folder with ``--out``; a folder that already holds a
-results.json is refused unless ``--force`` is given. A bad argument gives one
-line on stderr and exit status 2, before anything runs or is written.
+results.json is refused unless ``--force`` is given. ``--from-json`` redraws
+a run's table.md and bench.png in the same way: into a new folder under
+``bench/runs/``, or ``--out``; only ``--force`` without ``--out`` rewrites
+them beside the file. A bad argument (an output folder that cannot be
+made, a shape that cannot fit in memory, a ``--reference`` that cannot be
+imported) gives one line on stderr and exit status 2, before anything runs
+or is written.
 """
 
 import argparse
@@ -20,10 +25,13 @@ import math
 import os
 import re
 import sys
+import tempfile
 
 from bench import report
 
 RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs")
+# A size beyond int32 cannot index an array dimension (nor be a label).
+MAX_SIZE = 2**31 - 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +82,9 @@ def _shapes(text):
     if min(shape) < 1:
       raise argparse.ArgumentTypeError(
           f"bad shape {item!r}: every size must be at least 1")
+    if max(shape) > MAX_SIZE:
+      raise argparse.ArgumentTypeError(
+          f"bad shape {item!r}: every size must be at most 2**31 - 1")
     shapes.append(shape)
   return tuple(shapes)
 
@@ -89,7 +100,8 @@ def _parser(prog: str, suite: tuple[str, ...] | None) -> _Parser:
       prog=prog, description="Benchmark jxent against its peers on the "
       "default JAX device.",
       epilog="Without --out, results go to bench/runs/<device>-<UTC time>/ "
-      "(ignored by git).")
+      "(ignored by git), and --from-json's to bench/runs/<folder of the "
+      "file>-<UTC time>/.")
   p.add_argument("--suite", type=_names, default=suite,
                  help="comma list of suites (--list names them), or 'all' "
                       "(default: "
@@ -110,9 +122,10 @@ def _parser(prog: str, suite: tuple[str, ...] | None) -> _Parser:
   p.add_argument("--impls", type=_names,
                  help="comma list of implementations to run, e.g. "
                       "jxent,optax (default: all)")
-  p.add_argument("--reference", default="jxent",
+  p.add_argument("--reference",
                  help="the implementation that time ratios and max abs diff "
-                      "are taken against (default: jxent)")
+                      "are taken against; refused if its module (torch) "
+                      "does not import (default: jxent)")
   p.add_argument("--reps", type=_int_at_least(1),
                  help="repetitions per case (default: the suite's, 10 for "
                       "most; --quick 3)")
@@ -122,10 +135,12 @@ def _parser(prog: str, suite: tuple[str, ...] | None) -> _Parser:
                       "(default: the suite's, 2 for most; --quick 0.3)")
   p.add_argument("--quick", action="store_true",
                  help="tiny grid, for tests and smoke runs (< 1 min on 2 CPUs)")
-  p.add_argument("--out", help="output folder (default: "
+  p.add_argument("--out", help="output folder, made if needed (default: "
                                "bench/runs/<device>-<UTC time>)")
   p.add_argument("--force", action="store_true",
-                 help="write into an --out folder that holds a results.json")
+                 help="write into an --out folder that holds a "
+                      "results.json; with --from-json and no --out, rewrite "
+                      "the files beside RESULTS_JSON")
   p.add_argument("--no-plot", action="store_true", help="skip bench.png")
   p.add_argument("--budget-s", type=_positive_float,
                  help="start no new case after this many seconds; the rest "
@@ -138,8 +153,10 @@ def _parser(prog: str, suite: tuple[str, ...] | None) -> _Parser:
   p.add_argument("--strict", action="store_true",
                  help="exit 1 if a case fails or disagrees with the reference")
   p.add_argument("--from-json", type=_file, metavar="RESULTS_JSON",
-                 help="only rewrite table.md and bench.png beside a "
-                      "results.json")
+                 help="run nothing: redraw table.md and bench.png (with a "
+                      "copy of results.json) from a run's results.json, "
+                      "into a new folder under bench/runs/, or --out; "
+                      "--force alone rewrites them beside RESULTS_JSON")
   return p
 
 
@@ -169,12 +186,23 @@ def _check(p: _Parser, args):
   if bad:
     p.error(f"--impls: unknown {', '.join(bad)}; expected some of "
             f"{', '.join(impls)}")
+  reference = args.reference or "jxent"
+  needs = set()
   for s in suites:
-    if args.reference not in {i.name for i in s.impls()}:
+    impl = {i.name: i for i in s.impls()}.get(reference)
+    if impl is None:
       p.error(f"--reference: suite {s.name} has no implementation "
-              f"{args.reference}")
-  if args.impls and args.reference not in args.impls:
-    p.error(f"--reference: {args.reference} is not among --impls")
+              f"{reference}")
+    needs.add(impl.needs)
+  if args.impls and reference not in args.impls:
+    p.error(f"--reference: {reference} is not among --impls")
+  # Without its module, a reference would leave every ratio blank. The
+  # default, jxent, runs even so: the report says why jxent did not import.
+  for name in sorted(needs - {None}) if args.reference else ():
+    module, error = runner.import_module(name)
+    if module is None:
+      p.error(f"--reference: {reference} needs {name}, which does not "
+              f"import ({error}); install it or name another reference")
   for s in suites:
     for shape in args.shapes or ():
       if len(shape) != len(s.dims):
@@ -193,7 +221,7 @@ def _check(p: _Parser, args):
   opts = runner.Options(
       suites=names, shapes=args.shapes, dtypes=args.dtypes, modes=args.modes,
       impls=frozenset(args.impls) if args.impls else None,
-      reference=args.reference, reps=args.reps, max_case_s=args.max_case_s,
+      reference=reference, reps=args.reps, max_case_s=args.max_case_s,
       quick=args.quick, budget_s=args.budget_s,
       bandwidth_mb=args.bandwidth_mb, seed=args.seed)
   device = jax.devices()[0]
@@ -203,26 +231,99 @@ def _check(p: _Parser, args):
       why = s.check_shape(shape)
       if why:
         p.error(f"--shapes: suite {s.name}: {why}")
+  _check_memory(p, suites, opts, device)
   out = _out_dir(p, args, timing.device_slug(device))
   return opts, out
 
 
-def _out_dir(p: _Parser, args, device_slug: str) -> str:
-  """`--out`, checked, or a new folder under `RUNS`."""
-  if args.out is None:
+def _check_memory(p: _Parser, suites, opts, device) -> None:
+  """Refuses a shape of --shapes whose inputs cannot fit in memory.
+
+  A case holds its inputs and about as much again (the gradient, the
+  temporaries), so inputs beyond half the device's memory cannot run; on a
+  CPU, trying aborts the process. The default grids are not checked: there
+  a case too big for a small device is recorded as skipped.
+  """
+  from bench import runner, timing
+
+  memory = timing.memory_bytes(device)
+  for s in suites if opts.shapes else ():
+    _, dtypes, _ = runner.grid(s, opts, device.platform)
+    for shape in opts.shapes:
+      text = "x".join(map(str, shape))
+      try:
+        nbytes = max(runner.input_bytes(s, shape, d) for d in dtypes)
+      except Exception as e:  # Sizes JAX cannot even describe.
+        reason = (str(e) or type(e).__name__).splitlines()[0][:200]
+        p.error(f"--shapes: suite {s.name}: no inputs of shape {text} "
+                f"({reason})")
+      if memory and nbytes > memory // 2:
+        p.error(f"--shapes: suite {s.name}: the inputs of shape {text} take "
+                f"{nbytes / 2**30:.3g} GiB, more than half of the "
+                f"{memory / 2**30:.3g} GiB of {device.platform} memory")
+
+
+def _out_dir(p: _Parser, args, name: str, beside: str | None = None) -> str:
+  """`--out`, checked, or a new folder under `RUNS` named `name` and the time.
+
+  Args:
+    p: The parser, which reports a refusal.
+    args: The parsed flags.
+    name: The start of a new folder's name.
+    beside: The folder `--force` without `--out` writes to (--from-json's);
+      None: `--force` matters only with `--out`.
+
+  Returns:
+    A folder that can be made and written to, refused otherwise.
+  """
+  if args.out is None and not (args.force and beside):
     now = datetime.datetime.now(datetime.UTC)
-    base = os.path.join(RUNS, f"{device_slug}-{now:%Y%m%d-%H%M%S}")
+    base = os.path.join(RUNS, f"{name}-{now:%Y%m%d-%H%M%S}")
     out, n = base, 1
     while os.path.exists(out):
       n += 1
       out = f"{base}-{n}"
+    problem = _cannot_write(out)
+    if problem:
+      p.error(f"cannot write {out} ({problem}); name a folder with --out")
     return out
-  if os.path.exists(args.out) and not os.path.isdir(args.out):
-    p.error(f"--out: {args.out} is a file, not a folder")
-  if os.path.exists(os.path.join(args.out, "results.json")) and not args.force:
-    p.error(f"--out: {args.out} already holds a results.json; name another "
+  out = beside if args.out is None else args.out
+  if os.path.exists(out) and not os.path.isdir(out):
+    p.error(f"--out: {out} is a file, not a folder")
+  if os.path.exists(os.path.join(out, "results.json")) and not args.force:
+    p.error(f"--out: {out} already holds a results.json; name another "
             "folder or pass --force to overwrite it")
-  return args.out
+  problem = _cannot_write(out)
+  if problem:
+    p.error(f"--out: cannot write {out} ({problem})")
+  return out
+
+
+def _cannot_write(folder: str) -> str | None:
+  """Why `folder` cannot be made (with its parents) and written to, or None.
+
+  Tried for real: a folder the system refuses (in /proc, on a read-only
+  disk) passes any look at permissions. What is made to find out is
+  removed again.
+  """
+  new, head = [], os.path.abspath(folder)
+  while not os.path.exists(head):
+    new.append(head)
+    head = os.path.dirname(head)
+  try:
+    for path in reversed(new):
+      os.mkdir(path)
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    return e.strerror or type(e).__name__
+  finally:
+    for path in new:  # The deepest first.
+      try:
+        os.rmdir(path)
+      except OSError:
+        pass
+  return None
 
 
 def main(argv=None, *, prog: str = "python -m bench",
@@ -256,7 +357,8 @@ def main(argv=None, *, prog: str = "python -m bench",
       results = report.read_json(args.from_json)
     except (OSError, ValueError) as e:
       p.error(f"--from-json: {e}")
-    out_dir = os.path.dirname(os.path.abspath(args.from_json))
+    source = os.path.dirname(os.path.abspath(args.from_json))
+    out_dir = _out_dir(p, args, os.path.basename(source), beside=source)
   else:
     opts, out_dir = _check(p, args)
     from bench import runner

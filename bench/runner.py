@@ -117,6 +117,14 @@ def make_inputs(suite, shape, dtype: str, seed: int) -> tuple:
   return jax.block_until_ready(arrays)
 
 
+def input_bytes(suite, shape, dtype: str) -> int:
+  """The bytes of a case's inputs, worked out without drawing them."""
+  arrays = jax.eval_shape(lambda: suite.inputs(
+      registry.Draw(0, host=False), shape, jnp.dtype(dtype)))
+  return sum(math.prod(a.shape) * a.dtype.itemsize
+             for a in jax.tree.leaves(arrays))
+
+
 @dataclasses.dataclass
 class _Run:
   """What every group of a run needs."""

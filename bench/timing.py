@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 import platform
 import re
 import statistics
@@ -191,6 +192,23 @@ def device_memory(device) -> dict | None:
       "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
       "bytes_limit": stats.get("bytes_limit"),
   }
+
+
+def memory_bytes(device) -> int | None:
+  """The memory a device holds its arrays in, or None if unknown.
+
+  An accelerator's own memory (``bytes_limit``, what JAX may allocate); for a
+  CPU, the host's physical memory.
+  """
+  stats = device_memory(device)
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  if device.platform != "cpu":
+    return None
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, ValueError, OSError):  # not a POSIX system
+    return None
 
 
 def default_bandwidth_bytes(platform_name: str) -> int:

@@ -124,11 +124,43 @@ def test_jxent_agrees_with_peers(quick, suite, mode):
     assert ref["vs_ref"] == 1.0
 
 
-def test_from_json_rewrites_table(quick, tmp_path):
+def test_from_json_writes_a_new_folder(quick, tmp_path, monkeypatch, capsys):
+  """Issue 19: the README's --from-json example rewrote the committed
+  table.md and bench.png beside the file."""
+  from bench import __main__ as cli
+
+  monkeypatch.setattr(cli, "RUNS", str(tmp_path / "runs"))
+  _, results = quick
+  source = tmp_path / "cpu-2026-01-01"
+  source.mkdir()
+  report.write_json(results, str(source / "results.json"))
+  before = (source / "results.json").read_bytes()
+  assert main(["--from-json", str(source / "results.json"), "--no-plot"]) == 0
+  assert [p.name for p in source.iterdir()] == ["results.json"]
+  assert (source / "results.json").read_bytes() == before
+  [new] = (tmp_path / "runs").iterdir()
+  assert new.name.startswith("cpu-2026-01-01-")
+  assert "## Peer time / jxent time" in (new / "table.md").read_text()
+  assert (new / "results.json").exists()
+  assert f"wrote {new}" in capsys.readouterr().err
+
+
+def test_from_json_writes_where_out_or_force_says(quick, tmp_path, capsys):
   _, results = quick
   path = tmp_path / "results.json"
   report.write_json(results, str(path))
-  assert main(["--from-json", str(path), "--no-plot"]) == 0
+  out = tmp_path / "out"
+  assert main(["--from-json", str(path), "--no-plot", "--out", str(out)]) == 0
+  assert "## Peer time / jxent time" in (out / "table.md").read_text()
+  assert not (tmp_path / "table.md").exists()
+  # A folder that holds a results.json, the file's own included, needs
+  # --force.
+  for folder in (out, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+      main(["--from-json", str(path), "--no-plot", "--out", str(folder)])
+    assert exit_.value.code == 2
+    assert "already holds a results.json" in capsys.readouterr().err
+  assert main(["--from-json", str(path), "--no-plot", "--force"]) == 0
   assert "## Peer time / jxent time" in (tmp_path / "table.md").read_text()
 
 
@@ -139,7 +171,7 @@ def test_from_json_reads_the_committed_results(tmp_path):
     (tmp_path / sub).mkdir(exist_ok=True)
     shutil.copy(committed / sub / "results.json", tmp_path / sub)
     assert main(["--from-json", str(tmp_path / sub / "results.json"),
-                 "--no-plot"]) == 0
+                 "--no-plot", "--force"]) == 0
   table = (tmp_path / "table.md").read_text()
   assert "| ce_int | vjp | bfloat16 | 512x32768 | optax |" in table
   assert "| ce_int | vjp | float32 | optax | 0.78 (512x4096) | 0.92 |" in table
@@ -402,6 +434,9 @@ def test_the_plot_tells_dtypes_direction_and_speed_up(quick):
 BAD_COMMANDS = {
     "shape-syntax": (["--shapes", "10by20"], "bad shape '10by20'"),
     "shape-zero": (["--shapes", "0x10"], "every size must be at least 1"),
+    # Issue 19: aborted in C++ (exit status 134).
+    "shape-huge": (["--shapes", "99999999999x99999999"],
+                   "every size must be at most 2**31 - 1"),
     "from-json-missing": (["--from-json", "/nonexistent.json"],
                           "no such file: '/nonexistent.json'"),
     "from-json-garbage": (["--from-json", "{tmp}/garbage.json"],
@@ -453,6 +488,11 @@ def test_bad_command_says_why_in_one_line(bad_commands, name):
     (["--impls", "optax"], "--reference: jxent is not among --impls"),
     (["--suite", "sharded", "--shapes", "8x12"],
      "suite sharded: vocab 12 is not a multiple of the 8 devices"),
+    # Issue 19: sizes within int32 whose inputs no memory holds.
+    (["--suite", "ce_int", "--shapes", "2000000000x2000000000"],
+     "suite ce_int: the inputs of shape 2000000000x2000000000 take"),
+    (["--suite", "linear_ce", "--shapes", "100x2000000000x2000000000"],
+     "more than half of the"),
 ])
 def test_options_the_registry_refuses(capsys, tmp_path, args, words):
   """Checked against the registry, in this process: JAX is loaded here."""
@@ -461,6 +501,40 @@ def test_options_the_registry_refuses(capsys, tmp_path, args, words):
   assert exit_.value.code == 2
   [line] = capsys.readouterr().err.splitlines()
   assert words in line
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", [
+    "{tmp}/file/run",
+    pytest.param("/proc/jxent-bench", marks=pytest.mark.skipif(
+        not pathlib.Path("/proc/self").is_dir(), reason="needs Linux /proc")),
+])
+def test_out_that_cannot_be_made_is_refused_before_the_run(capsys, tmp_path,
+                                                          out):
+  """Issue 19: the run went ahead, then traced back when writing."""
+  (tmp_path / "file").write_text("")
+  out = out.format(tmp=tmp_path)
+  with pytest.raises(SystemExit) as exit_:
+    main(["--suite", "entropy", *TINY, "--out", out])
+  assert exit_.value.code == 2
+  captured = capsys.readouterr()
+  [line] = captured.err.splitlines()
+  assert line.startswith(f"python -m bench: error: --out: cannot write {out} (")
+  assert "device:" not in captured.err + captured.out  # Nothing ran.
+  assert [p.name for p in tmp_path.iterdir()] == ["file"]
+  assert not pathlib.Path(out).exists()
+
+
+def test_reference_that_does_not_import_is_refused(monkeypatch, capsys,
+                                                   tmp_path):
+  """Issue 19: --reference torch without torch ran, then printed no ratios."""
+  monkeypatch.setitem(sys.modules, "torch", None)  # As if not installed.
+  with pytest.raises(SystemExit) as exit_:
+    main(["--suite", "ce_int", "--reference", "torch", *TINY,
+          "--out", str(tmp_path / "out")])
+  assert exit_.value.code == 2
+  [line] = capsys.readouterr().err.splitlines()
+  assert "--reference: torch needs torch, which does not import" in line
   assert not (tmp_path / "out").exists()
 
 

@@ -114,3 +114,47 @@ def test_checks_reach_functions_jitted_before_the_first_checked():
   jitted(logits, bad)  # Traced and cached; NaN, no error.
   with pytest.raises(Exception, match="labels must lie"):
     jxent.checked(jitted)(logits, bad)
+
+
+
+def _assert_silent(capfd, caplog):
+  # Under pytest the log goes to caplog; outside, to stderr (capfd).
+  assert capfd.readouterr() == ("", "")
+  assert not caplog.records, caplog.text
+
+
+@pytest.mark.parametrize("name", COMPOSITIONS)
+def test_a_caught_error_prints_nothing(name, capfd, caplog):
+  """Issue 19: a caught error still printed JAX's log of the failed callback
+  (about 40 lines of traceback on stderr)."""
+  logits, good, bad = _problem()
+  fn = COMPOSITIONS[name](_loss)
+  jax.block_until_ready(fn(logits, good))
+  capfd.readouterr()
+  with pytest.raises(Exception, match=r"labels must lie in \[0, 5\)"):
+    jax.block_until_ready(fn(logits, bad))
+  _assert_silent(capfd, caplog)
+
+
+def test_a_caught_error_under_nnx_jit_prints_nothing(capfd, caplog):
+  logits, good, bad = _problem()
+  model = nnx.Linear(5, 5, rngs=nnx.Rngs(0))
+  step = nnx.jit(nnx.value_and_grad(jxent.checked(
+      lambda model, x, y: _loss(model(x), y))))
+  jax.block_until_ready(step(model, logits, good))
+  capfd.readouterr()
+  with pytest.raises(Exception, match=r"labels must lie in \[0, 5\)"):
+    jax.block_until_ready(step(model, logits, bad))
+  _assert_silent(capfd, caplog)
+
+
+def test_other_failing_callbacks_are_still_logged(caplog):
+  jxent.checked(_loss)  # Quiets its own errors only.
+
+  def fail(x):
+    raise ValueError("not checked's")
+
+  fn = jax.jit(lambda x: jax.debug.callback(fail, x))
+  with pytest.raises(Exception, match="not checked's"):
+    jax.block_until_ready(fn(jnp.ones(2)))
+  assert "jax.debug.callback failed" in caplog.text

@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from jxent.demo import config as config_lib
 from jxent.demo.__main__ import DEMO_MODULES
 
 ERROR = "jxent-demo: error: "
@@ -135,8 +136,13 @@ def test_missing_demo_extra_says_what_to_install(tmp_path, hidden, run):
   ])
   result = _run(tmp_path, ["--epochs", "1", "--out", str(tmp_path / "run")],
                 code=code)
-  _assert_refused(result, tmp_path, 'pip install "jxent[demo]"')
+  # jxent is not on a package index: `pip install "jxent[demo]"` (issue 19)
+  # cannot resolve.
+  _assert_refused(
+      result, tmp_path,
+      'from the repository root, python -m pip install -e ".[demo]"')
   assert f"needs {hidden[0]}," in result.stderr
+  assert "jxent[demo]" not in result.stderr
 
 
 def test_diverging_training_says_so_and_writes_nothing(tmp_path):
@@ -146,3 +152,32 @@ def test_diverging_training_says_so_and_writes_nothing(tmp_path):
       "--batch-size", "8", "--no-plots", "--out", str(tmp_path / "run"),
   ])
   _assert_refused(result, tmp_path, "training diverged in epoch 1", status=1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("run", [None, RUN_SCRIPT],
+                         ids=["python-m", "jxent-demo"])
+def test_out_the_system_refuses_is_refused_before_training(tmp_path, run):
+  """Issue 19: /proc exists (and root may write to it, says os.access), but
+  no folder can be made in it: the run trained, then traced back."""
+  code = run and f"import sys\nsys.argv[0] = 'jxent-demo'\n{run}"
+  result = _run(tmp_path, ["--epochs", "1", "--out", "/proc/jxent-x"],
+                code=code)
+  _assert_refused(result, tmp_path,
+                  "output folder /proc/jxent-x: cannot write there (")
+  assert not os.path.exists("/proc/jxent-x")
+
+
+def test_default_runs_folder_is_checked_too(tmp_path):
+  (tmp_path / "runs").write_text("not a folder")
+  result = _run(tmp_path, ["--epochs", "1"])
+  assert result.returncode == 2, result.stderr
+  assert result.stderr == (
+      f"{ERROR}output folder runs is a file, not a folder\n")
+  assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_checking_the_out_folder_leaves_nothing_behind(tmp_path):
+  for out in (tmp_path / "new", tmp_path):
+    config_lib.check(config_lib.Config(out=str(out)))
+  assert list(tmp_path.iterdir()) == []

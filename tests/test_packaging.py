@@ -108,6 +108,21 @@ def test_sdist_carries_the_licence(dists):
     assert f"{prefix}/{name}" in names
 
 
+
+def test_sdist_carries_the_notebooks_once(dists):
+  # Issue 19: reached through the docs/notebooks symlink first, notebooks/
+  # was left out altogether.
+  with tarfile.open(dists[1]) as archive:
+    names = archive.getnames()
+  prefix = f"{NAME}-{VERSION}"
+  notebooks = sorted(p.name for p in (ROOT / "notebooks").iterdir()
+                     if p.suffix in (".ipynb", ".py", ".toml"))
+  assert len(notebooks) >= 3
+  assert sorted(n.removeprefix(f"{prefix}/notebooks/") for n in names
+                if n.startswith(f"{prefix}/notebooks/")) == notebooks
+  assert not [n for n in names if n.startswith(f"{prefix}/docs/notebooks/")]
+  assert f"{prefix}/docs/notebooks.md" in names
+
 # What a user's project does with jxent: mypy must find it installed (after
 # the README's `pip install -e ".[dev]"` too) and see its real signatures.
 USER_CODE = """\

@@ -1,6 +1,7 @@
 """Turning NaN-on-bad-input into errors, with jax.experimental.checkify."""
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -16,6 +17,30 @@ R = TypeVar("R")
 
 def _throw(error: checkify.Error) -> None:
   error.throw()
+
+
+class _QuietThrow(logging.Filter):
+  """Drops JAX's log of an error that `_throw` raised inside a callback.
+
+  JAX logs the traceback of any exception raised in a `jax.debug.callback`
+  (about 40 lines on stderr), then raises it again from the compiled
+  function. The error `_throw` raises is `checked`'s whole purpose, and its
+  message reaches the caller in the `JaxRuntimeError`: logged too, a caught
+  error would still print. Other callbacks' failures are logged as before.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+      if tb.tb_frame.f_code is _throw.__code__:
+        return False
+      tb = tb.tb_next
+    return True
+
+
+# `jax.debug.callback` logs a failed callback to the logger of its module.
+_CALLBACK_LOGGER = logging.getLogger(jax.debug.callback.__module__)
+_QUIET_THROW = _QuietThrow()
 
 
 def _holds_nnx_objects(tree) -> bool:
@@ -48,7 +73,7 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
   `nnx.value_and_grad`. Called eagerly, it raises at once; inside a
   transformation that stages it out (`jit`), the error is raised when the
   compiled function runs, as a `JaxRuntimeError` whose message names the
-  bad labels.
+  bad labels; nothing is printed, so a caught error is silent.
 
   Args:
     fn: Any function that calls jxent losses.
@@ -70,6 +95,7 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
     labels must lie in [0, 3); the smallest is 5 and the largest 5. ...
   """
   _checks.enable_checks()
+  _CALLBACK_LOGGER.addFilter(_QUIET_THROW)  # Once: a filter is added once.
   checkified = checkify.checkify(fn)
 
   @functools.wraps(fn)

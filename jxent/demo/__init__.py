@@ -2,8 +2,9 @@
 
 Run it with ``python -m jxent.demo`` (or ``jxent-demo``); ``--help`` lists
 the flags. From Python, :func:`train_and_evaluate` takes a :class:`Config`
-and returns the metrics. It needs the ``demo`` extra
-(``pip install "jxent[demo]"``), which is imported only when it is used.
+and returns the metrics. It needs the ``demo`` extra (from the repository
+root, ``python -m pip install -e ".[demo]"``), which is imported only when it
+is used.
 """
 
 from jxent.demo.config import Config as Config

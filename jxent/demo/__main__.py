@@ -18,6 +18,8 @@ from jxent.demo import data as data_lib
 PROG = "jxent-demo"
 # The import names of the `demo` extra's packages (pyproject.toml).
 DEMO_MODULES = ("flax", "optax", "sklearn", "matplotlib", "tqdm")
+# jxent is installed from a clone, not from a package index.
+INSTALL_DEMO = 'from the repository root, python -m pip install -e ".[demo]"'
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   missing = _missing_module()
   if missing:
     return _refuse(f"the demo needs {missing}, which is not installed;"
-                   ' install the demo extra: pip install "jxent[demo]"')
+                   f" install the demo extra: {INSTALL_DEMO}")
   from jxent.demo import train  # pylint: disable=g-import-not-at-top
 
   try:

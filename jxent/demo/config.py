@@ -11,10 +11,13 @@ import dataclasses
 import inspect
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 MODELS = ("mlp", "cnn")
+# Where runs without an output folder go, each in a new folder.
+RUNS = "runs"
 
 
 class ConfigError(ValueError):
@@ -112,7 +115,11 @@ Config.__doc__ = "\n".join([
 def check(config: Config) -> None:
   """Refuses settings out of range and an output folder that cannot be made.
 
-  Touches nothing: the output folder is only looked at, not created.
+  The output folder (`config.out`, or ``runs/`` where the default run
+  folder goes) is tried for real: made if it is new, written to, then
+  removed again, so that a folder the system refuses (``/proc/x``, a
+  read-only disk) is found before anything is trained. Nothing is left
+  behind.
 
   Args:
     config: The settings.
@@ -125,12 +132,39 @@ def check(config: Config) -> None:
     if valid is not None and not valid[0](value):
       name = field.name.replace("_", " ")
       raise ConfigError(f"{name} must be {valid[1]}, got {value!r}")
-  if config.out is not None:
-    out = config.out
-    parent = os.path.dirname(os.path.abspath(out))
-    if os.path.exists(out) and not os.path.isdir(out):
-      raise ConfigError(f"output folder {out} is a file, not a folder")
-    if not os.path.isdir(parent):
-      raise ConfigError(f"output folder {out}: no folder {parent} to make it in")
-    if not os.access(out if os.path.isdir(out) else parent, os.W_OK):
-      raise ConfigError(f"output folder {out}: no permission to write there")
+  out = config.out or RUNS
+  parent = os.path.dirname(os.path.abspath(out))
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ConfigError(f"output folder {out} is a file, not a folder")
+  if not os.path.isdir(parent):
+    raise ConfigError(f"output folder {out}: no folder {parent} to make it in")
+  problem = _cannot_write(out)
+  if problem:
+    hint = "" if config.out else "; name another with --out"
+    raise ConfigError(f"output folder {out}: cannot write there ({problem})"
+                      + hint)
+
+
+def _cannot_write(folder: str) -> str | None:
+  """Why `folder`, or a new folder of that name, cannot be written to.
+
+  Args:
+    folder: An existing folder, or a new one in an existing folder.
+
+  Returns:
+    None if a file can be written there, else the system's reason. A
+    folder made to find out is removed again.
+  """
+  made = not os.path.isdir(folder)
+  try:
+    if made:
+      os.mkdir(folder)
+    try:
+      with tempfile.TemporaryFile(dir=folder):
+        pass
+    finally:
+      if made:
+        os.rmdir(folder)
+  except OSError as e:
+    return e.strerror or type(e).__name__
+  return None

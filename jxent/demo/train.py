@@ -136,7 +136,7 @@ def make_optimizer(
   return optax.adamw(schedule, weight_decay=config.weight_decay), schedule
 
 
-def new_run_folder(root: str = "runs") -> str:
+def new_run_folder(root: str = config_lib.RUNS) -> str:
   """A folder under `root` named by the time, not yet in use."""
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   path, n = os.path.join(root, stamp), 1
