@@ -87,6 +87,49 @@ def safe_log(sumexp: jax.Array) -> jax.Array:
   return jnp.log(jnp.where(is_nonempty(sumexp), sumexp, 1))
 
 
+def split_exp(shifted: jax.Array, e: jax.Array | None = None
+              ) -> tuple[jax.Array, jax.Array]:
+  """exp(shifted) split into the terms at the shift and the rest.
+
+  Returns `(rest, ties)`, each of `shifted`'s shape: `ties` is 1 where
+  `shifted` is 0 (the max), `rest` is exp(shifted) elsewhere. Summed over a
+  row they give the sum and its excess over 1 (`sum_and_excess`). `rest`
+  carries every term's derivative, the ties' included (e - stop_gradient(e)
+  is 0 with e's derivative), so its sum differentiates like the whole sum;
+  `ties` is a count, with no derivative. `e`, if given, is exp(shifted).
+  """
+  e = jnp.exp(shifted) if e is None else e
+  # 1 at the shift, 0 below it (shifted <= -1e-30 is every float32 gap
+  # that matters), in arithmetic rather than a select, which XLA's CPU
+  # backend fuses less well; no derivative.
+  tie = lax.stop_gradient(1 - jnp.minimum(-shifted * 1e30, 1))
+  return e - lax.stop_gradient(e) * tie, tie
+
+
+def sum_and_excess(rest: jax.Array, ties: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """A row's sum of exponentials, and the sum minus 1 without rounding.
+
+  `rest` and `ties` are the row sums of `split_exp`'s parts: ties counts
+  ones, so ties - 1 is exact, and rest + (ties - 1) keeps a tiny rest that
+  1 + rest would round away. An empty row has sum 0 and excess -1.
+  """
+  return rest + ties, rest + (ties - 1)
+
+
+def log_sum(sumexp: jax.Array, excess: jax.Array | None) -> jax.Array:
+  """log(sumexp), as log1p(excess) when the excess over 1 is known.
+
+  Near certainty the sum is 1 + tiny, which float32 rounds to 1: its log
+  would be 0, and a loss of 1e-10 would lose every digit. log1p of the
+  excess keeps them. An empty row gives 0 (double where: log1p of a safe 0).
+  Without `excess` this is `safe_log`.
+  """
+  if excess is None:
+    return safe_log(sumexp)
+  return jnp.log1p(jnp.where(is_nonempty(sumexp), excess, 0))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def row_sums(axes: tuple[int, ...], *terms: jax.Array) -> tuple[jax.Array, ...]:
   """Sums of several same-shaped arrays over `axes`, in one pass.

@@ -10,7 +10,8 @@ two matmuls that give `dx` (accumulated) and the block's slice of `dw`.
 
 This module holds what every such loss shares: the static `Config`, the
 block's logits (`block_logits`), the walk (`walk_blocks`), the online
-log-sum-exp step (`online_lse`), the combination of per-shard numbers over
+log-sum-exp step (`online_lse`, and `online_split_lse` for the heads that
+need the sum's excess over 1), the combination of per-shard numbers over
 a mesh axis (`combine_lse`), the chain rule back to the raw matmul output
 (`raw_gradient`), the matmuls of the backward pass (`accumulate`), and the
 validation of a head (`prepare_head`).
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jxent._numerics import checks as _checks
-from jxent._numerics.logsumexp import shift_of
+from jxent._numerics.logsumexp import shift_of, split_exp
 from jxent._numerics.softmax_rows import times_finite
 
 AxisName = str | tuple[str, ...]
@@ -164,6 +165,31 @@ def online_lse(row_max, sumexp, logits):
   return new_max, sumexp, old, new
 
 
+def online_split_lse(row_max, rest, ties, logits):
+  """`online_lse` with the sum's terms at the running max counted apart.
+
+  Args:
+    row_max: The running max [tokens] (-inf before any mass).
+    rest, ties: The running sum of exp(logit - shift_of(row_max)) in two
+      parts: the terms at the shift (each exactly 1) in `ties`, the others
+      in `rest` (`logsumexp.split_exp`), so that the sum's excess over 1
+      keeps its digits near certainty (`logsumexp.sum_and_excess`).
+    logits: The block's logits [tokens, block], dead columns at -inf.
+
+  Returns:
+    `(new_max, rest, ties, old_shift, new_shift)`. When the max moves, the
+    old ties fall below it and join the rest.
+  """
+  new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
+  old, new = shift_of(row_max), shift_of(new_max)
+  moved = new != old
+  scale = rescale(row_max, new)
+  block_rest, block_ties = split_exp(logits - new[:, None])
+  rest = (rest + jnp.where(moved, ties, 0)) * scale + jnp.sum(block_rest, 1)
+  ties = jnp.where(moved, 0, ties) + jnp.sum(block_ties, 1)
+  return new_max, rest, ties, old, new
+
+
 def rescale(row_max, new_shift):
   """exp(row_max - new_shift): a running sum's factor when the shift moves.
 
@@ -174,6 +200,23 @@ def rescale(row_max, new_shift):
   blocks. An old max of -inf gives 0, never exp(-inf - -inf).
   """
   return jnp.exp(lax.stop_gradient(row_max) - new_shift)
+
+
+def combine_split_lse(row_max, rest, ties, axis_name):
+  """Per-shard `online_split_lse` sums to the whole vocabulary's.
+
+  A shard whose max is the global one keeps its ties; on the others they
+  fall below the shift and join the rest. Returns `(row_max, rest, ties)`.
+  """
+  local = shift_of(row_max)
+  row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
+  delta = local - shift_of(row_max)
+  at_max = delta == 0
+  scale = jnp.exp(delta)
+  rest, ties = lax.psum(
+      ((rest + jnp.where(at_max, 0, ties)) * scale,
+       jnp.where(at_max, ties, 0)), axis_name)
+  return row_max, rest, ties
 
 
 def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=(),

@@ -50,7 +50,8 @@ def online_stats(head, label_index, opts, cfg) -> _rows.RowStats:
   return _rows.RowStats(
       shift=shift, sumexp=walk.sumexp, target_dot=walk.label_logit - shift,
       valid_count=walk.valid_count if opts.smoothing else None,
-      valid_mean=walk.valid_mean if opts.smoothing else None)
+      valid_mean=walk.valid_mean if opts.smoothing else None,
+      excess=walk.excess)
 
 
 @dataclasses.dataclass(frozen=True)

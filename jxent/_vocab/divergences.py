@@ -47,9 +47,10 @@ class _KL(_Pair):
 
   def forward(self, heads, data):
     (p, q), (keep,) = heads, data
-    p_max, p_sum, q_max, q_sum, cross = _walks.pair_stats(p, q, self.cfg)
-    norm_p = _walks.normaliser(p_max, p_sum)
-    norm_q = _walks.normaliser(q_max, q_sum)
+    p_max, p_sum, q_max, q_sum, cross, p_excess, q_excess = (
+        _walks.pair_stats(p, q, self.cfg))
+    norm_p = _walks.normaliser(p_max, p_sum, p_excess)
+    norm_q = _walks.normaliser(q_max, q_sum, q_excess)
     p_nonempty, q_nonempty = is_nonempty(p_sum), is_nonempty(q_sum)
     counts = keep & p_nonempty
     # D = E_p[z_p - z_q] - lse_p + lse_q, the log-sum-exps' shifts
@@ -130,9 +131,10 @@ class _JS(_Pair):
   def forward(self, heads, data):
     (p, q), (keep,) = heads, data
     cfg, beta = self.cfg, self.beta
-    p_max, p_sum, q_max, q_sum, _ = _walks.pair_stats(p, q, cfg)
-    norm_p = _walks.normaliser(p_max, p_sum)
-    norm_q = _walks.normaliser(q_max, q_sum)
+    p_max, p_sum, q_max, q_sum, _, p_excess, q_excess = _walks.pair_stats(
+        p, q, cfg)
+    norm_p = _walks.normaliser(p_max, p_sum, p_excess)
+    norm_q = _walks.normaliser(q_max, q_sum, q_excess)
     offset = _blocks.offset_of(cfg, p.w.shape[1])
 
     # A second walk, now that both log-sum-exps are known: KL(P || M) and

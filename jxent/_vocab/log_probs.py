@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jxent._numerics import checks as _checks
-from jxent._numerics.logsumexp import is_nonempty, safe_log, shift_of
+from jxent._numerics.logsumexp import is_nonempty, log_sum, shift_of
 from jxent._vocab import blocks as _blocks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
@@ -24,11 +24,11 @@ class _LogProbs(_rule.Op):
 
   def forward(self, heads, data):
     (head,), (labels, keep) = heads, data
-    row_max, sumexp, picked, ent, _, _ = _walks.stats(
+    row_max, sumexp, picked, ent, _, _, excess = _walks.stats(
         head, self.cfg, label_index=labels.class_index,
         entropy=self.entropy)
     nonempty = is_nonempty(sumexp)
-    s = safe_log(sumexp)
+    s = log_sum(sumexp, excess)
     shift = shift_of(row_max)
     counts = keep & labels.counts & nonempty
     log_prob = jnp.where(counts, picked - shift - s, 0)

@@ -8,7 +8,7 @@ from jax import lax
 
 from jxent._cross_entropy import rows as _rows
 from jxent._numerics import checks as _checks
-from jxent._numerics.logsumexp import is_nonempty
+from jxent._numerics.logsumexp import is_nonempty, sum_and_excess
 from jxent._vocab import blocks as _blocks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
@@ -49,10 +49,11 @@ class _TopK(_rule.Op):
     k = indices.shape[1]
 
     def body(i, carry):
-      row_max, sumexp, picked, tail_max, tail_sum = carry
+      row_max, rest, ties, picked, tail_max, tail_sum = carry
       logits, _, live, start = block_logits(*head, i, cfg, offset)
       logits = jnp.where(live, logits, -jnp.inf)
-      new_max, sumexp_new, _, _ = _blocks.online_lse(row_max, sumexp, logits)
+      new_max, rest, ties, _, _ = _blocks.online_split_lse(
+          row_max, rest, ties, logits)
       local, inside = _in_block(indices, start, i, cfg, offset)
       found = jnp.take_along_axis(logits, local, axis=1)
       picked = picked + jnp.where(inside, found, 0)
@@ -63,23 +64,25 @@ class _TopK(_rule.Op):
         in_top = _scatter(jnp.ones_like(found), local, inside, cfg.block) > 0
         tail_max, tail_sum, _, _ = _blocks.online_lse(
             tail_max, tail_sum, jnp.where(in_top, -jnp.inf, logits))
-      return new_max, sumexp_new, picked, tail_max, tail_sum
+      return new_max, rest, ties, picked, tail_max, tail_sum
 
     zeros = jnp.zeros((tokens,), cfg.acc)
     minus_inf = jnp.full((tokens,), -jnp.inf, cfg.acc)
-    init = (minus_inf, zeros, jnp.zeros((tokens, k), cfg.acc), minus_inf,
-            zeros)
-    row_max, sumexp, picked, tail_max, tail_sum = walk_blocks(
+    init = (minus_inf, zeros, zeros, jnp.zeros((tokens, k), cfg.acc),
+            minus_inf, zeros)
+    row_max, rest, ties, picked, tail_max, tail_sum = walk_blocks(
         body, init, local_vocab, cfg.block, cfg.axis_name is not None)
     if cfg.axis_name is not None:
-      row_max, sumexp, _, (picked,) = _blocks.combine_lse(
-          row_max, sumexp, cfg.axis_name, summed=(picked,))
+      picked = lax.psum(picked, cfg.axis_name)
+      row_max, rest, ties = _blocks.combine_split_lse(row_max, rest, ties,
+                                                      cfg.axis_name)
       if static.tail == "bin":
         tail_max, tail_sum, _, _ = _blocks.combine_lse(tail_max, tail_sum,
                                                        cfg.axis_name)
     # The log-sum-exps keep their shifts apart from their sums, so huge
     # logits lose nothing (see `walks.Normaliser`).
-    norm_q = _walks.normaliser(row_max, sumexp)
+    sumexp, excess = sum_and_excess(rest, ties)
+    norm_q = _walks.normaliser(row_max, sumexp, excess)
     log_q = (picked - norm_q.shift[:, None]) - norm_q.log_sumexp[:, None]
     teacher = teacher_log_probs.astype(cfg.acc)
     counts = keep

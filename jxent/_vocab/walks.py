@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent._numerics.logsumexp import safe_log, shift_of
+from jxent._numerics.logsumexp import log_sum, shift_of, sum_and_excess
 from jxent._numerics.softmax_rows import times_finite
 from jxent._vocab import blocks as _blocks
 from jxent._vocab.blocks import Config, Head, block_logits, walk_blocks
@@ -46,9 +46,13 @@ class Normaliser(NamedTuple):
     return (self.shift - other.shift) + (self.log_sumexp - other.log_sumexp)
 
 
-def normaliser(row_max, sumexp) -> Normaliser:
-  """The `Normaliser` of rows with this max and shifted sum."""
-  return Normaliser(shift_of(row_max), safe_log(sumexp))
+def normaliser(row_max, sumexp, excess=None) -> Normaliser:
+  """The `Normaliser` of rows with this max and shifted sum.
+
+  With `excess`, the sum minus 1 without rounding, the log keeps its
+  digits near certainty (`logsumexp.log_sum`).
+  """
+  return Normaliser(shift_of(row_max), log_sum(sumexp, excess))
 
 
 # --- the walks -------------------------------------------------------------
@@ -60,6 +64,7 @@ class Stats(NamedTuple):
   Attributes:
     row_max: The max logit (-inf for an empty row).
     sumexp: The sum of exp(logit - shift_of(row_max)).
+    excess: sumexp - 1 without rounding (`logsumexp.sum_and_excess`).
     label_logit: The label's logit (0 without labels).
     entropy_sum: The sum of e (z - shift), e = exp(z - shift), with
       `entropy`; else 0.
@@ -73,6 +78,7 @@ class Stats(NamedTuple):
   entropy_sum: jax.Array
   valid_count: jax.Array
   valid_mean: jax.Array
+  excess: jax.Array
 
 
 def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
@@ -83,11 +89,12 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
   num_classes = cfg.num_classes
 
   def body(i, carry):
-    row_max, sumexp, picked, ent, count, valid_mean = carry
+    row_max, rest, ties, picked, ent, count, valid_mean = carry
     logits, columns, live, _ = block_logits(*head, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
-    previous = sumexp
-    new_max, sumexp, old, new = _blocks.online_lse(row_max, sumexp, logits)
+    previous = rest + ties
+    new_max, rest, ties, old, new = _blocks.online_split_lse(
+        row_max, rest, ties, logits)
     if label_index is not None:
       is_label = (columns == label_index[:, None]) & live
       picked = picked + jnp.sum(jnp.where(is_label, logits, 0), 1)
@@ -109,56 +116,70 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
       valid_mean = valid_mean + count * (old - new) / num_classes + jnp.sum(
           jnp.where(valid, (logits - new[:, None]) / num_classes, 0), 1)
       count = count + jnp.sum(valid, axis=1).astype(cfg.acc)
-    return new_max, sumexp, picked, ent, count, valid_mean
+    return new_max, rest, ties, picked, ent, count, valid_mean
 
   zeros = jnp.zeros((tokens,), cfg.acc)
-  init = (jnp.full((tokens,), -jnp.inf, cfg.acc),) + (zeros,) * 5
-  row_max, sumexp, picked, ent, count, valid_mean = walk_blocks(
+  init = (jnp.full((tokens,), -jnp.inf, cfg.acc),) + (zeros,) * 6
+  row_max, rest, ties, picked, ent, count, valid_mean = walk_blocks(
       body, init, local_vocab, cfg.block, cfg.axis_name is not None)
   if cfg.axis_name is not None:
     # Combine the shards: one max, then sums rescaled to it.
-    row_max, sumexp, (valid_mean,), (picked, count), *weighted = (
+    _, _, (valid_mean,), (picked, count), *weighted = (
         _blocks.combine_lse(
-            row_max, sumexp, cfg.axis_name,
+            row_max, rest + ties, cfg.axis_name,
             rebased=((count / num_classes, valid_mean),),
             summed=(picked, count),
-            weighted=((sumexp, ent),) if entropy else ()))
+            weighted=((rest + ties, ent),) if entropy else ()))
     if entropy:
       (ent,), = weighted
-  return Stats(row_max, sumexp, picked, ent, count, valid_mean)
+    row_max, rest, ties = _blocks.combine_split_lse(row_max, rest, ties,
+                                                    cfg.axis_name)
+  sumexp, excess = sum_and_excess(rest, ties)
+  return Stats(row_max, sumexp, picked, ent, count, valid_mean, excess)
 
 
 def pair_stats(p: Head, q: Head, cfg: Config):
-  """P's and Q's max and sum, and sum over P of e_p (z_p - z_q), one walk."""
+  """P's and Q's max and sum, and sum over P of e_p (z_p - z_q), one walk.
+
+  Returns:
+    `(p_max, p_sum, q_max, q_sum, cross, p_excess, q_excess)`, the excesses
+    being the sums minus 1 without rounding (`logsumexp.sum_and_excess`).
+  """
   tokens, local_vocab = p.x.shape[0], p.w.shape[1]
   offset = _blocks.offset_of(cfg, local_vocab)
 
   def body(i, carry):
-    p_max, p_sum, q_max, q_sum, cross = carry
+    p_max, p_rest, p_ties, q_max, q_rest, q_ties, cross = carry
     zp, _, live, _ = block_logits(*p, i, cfg, offset)
     zq, _, _, _ = block_logits(*q, i, cfg, offset)
     zp, zq = jnp.where(live, zp, -jnp.inf), jnp.where(live, zq, -jnp.inf)
-    new_p, p_sum, _, shift_p = _blocks.online_lse(p_max, p_sum, zp)
-    q_max, q_sum, _, _ = _blocks.online_lse(q_max, q_sum, zq)
+    new_p, p_rest, p_ties, _, shift_p = _blocks.online_split_lse(
+        p_max, p_rest, p_ties, zp)
+    q_max, q_rest, q_ties, _, _ = _blocks.online_split_lse(
+        q_max, q_rest, q_ties, zq)
     ep = jnp.exp(zp - shift_p[:, None])
     # log p - log q up to the rows' log-sum-exps, in one term: nearly equal
     # P and Q do not cancel two large sums.
     cross = _blocks.rescale(p_max, shift_p) * cross + jnp.sum(
         times_finite(ep, zp - zq), 1)
-    return new_p, p_sum, q_max, q_sum, cross
+    return new_p, p_rest, p_ties, q_max, q_rest, q_ties, cross
 
   zeros = jnp.zeros((tokens,), cfg.acc)
   minus_inf = jnp.full((tokens,), -jnp.inf, cfg.acc)
-  p_max, p_sum, q_max, q_sum, cross = walk_blocks(
-      body, (minus_inf, zeros, minus_inf, zeros, zeros), local_vocab,
-      cfg.block, cfg.axis_name is not None)
+  p_max, p_rest, p_ties, q_max, q_rest, q_ties, cross = walk_blocks(
+      body, (minus_inf, zeros, zeros, minus_inf, zeros, zeros, zeros),
+      local_vocab, cfg.block, cfg.axis_name is not None)
   if cfg.axis_name is not None:
     local_p = shift_of(p_max)
-    p_max, p_sum, _, _ = _blocks.combine_lse(p_max, p_sum, cfg.axis_name)
+    p_max, p_rest, p_ties = _blocks.combine_split_lse(p_max, p_rest, p_ties,
+                                                      cfg.axis_name)
     cross = lax.psum(cross * jnp.exp(local_p - shift_of(p_max)),
                      cfg.axis_name)
-    q_max, q_sum, _, _ = _blocks.combine_lse(q_max, q_sum, cfg.axis_name)
-  return p_max, p_sum, q_max, q_sum, cross
+    q_max, q_rest, q_ties = _blocks.combine_split_lse(q_max, q_rest, q_ties,
+                                                      cfg.axis_name)
+  p_sum, p_excess = sum_and_excess(p_rest, p_ties)
+  q_sum, q_excess = sum_and_excess(q_rest, q_ties)
+  return p_max, p_sum, q_max, q_sum, cross, p_excess, q_excess
 
 
 def token_mask(where, batch, name="where"):

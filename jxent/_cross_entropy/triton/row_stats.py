@@ -1,7 +1,8 @@
 """The forward kernel: each row of logits to its `RowStats`, in one pass.
 
 One Triton program per row walks the row's classes tile by tile, keeping an
-online max and a sum of exponentials rescaled to it, and, as the options
+online max and a sum of exponentials rescaled to it (its terms at the max
+counted apart, for the excess over 1), and, as the options
 need, the label's logit, the soft labels' mass and dot product, and the
 valid classes' count, weight and mean (`jxent._cross_entropy.rows.RowStats`).
 It reads the logits once, where XLA reads them twice (a max, then the sums).
@@ -41,7 +42,7 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
   width = x_ref.shape[0]
 
   def body(i, carry):
-    (run_max, nans, sumexp, picked, mass, count, weight_sum,
+    (run_max, nans, rest, ties, picked, mass, count, weight_sum,
      valid_mean) = carry
     cols = i * block + jnp.arange(block)
     inside = cols < width
@@ -58,7 +59,15 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
     # the sums are 0 and need no rescaling (and exp(0 - new) could overflow).
     scale = jnp.where(jnp.isinf(run_max), 1.0, jnp.exp(old - new))
     shifted = x - new
-    sumexp = sumexp * scale + jnp.sum(jnp.exp(shifted))
+    # The terms equal to 1 (at the shift) are counted apart from the rest, so
+    # the sum's excess over 1 keeps its digits (`RowStats.excess`). When
+    # the shift moves, the old ties fall below it and join the rest.
+    moved = new != old
+    e = jnp.exp(shifted)
+    one = e == 1.0  # as `logsumexp.split_exp` splits
+    rest = (rest + jnp.where(moved, ties, 0.0)) * scale + jnp.sum(
+        jnp.where(one, 0.0, e))
+    ties = jnp.where(moved, 0.0, ties) + jnp.sum(jnp.where(one, e, 0.0))
     weights = None
     if weighted:
       weights = plgpu.load(w_ref.at[cols], mask=inside,
@@ -86,18 +95,19 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
           jnp.sum(jnp.where(valid, w_valid * shifted / num_classes, 0.0)))
       count = count + jnp.sum(valid.astype(jnp.float32))
       weight_sum = weight_sum + jnp.sum(w_valid)
-    return (new_max, nans, sumexp, picked, mass, count, weight_sum,
+    return (new_max, nans, rest, ties, picked, mass, count, weight_sum,
             valid_mean)
 
   zero = jnp.float32(0)
-  init = (jnp.float32(-jnp.inf),) + (zero,) * 7
-  (run_max, nans, sumexp, picked, mass, count, weight_sum,
+  init = (jnp.float32(-jnp.inf),) + (zero,) * 8
+  (run_max, nans, rest, ties, picked, mass, count, weight_sum,
    valid_mean) = lax.fori_loop(0, pl.cdiv(width, block), body, init)
   shift = _shift_of(run_max)
   # A NaN anywhere unmasked makes the row NaN, as in the XLA path.
   has_nan = nans > 0
   values = [jnp.where(has_nan, jnp.nan, shift),
-            jnp.where(has_nan, jnp.nan, sumexp),
+            jnp.where(has_nan, jnp.nan, rest + ties),
+            jnp.where(has_nan, jnp.nan, rest + (ties - 1.0)),
             picked - shift if kind == "integer" else picked]
   if kind == "soft":
     values.append(mass)
@@ -136,7 +146,7 @@ def row_stats(
   weighted = opts.class_weights is not None
   kind, inputs, axes = row_inputs(logits, mask, opts.class_weights,
                                   label_index, targets)
-  n_out = 3 + (kind == "soft") + 3 * opts.smoothing
+  n_out = 4 + (kind == "soft") + 3 * opts.smoothing
   kernel = functools.partial(
       _kernel, num_classes=num_classes, block=config.block, kind=kind,
       smoothing=opts.smoothing, weighted=weighted, masked=mask is not None)
@@ -148,8 +158,8 @@ def row_stats(
       interpret=config.interpret, name="jxent_row_stats")
   outs = list(jax.vmap(call, in_axes=tuple(axes))(*inputs))
   outs = [o.reshape(batch) for o in outs]
-  shift, sumexp, target_dot = outs[:3]
-  rest = outs[3:]
+  shift, sumexp, excess, target_dot = outs[:4]
+  rest = outs[4:]
   target_mass = rest.pop(0) if kind == "soft" else None
   valid_count = valid_weight = valid_mean = None
   if opts.smoothing:
@@ -157,5 +167,5 @@ def row_stats(
     if not weighted:
       valid_weight = None  # It is the count, as the XLA path leaves it.
   return _rows.RowStats(shift, sumexp, target_dot, target_mass, valid_count,
-                        valid_weight, valid_mean)
+                        valid_weight, valid_mean, excess)
 
