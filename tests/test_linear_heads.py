@@ -630,3 +630,23 @@ def test_a_frozen_output_layer_costs_no_weight_gradient_matmuls(rng, head):
   grads = jax.grad(loss, (0, 1))(x, w)
   np.testing.assert_allclose(jax.grad(loss, 0)(x, w), grads[0], rtol=1e-6)
   np.testing.assert_allclose(jax.grad(loss, 1)(x, w), grads[1], rtol=1e-6)
+
+
+def test_a_traced_temperature_or_beta_is_refused_with_the_rewrite(rng):
+  prob = _problem(rng)
+  p_x, p_w, q_x, q_w = (prob[k] for k in ("p_x", "p_w", "q_x", "q_w"))
+  labels = _legal(prob["labels"])
+  with pytest.raises(TypeError, match="x / T"):
+    jax.jit(lambda t: jxent.linear_log_probs(p_x, p_w, labels,
+                                             temperature=t))(2.0)
+  with pytest.raises(TypeError, match="known at trace time"):
+    jax.jit(lambda b: jxent.linear_js_divergence(p_x, p_w, q_x, q_w,
+                                                 beta=b))(0.3)
+  # The documented rewrite: without a soft cap, temperature T is the head
+  # x / T, bias / T at temperature 1, and T may then be traced.
+  bias = prob["p_bias"]
+  want = jxent.linear_log_probs(p_x, p_w, labels, bias=bias,
+                                temperature=2.0)
+  got = jax.jit(lambda t: jxent.linear_log_probs(
+      p_x / t, p_w, labels, bias=bias / t))(2.0)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -359,8 +359,14 @@ def check_softcap(logit_softcap) -> float | None:
 
 
 def check_temperature(temperature) -> float:
-  """Validates a softmax temperature: a finite number > 0."""
-  value = static_number("temperature", temperature)
+  """Validates a softmax temperature: a finite number > 0, known now."""
+  try:
+    value = static_number("temperature", temperature)
+  except TypeError as error:
+    raise TypeError(
+        f"{error} The temperature is static (a schedule recompiles per"
+        " value); without a soft cap, a traced temperature T is the same"
+        " head as x / T (and bias / T) at temperature 1.") from None
   if not (value > 0 and math.isfinite(value)):
     raise ValueError(
         f"`temperature` must be a finite number > 0, got {temperature!r}.")
