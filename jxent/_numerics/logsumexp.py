@@ -101,8 +101,10 @@ def split_exp(shifted: jax.Array, e: jax.Array | None = None
   e = jnp.exp(shifted) if e is None else e
   # 1 at the shift, 0 below it (shifted <= -1e-30 is every float32 gap
   # that matters), in arithmetic rather than a select, which XLA's CPU
-  # backend fuses less well; no derivative.
-  tie = lax.stop_gradient(1 - jnp.minimum(-shifted * 1e30, 1))
+  # backend fuses less well; no derivative. Clipped at 0 too: logits
+  # recomputed in another fusion (say, divided by a temperature) may round
+  # a hair above the max they gave, and such a term still counts once.
+  tie = lax.stop_gradient(1 - jnp.clip(-shifted * 1e30, 0, 1))
   return e - lax.stop_gradient(e) * tie, tie
 
 
