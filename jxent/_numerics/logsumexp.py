@@ -87,8 +87,7 @@ def safe_log(sumexp: jax.Array) -> jax.Array:
   return jnp.log(jnp.where(is_nonempty(sumexp), sumexp, 1))
 
 
-def split_exp(shifted: jax.Array, e: jax.Array | None = None
-              ) -> tuple[jax.Array, jax.Array]:
+def split_exp(shifted: jax.Array) -> tuple[jax.Array, jax.Array]:
   """exp(shifted) split into the terms at the shift and the rest.
 
   Returns `(rest, ties)`, each of `shifted`'s shape: `ties` is 1 where
@@ -96,9 +95,9 @@ def split_exp(shifted: jax.Array, e: jax.Array | None = None
   row they give the sum and its excess over 1 (`sum_and_excess`). `rest`
   carries every term's derivative, the ties' included (e - stop_gradient(e)
   is 0 with e's derivative), so its sum differentiates like the whole sum;
-  `ties` is a count, with no derivative. `e`, if given, is exp(shifted).
+  `ties` is a count, with no derivative.
   """
-  e = jnp.exp(shifted) if e is None else e
+  e = jnp.exp(shifted)
   # 1 at the shift, 0 below it (shifted <= -1e-30 is every float32 gap
   # that matters), in arithmetic rather than a select, which XLA's CPU
   # backend fuses less well; no derivative. Clipped at 0 too: logits

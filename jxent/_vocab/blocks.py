@@ -205,22 +205,15 @@ def rescale(row_max, new_shift):
 def combine_split_lse(row_max, rest, ties, axis_name):
   """Per-shard `online_split_lse` sums to the whole vocabulary's.
 
-  A shard whose max is the global one keeps its ties; on the others they
-  fall below the shift and join the rest. Returns `(row_max, rest, ties)`.
+  Returns `(row_max, rest, ties)` (see `combine_lse`'s `ties`).
   """
-  local = shift_of(row_max)
-  row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
-  delta = local - shift_of(row_max)
-  at_max = delta == 0
-  scale = jnp.exp(delta)
-  rest, ties = lax.psum(
-      ((rest + jnp.where(at_max, 0, ties)) * scale,
-       jnp.where(at_max, ties, 0)), axis_name)
+  row_max, (rest, ties), _, _ = combine_lse(row_max, rest, axis_name,
+                                            ties=ties)
   return row_max, rest, ties
 
 
 def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=(),
-                weighted=()):
+                weighted=(), ties=None):
   """Per-shard running numbers to the whole vocabulary's, over `axis_name`.
 
   Args:
@@ -234,17 +227,27 @@ def combine_lse(row_max, sumexp, axis_name, rebased=(), summed=(),
     weighted: Pairs `(sumexp, value)`: sums of `e * (logit - shift)` with
       e = exp(logit - shift), both rescaled and rebased:
       `(value + sumexp * delta) * exp(delta)`.
+    ties: With `online_split_lse`'s sums, this shard's ties; `sumexp` is
+      then its rest. A shard whose max is the global one keeps its ties; on
+      the others they fall below the shift and join the rest.
 
   Returns:
     `(row_max, sumexp, rebased_values, summed_values, weighted_values)`
-    over every shard (the last only when `weighted` is given).
+    over every shard (the last only when `weighted` is given); with `ties`,
+    `sumexp` is the pair `(rest, ties)`.
   """
   local = shift_of(row_max)
   row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
   delta = local - shift_of(row_max)
   scale = jnp.exp(delta)
+  if ties is None:
+    sums = sumexp * scale
+  else:
+    at_max = delta == 0
+    sums = ((sumexp + jnp.where(at_max, 0, ties)) * scale,
+            jnp.where(at_max, ties, 0))
   sumexp, rebased, summed, weighted = lax.psum(
-      (sumexp * scale,
+      (sums,
        tuple(value + weight * delta for weight, value in rebased),
        tuple(summed),
        # 0 where the scale is (a jump so large that total * delta would

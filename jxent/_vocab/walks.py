@@ -124,16 +124,14 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
       body, init, local_vocab, cfg.block, cfg.axis_name is not None)
   if cfg.axis_name is not None:
     # Combine the shards: one max, then sums rescaled to it.
-    _, _, (valid_mean,), (picked, count), *weighted = (
+    row_max, (rest, ties), (valid_mean,), (picked, count), *weighted = (
         _blocks.combine_lse(
-            row_max, rest + ties, cfg.axis_name,
+            row_max, rest, cfg.axis_name,
             rebased=((count / num_classes, valid_mean),),
             summed=(picked, count),
-            weighted=((rest + ties, ent),) if entropy else ()))
+            weighted=((rest + ties, ent),) if entropy else (), ties=ties))
     if entropy:
       (ent,), = weighted
-    row_max, rest, ties = _blocks.combine_split_lse(row_max, rest, ties,
-                                                    cfg.axis_name)
   sumexp, excess = sum_and_excess(rest, ties)
   return Stats(row_max, sumexp, picked, ent, count, valid_mean, excess)
 

@@ -23,6 +23,7 @@ from jax.experimental.pallas import triton as plgpu
 from jxent._cross_entropy import rows as _rows
 from jxent._cross_entropy.triton.config import KernelConfig
 from jxent._cross_entropy.triton.inputs import row_inputs
+from jxent._numerics.logsumexp import split_exp
 from jxent._numerics.options import CrossEntropyOptions
 
 
@@ -59,15 +60,13 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
     # the sums are 0 and need no rescaling (and exp(0 - new) could overflow).
     scale = jnp.where(jnp.isinf(run_max), 1.0, jnp.exp(old - new))
     shifted = x - new
-    # The terms equal to 1 (at the shift) are counted apart from the rest, so
+    # The terms at the shift (each 1) are counted apart from the rest, so
     # the sum's excess over 1 keeps its digits (`RowStats.excess`). When
     # the shift moves, the old ties fall below it and join the rest.
     moved = new != old
-    e = jnp.exp(shifted)
-    one = e == 1.0  # as `logsumexp.split_exp` splits
-    rest = (rest + jnp.where(moved, ties, 0.0)) * scale + jnp.sum(
-        jnp.where(one, 0.0, e))
-    ties = jnp.where(moved, 0.0, ties) + jnp.sum(jnp.where(one, e, 0.0))
+    block_rest, block_ties = split_exp(shifted)
+    rest = (rest + jnp.where(moved, ties, 0.0)) * scale + jnp.sum(block_rest)
+    ties = jnp.where(moved, 0.0, ties) + jnp.sum(block_ties)
     weights = None
     if weighted:
       weights = plgpu.load(w_ref.at[cols], mask=inside,
