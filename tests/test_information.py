@@ -238,14 +238,65 @@ def test_kl_is_nonnegative_and_zero_only_at_p_equals_q(zp, zq):
   assert np.all(kl[differ] > 0)
 
 
-@given(hnp.arrays(np.float32, (2, 4),
-                  elements=st.floats(allow_nan=False, allow_infinity=False, width=32)))
-def test_everything_finite_for_extreme_logits(z):
-  for fn in (jxent.entropy_from_logits,
-             lambda a: jxent.kl_divergence_from_logits(a, a[::-1])):
-    value, grad = jax.value_and_grad(lambda a, fn=fn: fn(a).sum())(
-        jnp.asarray(z))
-    assert np.isfinite(value) and np.isfinite(grad).all()
+def _float64_pair(kind, zp, zq):
+  lp = scipy.special.log_softmax(zp.astype(np.float64), -1)
+  lq = scipy.special.log_softmax(zq.astype(np.float64), -1)
+  p = np.exp(lp)
+  terms = p * ((lp - lq) if kind == "kl" else -lq)
+  return np.where(p > 0, terms, 0).sum(-1)
+
+
+def _ruled_out(zp, zq):
+  """Rows where P has float32 mass on a class Q's float32 shift rules out."""
+  with np.errstate(over="ignore"):
+    sq = zq - zq.max(-1, keepdims=True)
+    mass = np.exp(zp - zp.max(-1, keepdims=True)) > 0
+  return (mass & np.isinf(sq)).any(-1)
+
+
+extreme_rows = hnp.arrays(
+    np.float32, (2, 4),
+    elements=st.floats(allow_nan=False, allow_infinity=False, width=32))
+
+
+@given(extreme_rows)
+def test_extreme_logits_give_finite_results_where_the_exact_value_fits(z):
+  # Any finite float32 logits. The entropy is at most log C; a KL or
+  # cross-entropy is finite (saturating at the float32 maximum) unless P
+  # has mass on a class more than the float32 range below Q's maximum, which
+  # Q's float32 shift rules out; then it is inf, never NaN.
+  z = np.asarray(z)
+  top = np.finfo(np.float32).max
+  value, grad = jax.value_and_grad(
+      lambda a: jxent.entropy_from_logits(a).sum())(jnp.asarray(z))
+  assert np.isfinite(value) and np.isfinite(grad).all()
+  for kind, fn in (("kl", jxent.kl_divergence_from_logits),
+                   ("cross_entropy", jxent.cross_entropy_from_logits)):
+    rows = np.asarray(fn(z, z[::-1]))
+    ruled_out = _ruled_out(z, z[::-1])
+    assert np.all(rows[ruled_out] == np.inf)
+    want = np.minimum(_float64_pair(kind, z, z[::-1]), top)
+    np.testing.assert_allclose(rows[~ruled_out], want[~ruled_out],
+                               rtol=1e-5, atol=1e-4)
+    if not ruled_out.any():
+      grad = jax.grad(lambda a, fn=fn: fn(a, a[::-1]).sum())(jnp.asarray(z))
+      assert np.isfinite(grad).all()
+
+
+def test_kl_one_rounding_below_the_float32_maximum_is_finite():
+  # Regression: the exact KL of the first row is 0.3 units in the last
+  # place below the float32 maximum; the division and multiplication by the
+  # number of classes rounded it past, to inf, and the gradient to -inf.
+  # The hypothesis test above found it.
+  z = np.array([[0, -16, 1, 1], [1, 3.4028235e38, 1, 1]], np.float32)
+  value, grad = jax.value_and_grad(
+      lambda a: jxent.kl_divergence_from_logits(a, a[::-1]).sum())(
+          jnp.asarray(z))
+  assert np.isfinite(value) and np.isfinite(grad).all()
+  np.testing.assert_allclose(
+      jxent.kl_divergence_from_logits(z, z[::-1]),
+      np.minimum(_float64_pair("kl", z, z[::-1]), np.finfo(np.float32).max),
+      rtol=1e-6)
 
 
 # --- regressions of the core second pass (issue 11) ------------------------
@@ -321,7 +372,7 @@ def test_kl_of_large_finite_logits_does_not_overflow():
   # Regression (issue 19): E_p[z_p - z_q] was summed before it was divided
   # by the sum of P's exponentials, and 3 x 1.7e38 overflowed to inf; the
   # true value, 1.275e38, fits in float32. The hypothesis test
-  # test_everything_finite_for_extreme_logits found it at random.
+  # hypothesis test (then test_everything_finite_for_extreme_logits) found it.
   q = jnp.array([[1.7e38, 0.0, 0.0, 0.0]], jnp.float32)
   p = jnp.zeros((1, 4), jnp.float32)
   # P is uniform; log Q is 0 on class 0 and -1.7e38 on the others (the

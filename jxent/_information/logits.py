@@ -101,6 +101,12 @@ def _pair_value(kind, axis_name, p_logits, q_logits, mask):
       _softmax_rows.times_finite(ep, per_class / classes))
   lse_p, lse_q = safe_log(sum_p), safe_log(sum_q)
   mean = dot / jnp.where(sum_p != 0, sum_p, 1) * classes
+  # Each term p (shifted_p - shifted_q) is at most the float maximum (both
+  # shifts are at most 0), so their mean is too; a finite mean that rounds
+  # past it on the multiply back is saturated, not turned into inf. An
+  # infinite dot (P's mass on a class that Q rules out) or NaN stays.
+  top = jnp.finfo(mean.dtype).max
+  mean = jnp.where(jnp.isfinite(dot), jnp.minimum(mean, top), mean)
   # D_KL = E_p[shifted_p - shifted_q] - lse_p + lse_q and H(P, Q) =
   # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
   value = mean + lse_q - (lse_p if kind == "kl" else 0)
