@@ -761,3 +761,29 @@ def test_wide_rows_with_smoothing_match_float64(dtype):
     recomputed = jax.jit(loss)(x)
   for got in (jax.jit(loss)(x), recomputed):
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_soft_label_sum_after_the_log_sum_exp_keeps_every_edge(jit):
+  # On a CPU the soft-label loss is one sum after the log-sum-exp, with no
+  # select (see rows._soft_label_part): 0 log 0 must still be 0 at a -inf
+  # logit, any label mass there (even 1e-30, or a negative one) must still
+  # reach +-inf, an empty row 0 and a NaN row NaN, under jit too (where XLA
+  # could fold the constants into a 0 * inf).
+  inf = np.inf
+  logits = jnp.array([[0.0, -inf, 1.0], [0.0, -inf, 1.0], [0.0, -inf, 1.0],
+                      [-inf, -inf, -inf], [0.0, np.nan, 1.0], [2.0, 0.5, 1.0]])
+  labels = jnp.array([[0.5, 0.0, 0.5], [0.5, 1e-30, 0.5], [0.5, -0.1, 0.6],
+                      [0.3, 0.3, 0.4], [0.5, 0.0, 0.5], [0.2, 0.3, 0.5]])
+  fn = jax.jit(jxent.softmax_cross_entropy) if jit else (
+      jxent.softmax_cross_entropy)
+  loss = np.asarray(fn(logits, labels))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    log_q = scipy.special.log_softmax(np.asarray(logits, np.float64)[0], -1)
+    want = -np.sum(np.where(labels[0] > 0, labels[0] * log_q, 0))
+    log_q = scipy.special.log_softmax(np.asarray(logits, np.float64)[5], -1)
+    want_last = -np.sum(np.asarray(labels[5], np.float64) * log_q)
+  np.testing.assert_allclose(loss[0], want, rtol=1e-6)
+  assert loss[1] == inf and loss[2] == -inf
+  assert loss[3] == 0 and np.isnan(loss[4])
+  np.testing.assert_allclose(loss[5], want_last, rtol=1e-6)

@@ -64,6 +64,9 @@ class RowStats(NamedTuple):
       without rounding (the terms at the max counted apart), so that
       log(sumexp) = log1p(excess) keeps its digits near certainty; the XLA
       path rounds it (1 + tiny is 1); None means sumexp - 1.
+    target_cross: Soft labels, where a path sums it directly: the label
+      part of the loss, sum_c u_c (log(sumexp) - (logit_c - shift)), which
+      then replaces target_mass * log(sumexp) - target_dot; else None.
   """
 
   shift: jax.Array
@@ -74,6 +77,7 @@ class RowStats(NamedTuple):
   valid_weight: jax.Array | None = None
   valid_mean: jax.Array | None = None
   excess: jax.Array | None = None
+  target_cross: jax.Array | None = None
 
 
 class Coefficients(NamedTuple):
@@ -179,14 +183,21 @@ def dense_row_stats(
   x, shifted, shift = _softmax_rows.shifted(logits, mask, axis_name)
   dtype = shift.dtype
   terms = [jnp.exp(shifted)]
+  target_cross = None
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
     # 0 log 0 = 0: a class without label mass adds nothing, even at -inf.
     # The mass counts the possible classes only: label mass on a -inf
     # logit makes the loss inf through the dot product, and its gradient is
     # 0 (see `targets_gradient`), so the mass must not depend on it either.
-    terms += [jnp.where(shifted == -jnp.inf, 0, u),
-              u * jnp.where(u != 0, shifted, 0)]
+    mass_term = jnp.where(shifted == -jnp.inf, 0, u)
+    if keep_exp:
+      # On a CPU the loss's own sum comes after the log-sum-exp (below),
+      # as optax's does; the mass is then a sum of its own, which a
+      # forward pass without a gradient never computes.
+      terms.append(mass_term)
+    else:
+      terms += [mass_term, u * jnp.where(u != 0, shifted, 0)]
   if opts.smoothing:
     valid = shifted > -jnp.inf
     weights = _class_weight_row(opts, shifted.shape, dtype, offset)
@@ -212,7 +223,12 @@ def dense_row_stats(
   sumexp = sums.pop(0)
   target_mass = target_dot = None
   if targets is not None:
-    target_mass, target_dot = sums.pop(0), sums.pop(0)
+    target_mass = sums.pop(0)
+    if keep_exp:
+      target_cross = _soft_label_part(shifted, u, sumexp, axis_name)
+      target_dot = target_mass * log_sum(sumexp, sumexp - 1) - target_cross
+    else:
+      target_dot = sums.pop(0)
   valid_count = valid_weight = valid_mean = None
   if opts.smoothing:
     valid_count = sums.pop(0)
@@ -226,8 +242,33 @@ def dense_row_stats(
   # certainty, cost 1.3 to 4 times the forward pass on a CPU): its excess
   # over 1 is the rounded one, as the kernels' RowStats need a value.
   stats = RowStats(shift, sumexp, target_dot, target_mass, valid_count,
-                   valid_weight, valid_mean, sumexp - 1)
+                   valid_weight, valid_mean, sumexp - 1, target_cross)
   return stats, terms[0] if keep_exp else None
+
+
+def _soft_label_part(shifted, u, sumexp, axis_name):
+  """sum_c u_c (log sumexp - shifted_c), a row's soft-label loss, [rows].
+
+  One plain sum after the log-sum-exp, in add, multiply, min and max only:
+  XLA's CPU backend runs a select or a clamp in a row sum several times
+  slower. 0 log 0 = 0 without a select: the log-probability is capped at
+  the float maximum, so 0 times it is 0. A class that the shift rules out
+  (-inf) adds u times the float maximum squared: inf (or -inf) for any
+  normal u != 0, and 0 for u = 0. NaN stays NaN.
+  """
+  top = jnp.finfo(shifted.dtype).max
+  # A plain log, which XLA's CPU backend fuses into the sums that read the
+  # logits; an empty row's -inf makes NaN here, replaced by 0 below.
+  log_sumexp = jnp.log(sumexp)[..., None]
+  neg_log_q = jnp.minimum(log_sumexp - shifted, top)
+  ruled_out = jnp.maximum(-shifted - top, 0)  # inf for -inf, 0 otherwise
+  # The float maximum there, 0 elsewhere; written so that XLA does not
+  # make it a clamp, which its CPU backend does not vectorise.
+  ruled_out = top - jnp.maximum(top - ruled_out, 0)
+  # (u * top) * top, not u * (top * top), which would be 0 * inf for u = 0.
+  terms = u * neg_log_q + (u * ruled_out) * ruled_out
+  cross = _softmax_rows.sums(axis_name, True, terms)[0]
+  return jnp.where(is_nonempty(sumexp), cross, 0)
 
 
 def _label_logit(x, label_index, offset, axis_name):
@@ -384,7 +425,8 @@ def row_step(
     mass, dot = stats.target_mass, stats.target_dot
     counts, legal = nonempty, None
   # -log q_y = s - (z_y - m): both sides exact after the shift.
-  label_part = mass * s - dot
+  label_part = mass * s - dot if stats.target_cross is None else (
+      stats.target_cross)
   loss = (1 - alpha) * label_part
   prob = (1 - alpha) * mass
   smooth = None
