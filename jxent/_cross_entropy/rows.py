@@ -159,6 +159,7 @@ def dense_row_stats(
     axis_name: AxisName | None = None,
     offset: jax.Array | int = 0,
     keep_exp: bool = False,
+    loss_only: bool = False,
 ) -> tuple[RowStats, jax.Array | None]:
   """Row statistics of materialised logits [..., C], with XLA.
 
@@ -175,6 +176,9 @@ def dense_row_stats(
     keep_exp: Return exp(logits - shift) too (see `keeps_exp`), and take
       the sums one by one from it; else take every sum in one pass that
       keeps nothing.
+    loss_only: The stats feed a loss that is not differentiated: with
+      `keep_exp` and soft labels, the loss is then summed after the
+      log-sum-exp (`target_cross`), which a CPU runs faster.
 
   Returns:
     `(stats, exps)`: a `RowStats`, the same on every shard of `axis_name`,
@@ -191,10 +195,11 @@ def dense_row_stats(
     # logit makes the loss inf through the dot product, and its gradient is
     # 0 (see `targets_gradient`), so the mass must not depend on it either.
     mass_term = jnp.where(shifted == -jnp.inf, 0, u)
-    if keep_exp:
-      # On a CPU the loss's own sum comes after the log-sum-exp (below),
-      # as optax's does; the mass is then a sum of its own, which a
-      # forward pass without a gradient never computes.
+    if keep_exp and loss_only:
+      # On a CPU, without a gradient, the loss's own sum comes after the
+      # log-sum-exp (below), as optax's does; the mass is then a sum of its
+      # own, which XLA drops, as the loss does not use it. With a gradient
+      # the dot product in one pass with the mass is faster.
       terms.append(mass_term)
     else:
       terms += [mass_term, u * jnp.where(u != 0, shifted, 0)]
@@ -224,7 +229,7 @@ def dense_row_stats(
   target_mass = target_dot = None
   if targets is not None:
     target_mass = sums.pop(0)
-    if keep_exp:
+    if keep_exp and loss_only:
       target_cross = _soft_label_part(shifted, u, sumexp, axis_name)
       target_dot = target_mass * log_sum(sumexp, sumexp - 1) - target_cross
     else:
@@ -320,6 +325,7 @@ def row_statistics(
     axis_name: AxisName | None = None,
     offset: jax.Array | int = 0,
     keep_exp: bool = False,
+    loss_only: bool = False,
 ) -> tuple[RowStats, jax.Array | None]:
   """Row statistics of materialised logits, on each platform's kernel.
 
@@ -335,17 +341,18 @@ def row_statistics(
     return dense_row_stats(
         logits, mask, opts, num_classes, label_index=label_index,
         targets=targets, axis_name=axis_name, offset=offset,
-        keep_exp=keep_exp)
+        keep_exp=keep_exp, loss_only=loss_only)
   assert axis_name is None, "the kernels do not run inside shard_map"
-  return _on_platforms(num_classes, kernels, keep_exp, logits, mask, opts,
+  return _on_platforms(num_classes, kernels, (keep_exp, loss_only), logits,
+                       mask, opts,
                        label_index, targets)
 
 
-def _xla_stats(num_classes, keep_exp):
+def _xla_stats(num_classes, keep_exp, loss_only=False):
   def xla(logits, mask, opts, label_index, targets):
     return dense_row_stats(logits, mask, opts, num_classes,
                            label_index=label_index, targets=targets,
-                           keep_exp=keep_exp)
+                           keep_exp=keep_exp, loss_only=loss_only)
   return xla
 
 
@@ -365,20 +372,21 @@ def _kernel_stats(num_classes, keep_exp, kernel: StatsKernel):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _on_platforms(num_classes, kernels, keep_exp, logits, mask, opts,
+def _on_platforms(num_classes, kernels, modes, logits, mask, opts,
                   label_index, targets):
+  keep_exp, loss_only = modes
   return per_platform(
       logits, mask, opts, label_index, targets,
-      default=_xla_stats(num_classes, keep_exp),
+      default=_xla_stats(num_classes, keep_exp, loss_only),
       **{k.platform: _kernel_stats(num_classes, keep_exp, k)
          for k in kernels})
 
 
 @_on_platforms.defjvp
-def _on_platforms_jvp(num_classes, kernels, keep_exp, primals, tangents):
+def _on_platforms_jvp(num_classes, kernels, modes, primals, tangents):
   # The kernels give the numbers; their derivative is the XLA reference's.
-  _, tangent = jax.jvp(_xla_stats(num_classes, keep_exp), primals, tangents)
-  return _on_platforms(num_classes, kernels, keep_exp, *primals), tangent
+  _, tangent = jax.jvp(_xla_stats(num_classes, modes[0]), primals, tangents)
+  return _on_platforms(num_classes, kernels, modes, *primals), tangent
 
 
 def row_step(

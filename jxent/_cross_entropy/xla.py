@@ -39,13 +39,14 @@ def _split_target(target):
   return None, target
 
 
-def _forward(axis_name, num_classes, kernels, logits, mask, target, opts):
+def _forward(axis_name, num_classes, kernels, logits, mask, target, opts,
+             loss_only=False):
   offset = _offset(axis_name, logits.shape[-1])
   label_index, targets = _split_target(target)
   stats, exps = _rows.row_statistics(
       logits, mask, opts, num_classes, kernels, label_index=label_index,
       targets=targets, axis_name=axis_name, offset=offset,
-      keep_exp=_softmax_rows.keeps_exp(logits.dtype))
+      keep_exp=_softmax_rows.keeps_exp(logits.dtype), loss_only=loss_only)
   labels = target if label_index is not None else None
   result = _rows.row_step(stats, opts, num_classes, labels)
   return stats, result, offset, exps
@@ -81,8 +82,9 @@ def softmax_cross_entropy_rows(
   Returns:
     `(loss, weight)`, both of the rows' shape.
   """
+  # Not differentiated here (the JVP rule below is): the loss alone.
   _, result, _, _ = _forward(axis_name, num_classes, kernels, logits, mask,
-                             target, opts)
+                             target, opts, loss_only=True)
   return result.loss, result.weight
 
 
