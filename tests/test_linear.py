@@ -268,16 +268,18 @@ def test_infinite_softcap_is_refused():
     linear_ce(x, w, jnp.array([0, 1]), logit_softcap=float("inf"))
 
 
-def test_zero_vocabulary_is_not_a_crash():
-  # Issue 11, defect 4: w of shape [D, 0] raised ZeroDivisionError.
+def test_zero_vocabulary_is_refused_naming_w():
+  # Issue 21, item 5: w of shape [D, 0] (no class at all) is a shape error
+  # that names `w`, not a ZeroDivisionError (issue 11) nor a loss of NaN.
   x = jnp.ones((2, 3))
   w = jnp.zeros((3, 0))
-  out = linear_ce(x, w, jnp.array([0, -100]), ignore_index=-100,
-                  reduction="none")
-  assert np.isnan(out[0]) and out[1] == 0.0
-  grad = jax.grad(lambda x: linear_ce(x, w, jnp.array([-100, -100]),
-                                      ignore_index=-100))(x)
-  np.testing.assert_array_equal(grad, 0.0)
+  with pytest.raises(ValueError, match=r"`w` must have at least one column"):
+    linear_ce(x, w, jnp.array([0, -100]), ignore_index=-100,
+              reduction="none")
+  with pytest.raises(ValueError, match=r"`w` must have at least one column"):
+    jxent.linear_log_probs(x, w, jnp.array([0, 1]))
+  with pytest.raises(ValueError, match=r"w` must have at least one column"):
+    jxent.linear_kl_divergence(x, jnp.ones((3, 4)), x, w)
 
 
 def test_nan_in_x_or_w_makes_its_rows_nan(rng):

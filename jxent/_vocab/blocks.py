@@ -396,6 +396,11 @@ def prepare_head(x, w, bias, *, x_name="x", w_name="w", bias_name="bias",
         f"`{x_name}` must have shape [..., D] and `{w_name}` shape [D, V],"
         f" got {x_name}.shape={x.shape} and {w_name}.shape={w.shape}."
     )
+  if w.shape[1] == 0:
+    # No class to predict: every label would be out of range.
+    raise ValueError(
+        f"`{w_name}` must have at least one column (a vocabulary of at"
+        f" least 1), got {w_name}.shape={w.shape}.")
   if vocab is not None and w.shape[1] != vocab:
     raise ValueError(
         f"The vocabularies must match: `{w_name}` has {w.shape[1]} columns,"
@@ -424,13 +429,14 @@ def whole_vocab(local_vocab: int, axis_name, vocab_size) -> int:
   """The whole vocabulary V (over every shard), checked against padding."""
   if axis_name is None:
     return local_vocab if vocab_size is None else int(vocab_size)
-  padded = local_vocab * lax.axis_size(axis_name)
+  devices = lax.axis_size(axis_name)
+  padded = local_vocab * devices
   num_classes = padded if vocab_size is None else int(vocab_size)
   if not 0 < num_classes <= padded:
     raise ValueError(
         f"`vocab_size` must be in (0, {padded}], the padded vocabulary"
-        f" ({local_vocab} columns on each of {padded // local_vocab}"
-        f" devices), got {vocab_size!r}.")
+        f" ({local_vocab} columns on each of {devices} devices), got"
+        f" {vocab_size!r}.")
   return num_classes
 
 
