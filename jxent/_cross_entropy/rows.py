@@ -356,10 +356,17 @@ def _xla_stats(num_classes, keep_exp, loss_only=False):
   return xla
 
 
-def _kernel_stats(num_classes, keep_exp, kernel: StatsKernel):
+def _kernel_stats(num_classes, keep_exp, kernel: StatsKernel,
+                  loss_only=False):
   def run(logits, mask, opts, label_index, targets):
     stats = kernel.compute(logits, mask, opts, num_classes, kernel.config,
                            label_index=label_index, targets=targets)
+    if keep_exp and loss_only and targets is not None:
+      # XLA's branch gives the soft-label loss itself (`target_cross`);
+      # this is the same number, from the kernel's sums.
+      stats = stats._replace(target_cross=(
+          stats.target_mass * log_sum(stats.sumexp, stats.excess)
+          - stats.target_dot))
     exps = None
     if keep_exp:
       # Traced for a CPU (see `keeps_exp`), and lowered for this platform
@@ -378,7 +385,7 @@ def _on_platforms(num_classes, kernels, modes, logits, mask, opts,
   return per_platform(
       logits, mask, opts, label_index, targets,
       default=_xla_stats(num_classes, keep_exp, loss_only),
-      **{k.platform: _kernel_stats(num_classes, keep_exp, k)
+      **{k.platform: _kernel_stats(num_classes, keep_exp, k, loss_only)
          for k in kernels})
 
 
