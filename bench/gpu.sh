@@ -130,10 +130,11 @@ step grid "$grid_s" "$PY" -m bench --out "$DIR" --budget-s $((grid_s - 25)) \
 
 # The linear suites (Gemma 2 2B's output layer in bfloat16), loss and
 # gradient for the student's x and w: jxent against the materialised logits
-# and token chunks under checkpoint; --strict fails the step on an error
-# (out of memory, say) or a disagreement. They run in suite order (bench
-# linear's NAMES) and start no new suite in the last 40 s: a suite compiles
-# three programs and times each for a few calls of some 100 ms.
+# (float32, and bfloat16 upcast inside the loss) and token chunks under
+# checkpoint; --strict fails the step on an error (out of memory, say) or a
+# disagreement. They run in suite order (bench linear's NAMES) and start no
+# new suite in the last 40 s: a suite compiles four programs and times each
+# for a few calls of some 100 ms.
 linear_shapes=()
 if [[ -n ${JXENT_LINEAR_SHAPES:-} ]]; then
   linear_shapes=(--shapes "$JXENT_LINEAR_SHAPES")

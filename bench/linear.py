@@ -10,6 +10,11 @@ below (`NAMES`). Each suite compares, in one process and in rotating rounds:
 * ``jxent``: jxent's linear loss, e.g. ``jxent.linear_softmax_cross_entropy``;
 * ``materialised``: the loss on the full float32 logits ``x @ w``, as users
   write it;
+* ``materialised_bf16``: the logits in the inputs' dtype (``x @ w`` in
+  bfloat16), upcast to float32 inside the loss, as a Flax or MaxText
+  language model keeps them: the upcast's transpose casts the logits'
+  gradient back to bfloat16, so every matmul runs at bfloat16 speed (on
+  float32 inputs it is ``materialised``, and is skipped);
 * ``chunked``: the same over chunks of tokens in a ``lax.map``, each chunk
   under ``jax.checkpoint``, so only one chunk's logits are alive at a time.
 
@@ -55,6 +60,17 @@ def materialised(loss, heads=1):
     pairs, extra = args[:2 * heads], args[2 * heads:]
     logits = [_logits(x, w) for x, w in zip(pairs[::2], pairs[1::2],
                                             strict=True)]
+    return loss(*logits, *extra).mean()
+  return fn
+
+
+def materialised_in_dtype(loss, heads=1):
+  """`materialised`, with each head's logits in the inputs' dtype and
+  upcast to float32 inside the loss."""
+  def fn(*args):
+    pairs, extra = args[:2 * heads], args[2 * heads:]
+    logits = [jnp.dot(x, w).astype(jnp.float32)
+              for x, w in zip(pairs[::2], pairs[1::2], strict=True)]
     return loss(*logits, *extra).mean()
   return fn
 
@@ -126,6 +142,9 @@ def linear_suite(name, title, *, extra, jxent_fn, jxent_code, loss,
           Impl("materialised", materialised(loss, heads),
                f"{loss_code} on logits = x @ w{per_head} in float32",
                f32=True),
+          Impl("materialised_bf16", materialised_in_dtype(loss, heads),
+               f"{loss_code} on logits = (x @ w{per_head}).astype(float32),"
+               " the matmul in the inputs' dtype", upcasts=True),
           Impl("chunked", chunked(loss, heads),
                f"the same over {TOKEN_CHUNK}-token chunks under "
                "jax.checkpoint in lax.map", f32=True),
@@ -138,7 +157,8 @@ def linear_suite(name, title, *, extra, jxent_fn, jxent_code, loss,
       min_bytes=None,
       byte_model="none, the matmuls bound the time: compare times and "
                  "temporary memory",
-      baseline=("materialised", "chunked"), modes=("vjp",),
+      baseline=("materialised", "materialised_bf16", "chunked"),
+      modes=("vjp",),
       grad_argnums=(student, student + 1), check_shape=_check_tokens, reps=5,
       max_case_s=20.0, note=note, default=False)
 

@@ -305,6 +305,19 @@ def test_linear_suite_runs_and_agrees(tmp_path):
   assert not (tmp_path / "bench.png").exists()  # no byte model, no plot
 
 
+def test_linear_suite_has_the_bfloat16_logits_peer(tmp_path):
+  # Issue 21, item 1: the peer that keeps the logits in the inputs' dtype
+  # and upcasts inside the loss runs on bfloat16 inputs and agrees.
+  assert main(["--shapes", "64x16x1024", "--dtypes", "bfloat16", "--reps",
+               "1", "--impls", "jxent,materialised,materialised_bf16",
+               "--out", str(tmp_path)], suite="linear_ce") == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  rows = {r["impl"]: r for r in results["rows"]}
+  assert set(rows) == {"jxent", "materialised", "materialised_bf16"}
+  assert rows["materialised_bf16"]["agrees"] is True
+  assert "| materialised_bf16 |" in (tmp_path / "table.md").read_text()
+
+
 LINEAR_HEADS = ("linear_log_probs", "linear_kl", "linear_js", "linear_top_k")
 
 
