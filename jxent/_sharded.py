@@ -375,10 +375,11 @@ def linear_log_probs(
     temperature: float = 1.0,
     logit_softcap: float | None = None,
     return_entropy: bool = False,
+    return_lse: bool = False,
     ignore_index: int | None = None,
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> jax.Array | tuple[jax.Array, ...]:
   r"""`jxent.linear_log_probs` with W split along the vocabulary.
 
   Each device walks its own columns of W in blocks; the per-token numbers
@@ -396,6 +397,8 @@ def linear_log_probs(
     temperature: :math:`T > 0`, dividing the logits after the soft cap.
     logit_softcap: Soft cap :math:`c > 0`, or None.
     return_entropy: Return the entropy too.
+    return_lse: Return each token's log-sum-exp over the whole vocabulary
+      too.
     ignore_index: Label value of tokens that give 0 and no gradient.
     where: Optional boolean token mask, shape `x.shape[:-1]`.
     block_size: Local vocabulary columns per block.
@@ -418,7 +421,7 @@ def linear_log_probs(
   return _linear_log_probs.log_probs(
       x, local_w, labels,
       Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
-      bias=local_bias, return_entropy=return_entropy,
+      bias=local_bias, return_entropy=return_entropy, return_lse=return_lse,
       ignore_index=ignore_index, where=where,
       names=("x", "local_w", "local_bias"))
 

@@ -128,6 +128,59 @@ def test_log_probs_and_entropy_match_float64(rng, options, block_size,
                   (prob["p_x"], prob["p_w"], prob["p_bias"]), (0, 1, 2))
 
 
+@pytest.mark.parametrize(("options", "block_size"), OPTIONS_AND_BLOCKS)
+def test_log_sum_exp_matches_float64(rng, options, block_size):
+  # Issue 21, item 4: each token's log-sum-exp from the same walk, for
+  # z-loss monitoring; its gradient is the softmax. Masked and ignored
+  # tokens give 0 and no gradient; an illegal label does not matter.
+  prob = _problem(rng)
+  labels = prob["labels"].at[3].set(VOCAB + 5)
+  where = jnp.ones(TOKENS, bool).at[4].set(False)
+  counts = (labels != -100) & where
+  cap, temperature = (options.get("logit_softcap"),
+                      options.get("temperature", 1.0))
+
+  def reference(x, w, bias):
+    lse = jax.nn.logsumexp(_logits(x, w, bias, cap, temperature), axis=1)
+    return jnp.where(counts, lse, 0)
+
+  def fused(x, w, bias):
+    return jxent.linear_log_probs(
+        x, w, labels, bias=bias, return_lse=True, ignore_index=-100,
+        where=where, block_size=block_size, **options)[1]
+
+  log_q, _ = jxent.linear_log_probs(prob["p_x"], prob["p_w"], labels,
+                                    return_lse=True, block_size=block_size)
+  assert np.isnan(log_q[3])
+  _assert_matches(fused, reference,
+                  (prob["p_x"], prob["p_w"], prob["p_bias"]), (0, 1, 2))
+
+
+def test_log_sum_exp_comes_last_and_of_an_empty_token_is_minus_inf(rng):
+  prob = _problem(rng)
+  x, w, labels = prob["p_x"], prob["p_w"], jnp.zeros(TOKENS, jnp.int32)
+  # One live class (0): its log-sum-exp is its logit, the entropy 0, and
+  # the outputs come in the order log q, entropy, log-sum-exp.
+  one = jnp.full(VOCAB, -jnp.inf).at[0].set(0.0)
+  log_q, entropy, lse = jxent.linear_log_probs(
+      x, w, labels, bias=one, return_entropy=True, return_lse=True,
+      block_size=8)
+  np.testing.assert_allclose(lse, x @ w[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(entropy, 0.0, atol=1e-6)
+  np.testing.assert_allclose(log_q, 0.0, atol=1e-6)
+  # Every column -inf: empty tokens, log-sum-exp -inf with no gradient.
+  empty = jnp.full(VOCAB, -jnp.inf)
+
+  def finite_part(w):
+    _, lse = jxent.linear_log_probs(x, w, labels, bias=empty,
+                                    return_lse=True, block_size=8)
+    return jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0)), lse
+
+  grad, lse = jax.grad(finite_part, has_aux=True)(w)
+  assert np.all(np.asarray(lse) == -np.inf)
+  np.testing.assert_array_equal(grad, 0.0)
+
+
 def test_log_probs_alone_equal_those_with_entropy(rng):
   prob = _problem(rng)
   labels = _legal(prob["labels"])

@@ -479,7 +479,8 @@ def _head_call(name, args, axis=None, **options):
   extra = (axis,) if axis else ()
   if name == "linear_log_probs":
     x, w, b, y = args
-    return fn(x, w, y, *extra, **{bias: b}, return_entropy=True, **options)
+    return fn(x, w, y, *extra, **{bias: b}, return_entropy=True,
+              return_lse=True, **options)
   if name == "linear_kl_divergence_from_top_k":
     k, t, x, w, b = args
     return fn(k, t, x, w, *extra, tail="bin", **{bias: b}, **options)
@@ -494,7 +495,7 @@ def _check_heads(name, args, argnums, roles, mesh, options, pad_to=None,
   data = _data_axis(mesh)
   spec = {"x": P(data, None), "w": P(None, "vocab"), "b": P("vocab"),
           "y": P(data), "k": P(data, None), "t": P(data, None)}
-  out = (P(data), P(data)) if name == "linear_log_probs" else P(data)
+  out = (P(data),) * 3 if name == "linear_log_probs" else P(data)
   where = options.pop("where", None)
   in_specs = tuple(spec[r] for r in roles)
   if where is not None:

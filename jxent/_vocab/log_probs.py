@@ -36,25 +36,33 @@ class _LogProbs(_rule.Op):
     entropy_counts = keep & nonempty & (labels.counts | ~labels.legal)
     entropy = jnp.where(entropy_counts,
                         s - ent / jnp.where(nonempty, sumexp, 1), 0)
-    return (log_prob, entropy), (shift, s, entropy, counts, entropy_counts)
+    # The log-sum-exp counts where the entropy does; an empty token's is
+    # -inf, as `logsumexp`'s of an empty row.
+    lse_counts = keep & (labels.counts | ~labels.legal)
+    lse = jnp.where(lse_counts, jnp.where(nonempty, shift + s, -jnp.inf), 0)
+    return (log_prob, entropy, lse), (shift, s, entropy, counts,
+                                      entropy_counts)
 
   def row_cotangents(self, per_row, data, cotangents):
     _, _, _, counts, entropy_counts = per_row
     labels, keep = data
-    g_lp, g_h = cotangents
-    if _rule.is_zero(g_lp) and _rule.is_zero(g_h):
+    g_lp, g_h, g_lse = cotangents
+    if _rule.is_zero(g_lp) and _rule.is_zero(g_h) and _rule.is_zero(g_lse):
       return None
     # An illegal label's log-probability is NaN, and so is its gradient;
     # a masked token gives 0 and no gradient, whatever its label.
     g_lp = None if _rule.is_zero(g_lp) else jnp.where(
         counts, g_lp, 0) * jnp.where(labels.legal | ~keep, 1, jnp.nan)
     g_h = None if _rule.is_zero(g_h) else jnp.where(entropy_counts, g_h, 0)
-    return g_lp, g_h
+    # An empty token's -inf has no gradient (its softmax has no mass).
+    g_lse = None if _rule.is_zero(g_lse) else jnp.where(entropy_counts,
+                                                        g_lse, 0)
+    return g_lp, g_h, g_lse
 
   def block_cotangents(self, per_row, data, g, blocks, want):
     shift, s, entropy, _, _ = per_row
     labels, _ = data
-    (block,), (g_lp, g_h) = blocks, g
+    (block,), (g_lp, g_h, g_lse) = blocks, g
     log_q = jnp.where(block.live, block.logits, -jnp.inf) - (
         shift + s)[:, None]
     q = jnp.exp(log_q)
@@ -67,11 +75,15 @@ class _LogProbs(_rule.Op):
       # dH / dz_c = -q_c (log q_c + H), 0 where q_c = 0.
       dlogits = dlogits - g_h[:, None] * _walks.times_finite(
           q, log_q + entropy[:, None])
+    if g_lse is not None:
+      # d LSE / dz_c = q_c.
+      dlogits = dlogits + g_lse[:, None] * q
     return (dlogits,)
 
 
 def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
-              ignore_index=None, where=None, names=("x", "w", "bias")):
+              return_lse=False, ignore_index=None, where=None,
+              names=("x", "w", "bias")):
   """`linear_log_probs` and its sharded form (`walk.axis_name`)."""
   head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
                                      w_name=names[1], bias_name=names[2])
@@ -82,11 +94,14 @@ def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
   sorted_labels = _checks.sort_labels(
       labels.reshape(-1), cfg.num_classes,
       _checks.check_ignore_index(ignore_index), ~keep)
-  log_prob, entropy = _rule.apply(_LogProbs(cfg, bool(return_entropy)),
-                                  (head,), (sorted_labels, keep))
+  log_prob, entropy, lse = _rule.apply(
+      _LogProbs(cfg, bool(return_entropy)), (head,), (sorted_labels, keep))
+  out = [log_prob.reshape(batch)]
   if return_entropy:
-    return log_prob.reshape(batch), entropy.reshape(batch)
-  return log_prob.reshape(batch)
+    out.append(entropy.reshape(batch))
+  if return_lse:
+    out.append(lse.reshape(batch))
+  return out[0] if len(out) == 1 else tuple(out)
 
 
 def linear_log_probs(
@@ -98,10 +113,11 @@ def linear_log_probs(
     temperature: float = 1.0,
     logit_softcap: float | None = None,
     return_entropy: bool = False,
+    return_lse: bool = False,
     ignore_index: int | None = None,
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> jax.Array | tuple[jax.Array, ...]:
   r"""Log-probability of each token's label, and entropy, of a linear head.
 
   .. math::
@@ -127,6 +143,9 @@ def linear_log_probs(
     temperature: :math:`T > 0`; divides the logits after the soft cap.
     logit_softcap: Gemma 2's soft cap :math:`c > 0`, or None.
     return_entropy: Return the entropy too.
+    return_lse: Return each token's log-sum-exp :math:`\operatorname{LSE}(z)`
+      too (for z-loss monitoring), from the same walk; differentiable, with
+      gradient the softmax.
     ignore_index: Label value of tokens that give 0 and no gradient.
     where: Optional boolean mask of shape `x.shape[:-1]`; tokens where it is
       False give 0 and no gradient.
@@ -134,9 +153,11 @@ def linear_log_probs(
 
   Returns:
     The log-probabilities, float32 (float64 for float64 inputs) of shape
-    `x.shape[:-1]`; with `return_entropy`, the pair (log-probabilities,
-    entropies). A label outside [0, V) that is not `ignore_index` gives NaN
-    (its entropy is still computed). Masked and empty tokens: see
+    `x.shape[:-1]`; with `return_entropy` and/or `return_lse`, a tuple:
+    the log-probabilities, then the entropies, then the log-sum-exps, each
+    if asked for. A label outside [0, V) that is not `ignore_index` gives
+    NaN (its entropy and log-sum-exp are still computed); an empty token's
+    log-sum-exp is -inf, with no gradient. Masked and empty tokens: see
     docs/conventions.md, "Masked and empty rows and tokens".
 
   Examples:
@@ -150,4 +171,5 @@ def linear_log_probs(
   """
   return log_probs(x, w, labels, Walk(block_size, logit_softcap, temperature),
                    bias=bias, return_entropy=return_entropy,
-                   ignore_index=ignore_index, where=where)
+                   return_lse=return_lse, ignore_index=ignore_index,
+                   where=where)
