@@ -376,6 +376,7 @@ def linear_log_probs(
     logit_softcap: float | None = None,
     return_entropy: bool = False,
     return_lse: bool = False,
+    return_argmax: bool = False,
     ignore_index: int | None = None,
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
@@ -399,6 +400,7 @@ def linear_log_probs(
     return_entropy: Return the entropy too.
     return_lse: Return each token's log-sum-exp over the whole vocabulary
       too.
+    return_argmax: Return each token's most likely global class too.
     ignore_index: Label value of tokens that give 0 and no gradient.
     where: Optional boolean token mask, shape `x.shape[:-1]`.
     block_size: Local vocabulary columns per block.
@@ -422,6 +424,7 @@ def linear_log_probs(
       x, local_w, labels,
       Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
       bias=local_bias, return_entropy=return_entropy, return_lse=return_lse,
+      return_argmax=return_argmax,
       ignore_index=ignore_index, where=where,
       names=("x", "local_w", "local_bias"))
 

@@ -181,6 +181,55 @@ def test_log_sum_exp_comes_last_and_of_an_empty_token_is_minus_inf(rng):
   np.testing.assert_array_equal(grad, 0.0)
 
 
+@pytest.mark.parametrize(("options", "block_size"), OPTIONS_AND_BLOCKS)
+def test_argmax_is_the_materialised_argmax(rng, options, block_size):
+  # Issue 21, item 4: each token's most likely class from the same walk.
+  # Padding columns (-inf) never win; masked and ignored tokens give -1.
+  prob = _problem(rng)
+  labels = prob["labels"]
+  where = jnp.ones(TOKENS, bool).at[4].set(False)
+  x, w, bias = prob["p_x"], prob["p_w"], prob["p_bias"]
+  log_q, arg = jxent.linear_log_probs(
+      x, w, labels, bias=bias, return_argmax=True, ignore_index=-100,
+      where=where, block_size=block_size, **options)
+  logits = _logits(x, w, bias, options.get("logit_softcap"),
+                   options.get("temperature", 1.0))
+  want = np.where((labels != -100) & where, np.argmax(logits, axis=1), -1)
+  assert arg.dtype == jnp.int32
+  np.testing.assert_array_equal(arg, want)
+  np.testing.assert_array_equal(
+      log_q, jxent.linear_log_probs(x, w, labels, bias=bias,
+                                    ignore_index=-100, where=where,
+                                    block_size=block_size, **options))
+
+
+def test_argmax_takes_the_first_of_equal_logits_across_blocks():
+  x, w = jnp.zeros((3, 2)), jnp.zeros((2, 37))
+  bias = jnp.zeros(37).at[3].set(1.0).at[20].set(1.0)
+  # Columns 3 and 20 tie, in different blocks; then empty rows (every
+  # column -inf), then a NaN row.
+  for block_size in (8, 37):
+    _, arg = jxent.linear_log_probs(x, w, jnp.zeros(3, jnp.int32), bias=bias,
+                                    return_argmax=True, block_size=block_size)
+    np.testing.assert_array_equal(arg, [3, 3, 3])
+  empty = jnp.full(37, -jnp.inf)
+  _, arg = jxent.linear_log_probs(x, w, jnp.zeros(3, jnp.int32), bias=empty,
+                                  return_argmax=True, block_size=8)
+  np.testing.assert_array_equal(arg, -1)
+  nan_x = x.at[2, 0].set(jnp.nan).at[1, 0].set(1.0)
+  _, arg = jxent.linear_log_probs(nan_x, w.at[0, 30].set(5.0),
+                                  jnp.zeros(3, jnp.int32), bias=bias,
+                                  return_argmax=True, block_size=8)
+  np.testing.assert_array_equal(arg, [3, 30, -1])
+
+
+def test_argmax_refuses_a_vocabulary_float32_cannot_count():
+  w = jnp.zeros((1, 2**24 + 1), jnp.float32)
+  with pytest.raises(ValueError, match="return_argmax"):
+    jxent.linear_log_probs(jnp.ones((1, 1)), w, jnp.zeros(1, jnp.int32),
+                           return_argmax=True)
+
+
 def test_log_probs_alone_equal_those_with_entropy(rng):
   prob = _problem(rng)
   labels = _legal(prob["labels"])

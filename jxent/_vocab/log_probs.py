@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jxent._numerics import checks as _checks
 from jxent._numerics.logsumexp import is_nonempty, log_sum, shift_of
@@ -21,12 +22,15 @@ class _LogProbs(_rule.Op):
 
   cfg: Config
   entropy: bool
+  argmax: bool = False
 
   def forward(self, heads, data):
     (head,), (labels, keep) = heads, data
-    row_max, sumexp, picked, ent, _, _, excess = _walks.stats(
-        head, self.cfg, label_index=labels.class_index,
-        entropy=self.entropy)
+    walk = _walks.stats(head, self.cfg, label_index=labels.class_index,
+                        entropy=self.entropy, argmax=self.argmax)
+    row_max, sumexp, picked, ent, excess = (
+        walk.row_max, walk.sumexp, walk.label_logit, walk.entropy_sum,
+        walk.excess)
     nonempty = is_nonempty(sumexp)
     s = log_sum(sumexp, excess)
     shift = shift_of(row_max)
@@ -40,13 +44,17 @@ class _LogProbs(_rule.Op):
     # -inf, as `logsumexp`'s of an empty row.
     lse_counts = keep & (labels.counts | ~labels.legal)
     lse = jnp.where(lse_counts, jnp.where(nonempty, shift + s, -jnp.inf), 0)
-    return (log_prob, entropy, lse), (shift, s, entropy, counts,
-                                      entropy_counts)
+    # The argmax leaves the rule as a float (exact below 2**24 classes; the
+    # caller checks), which needs no integer cotangent; it has no gradient.
+    arg = jnp.zeros_like(lse) if walk.argmax is None else jnp.where(
+        lse_counts, walk.argmax, -1).astype(lse.dtype)
+    return (log_prob, entropy, lse, arg), (shift, s, entropy, counts,
+                                           entropy_counts)
 
   def row_cotangents(self, per_row, data, cotangents):
     _, _, _, counts, entropy_counts = per_row
     labels, keep = data
-    g_lp, g_h, g_lse = cotangents
+    g_lp, g_h, g_lse, _ = cotangents  # The argmax has no gradient.
     if _rule.is_zero(g_lp) and _rule.is_zero(g_h) and _rule.is_zero(g_lse):
       return None
     # An illegal label's log-probability is NaN, and so is its gradient;
@@ -82,8 +90,8 @@ class _LogProbs(_rule.Op):
 
 
 def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
-              return_lse=False, ignore_index=None, where=None,
-              names=("x", "w", "bias")):
+              return_lse=False, return_argmax=False, ignore_index=None,
+              where=None, names=("x", "w", "bias")):
   """`linear_log_probs` and its sharded form (`walk.axis_name`)."""
   head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
                                      w_name=names[1], bias_name=names[2])
@@ -94,14 +102,25 @@ def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
   sorted_labels = _checks.sort_labels(
       labels.reshape(-1), cfg.num_classes,
       _checks.check_ignore_index(ignore_index), ~keep)
-  log_prob, entropy, lse = _rule.apply(
-      _LogProbs(cfg, bool(return_entropy)), (head,), (sorted_labels, keep))
+  if return_argmax and cfg.num_classes > _ARGMAX_LIMIT:
+    raise ValueError(
+        f"`return_argmax` needs at most {_ARGMAX_LIMIT} classes (2**24,"
+        f" where float32 counts exactly), got {cfg.num_classes}.")
+  log_prob, entropy, lse, arg = _rule.apply(
+      _LogProbs(cfg, bool(return_entropy), bool(return_argmax)), (head,),
+      (sorted_labels, keep))
   out = [log_prob.reshape(batch)]
   if return_entropy:
     out.append(entropy.reshape(batch))
   if return_lse:
     out.append(lse.reshape(batch))
+  if return_argmax:
+    out.append(lax.stop_gradient(arg).astype(jnp.int32).reshape(batch))
   return out[0] if len(out) == 1 else tuple(out)
+
+
+# The most classes whose argmax passes the rule exactly (as a float32).
+_ARGMAX_LIMIT = 2**24
 
 
 def linear_log_probs(
@@ -114,6 +133,7 @@ def linear_log_probs(
     logit_softcap: float | None = None,
     return_entropy: bool = False,
     return_lse: bool = False,
+    return_argmax: bool = False,
     ignore_index: int | None = None,
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
@@ -146,6 +166,10 @@ def linear_log_probs(
     return_lse: Return each token's log-sum-exp :math:`\operatorname{LSE}(z)`
       too (for z-loss monitoring), from the same walk; differentiable, with
       gradient the softmax.
+    return_argmax: Return each token's most likely class too (int32, the
+      first on ties), for accuracy without the logits, from the same walk;
+      -1 for masked, ignored and empty tokens and rows with a NaN. At most
+      2**24 classes.
     ignore_index: Label value of tokens that give 0 and no gradient.
     where: Optional boolean mask of shape `x.shape[:-1]`; tokens where it is
       False give 0 and no gradient.
@@ -153,9 +177,9 @@ def linear_log_probs(
 
   Returns:
     The log-probabilities, float32 (float64 for float64 inputs) of shape
-    `x.shape[:-1]`; with `return_entropy` and/or `return_lse`, a tuple:
-    the log-probabilities, then the entropies, then the log-sum-exps, each
-    if asked for. A label outside [0, V) that is not `ignore_index` gives
+    `x.shape[:-1]`; with any `return_*` flag, a tuple: the
+    log-probabilities, then the entropies, the log-sum-exps and the argmax,
+    each if asked for. A label outside [0, V) that is not `ignore_index` gives
     NaN (its entropy and log-sum-exp are still computed); an empty token's
     log-sum-exp is -inf, with no gradient. Masked and empty tokens: see
     docs/conventions.md, "Masked and empty rows and tokens".
@@ -171,5 +195,5 @@ def linear_log_probs(
   """
   return log_probs(x, w, labels, Walk(block_size, logit_softcap, temperature),
                    bias=bias, return_entropy=return_entropy,
-                   return_lse=return_lse, ignore_index=ignore_index,
-                   where=where)
+                   return_lse=return_lse, return_argmax=return_argmax,
+                   ignore_index=ignore_index, where=where)

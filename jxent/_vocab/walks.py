@@ -70,6 +70,8 @@ class Stats(NamedTuple):
       `entropy`; else 0.
     valid_count: With `smoothing`, the number of classes above -inf.
     valid_mean: With `smoothing`, the sum of (z - shift) / V over them.
+    argmax: With `argmax`, the global column of the max logit (the first on
+      ties), int32, -1 for an empty row or one with a NaN; else None.
   """
 
   row_max: jax.Array
@@ -79,19 +81,25 @@ class Stats(NamedTuple):
   valid_count: jax.Array
   valid_mean: jax.Array
   excess: jax.Array
+  argmax: jax.Array | None = None
 
 
 def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
-          smoothing=False) -> Stats:
+          smoothing=False, argmax=False) -> Stats:
   """One head's `Stats`, in one walk, over every shard."""
   tokens, local_vocab = head.x.shape[0], head.w.shape[1]
   offset = _blocks.offset_of(cfg, local_vocab)
   num_classes = cfg.num_classes
 
   def body(i, carry):
-    row_max, rest, ties, picked, ent, count, valid_mean = carry
-    logits, columns, live, _ = block_logits(*head, i, cfg, offset)
+    row_max, rest, ties, picked, ent, count, valid_mean, arg = carry
+    logits, columns, live, start = block_logits(*head, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
+    if argmax:
+      # Strictly above the running max: the first column wins a tie.
+      best = jnp.argmax(logits, axis=1).astype(jnp.int32)
+      arg = jnp.where(jnp.max(logits, axis=1) > row_max,
+                      offset + start + best, arg)
     previous = rest + ties
     new_max, rest, ties, old, new = _blocks.online_split_lse(
         row_max, rest, ties, logits)
@@ -116,12 +124,14 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
       valid_mean = valid_mean + count * (old - new) / num_classes + jnp.sum(
           jnp.where(valid, (logits - new[:, None]) / num_classes, 0), 1)
       count = count + jnp.sum(valid, axis=1).astype(cfg.acc)
-    return new_max, rest, ties, picked, ent, count, valid_mean
+    return new_max, rest, ties, picked, ent, count, valid_mean, arg
 
   zeros = jnp.zeros((tokens,), cfg.acc)
-  init = (jnp.full((tokens,), -jnp.inf, cfg.acc),) + (zeros,) * 6
-  row_max, rest, ties, picked, ent, count, valid_mean = walk_blocks(
+  init = ((jnp.full((tokens,), -jnp.inf, cfg.acc),) + (zeros,) * 6
+          + (jnp.full((tokens,), -1, jnp.int32),))
+  row_max, rest, ties, picked, ent, count, valid_mean, arg = walk_blocks(
       body, init, local_vocab, cfg.block, cfg.axis_name is not None)
+  local_max = row_max
   if cfg.axis_name is not None:
     # Combine the shards: one max, then sums rescaled to it.
     row_max, (rest, ties), (valid_mean,), (picked, count), *weighted = (
@@ -132,8 +142,19 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
             weighted=((rest + ties, ent),) if entropy else (), ties=ties))
     if entropy:
       (ent,), = weighted
+  if not argmax:
+    arg = None
+  else:
+    if cfg.axis_name is not None:
+      # The first column of the shards that hold the global max.
+      none = jnp.iinfo(jnp.int32).max
+      arg = lax.pmin(jnp.where((local_max == row_max) & (arg >= 0), arg,
+                               none), cfg.axis_name)
+      arg = jnp.where(arg == none, -1, arg)
+    # A NaN max: no class is the argmax (a NaN is not above anything).
+    arg = jnp.where(jnp.isnan(row_max), -1, arg)
   sumexp, excess = sum_and_excess(rest, ties)
-  return Stats(row_max, sumexp, picked, ent, count, valid_mean, excess)
+  return Stats(row_max, sumexp, picked, ent, count, valid_mean, excess, arg)
 
 
 def pair_stats(p: Head, q: Head, cfg: Config):
