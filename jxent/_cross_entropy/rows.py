@@ -364,9 +364,8 @@ def _kernel_stats(num_classes, keep_exp, kernel: StatsKernel,
     if keep_exp and loss_only and targets is not None:
       # XLA's branch gives the soft-label loss itself (`target_cross`);
       # this is the same number, from the kernel's sums.
-      stats = stats._replace(target_cross=(
-          stats.target_mass * log_sum(stats.sumexp, stats.excess)
-          - stats.target_dot))
+      stats = stats._replace(target_cross=_label_part(
+          stats, stats.target_mass, log_sum(stats.sumexp, stats.excess)))
     exps = None
     if keep_exp:
       # Traced for a CPU (see `keeps_exp`), and lowered for this platform
@@ -394,6 +393,14 @@ def _on_platforms_jvp(num_classes, kernels, modes, primals, tangents):
   # The kernels give the numbers; their derivative is the XLA reference's.
   _, tangent = jax.jvp(_xla_stats(num_classes, modes[0]), primals, tangents)
   return _on_platforms(num_classes, kernels, modes, *primals), tangent
+
+
+def _label_part(stats: RowStats, mass, s, dot=None):
+  """The label's part of a row's loss: M s - D, or `target_cross`."""
+  if stats.target_cross is not None:
+    return stats.target_cross
+  # -log q_y = s - (z_y - m): both sides exact after the shift.
+  return mass * s - (stats.target_dot if dot is None else dot)
 
 
 def row_step(
@@ -439,9 +446,7 @@ def row_step(
     assert stats.target_mass is not None, "soft labels need the target mass"
     mass, dot = stats.target_mass, stats.target_dot
     counts, legal = nonempty, None
-  # -log q_y = s - (z_y - m): both sides exact after the shift.
-  label_part = mass * s - dot if stats.target_cross is None else (
-      stats.target_cross)
+  label_part = _label_part(stats, mass, s, dot)
   loss = (1 - alpha) * label_part
   prob = (1 - alpha) * mass
   smooth = None

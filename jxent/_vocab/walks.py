@@ -95,14 +95,14 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
     row_max, rest, ties, picked, ent, count, valid_mean, arg = carry
     logits, columns, live, start = block_logits(*head, i, cfg, offset)
     logits = jnp.where(live, logits, -jnp.inf)
-    if argmax:
-      # Strictly above the running max: the first column wins a tie.
-      best = jnp.argmax(logits, axis=1).astype(jnp.int32)
-      arg = jnp.where(jnp.max(logits, axis=1) > row_max,
-                      offset + start + best, arg)
     previous = rest + ties
     new_max, rest, ties, old, new = _blocks.online_split_lse(
         row_max, rest, ties, logits)
+    if argmax:
+      # The running max rose only if this block holds a logit strictly
+      # above it: the first column wins a tie.
+      best = jnp.argmax(logits, axis=1).astype(jnp.int32)
+      arg = jnp.where(new_max > row_max, offset + start + best, arg)
     if label_index is not None:
       is_label = (columns == label_index[:, None]) & live
       picked = picked + jnp.sum(jnp.where(is_label, logits, 0), 1)
