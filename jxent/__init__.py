@@ -38,6 +38,9 @@ from jxent._vocab.divergences import (
     linear_kl_divergence as linear_kl_divergence,
 )
 from jxent._vocab.log_probs import linear_log_probs as linear_log_probs
+from jxent._vocab.log_probs import (
+    linear_policy_gradient_loss as linear_policy_gradient_loss,
+)
 from jxent._vocab.top_k import (
     linear_kl_divergence_from_top_k as linear_kl_divergence_from_top_k,
 )
@@ -58,6 +61,7 @@ __all__ = (
     "linear_kl_divergence",
     "linear_kl_divergence_from_top_k",
     "linear_log_probs",
+    "linear_policy_gradient_loss",
     "linear_softmax_cross_entropy",
     "log_softmax",
     "logsumexp",

@@ -303,7 +303,11 @@ def linear_softmax_cross_entropy(
     reduction: _checks.Reduction = "mean",
     batch_axis_name: _AxisName | None = None,
     block_size: int | None = None,
-) -> jax.Array:
+    mode: str = "auto",
+    token_chunk: int | None = None,
+    return_lse: bool = False,
+    return_argmax: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
   r"""Cross-entropy of `x @ w + bias` with W split along the vocabulary.
 
   Each device walks its own columns of W in blocks, as
@@ -330,9 +334,25 @@ def linear_softmax_cross_entropy(
     batch_axis_name: Mesh axis the batch is split over, for "sum"/"mean".
     block_size: Local vocabulary columns per block; by default picked from
       the shapes.
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    return_lse: Also return each token's log-sum-exp over the whole
+      vocabulary (no gradient), as `jxent.linear_softmax_cross_entropy`.
+    return_argmax: Also return each token's most likely global class.
 
   Returns:
-    Float32 scalar, or per-row losses of shape `x.shape[:-1]` for "none".
+    Float32 scalar, or per-row losses of shape `x.shape[:-1]` for "none";
+    then, if asked, the log-sum-exps and the argmax, the same on every
+    device of `axis_name`.
 
   Raises:
     ValueError: If `vocab_size` is larger than the padded vocabulary.
@@ -350,18 +370,15 @@ def linear_softmax_cross_entropy(
     ...       .round(4))  # uniform over 5 tokens: log 5
     1.6094
   """
-  labels_shape = jnp.shape(labels)
-  flat_x, local_w, local_bias, flat_labels, opts, cfg = _linear.prepare(
-      x, local_w, labels, local_bias,
-      Walk(block_size, logit_softcap, 1.0, vocab_size, axis_name),
-      ignore_index=ignore_index, label_smoothing=label_smoothing,
-      z_loss=z_loss, reduction=reduction, w_name="local_w",
+  return _linear.cross_entropy(
+      x, local_w, labels,
+      Walk(block_size, logit_softcap, 1.0, vocab_size, axis_name, mode,
+           token_chunk),
+      bias=local_bias, ignore_index=ignore_index,
+      label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction,
+      return_lse=return_lse, return_argmax=return_argmax,
+      batch_axis_name=batch_axis_name, w_name="local_w",
       bias_name="local_bias")
-  loss, weight = _linear.linear_ce_rows(cfg, flat_x, local_w, local_bias,
-                                        flat_labels, opts)
-  return _rows.reduce(loss.reshape(labels_shape),
-                      weight.reshape(labels_shape), opts.reduction,
-                      batch_axis_name)
 
 
 def linear_log_probs(
@@ -429,6 +446,78 @@ def linear_log_probs(
       names=("x", "local_w", "local_bias"))
 
 
+def linear_policy_gradient_loss(
+    x: jax.typing.ArrayLike,
+    local_w: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    advantages: jax.typing.ArrayLike,
+    axis_name: _AxisName,
+    *,
+    local_bias: jax.typing.ArrayLike | None = None,
+    vocab_size: int | None = None,
+    entropy_bonus: float = 0.0,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    ignore_index: int | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    reduction: _checks.Reduction = "mean",
+    batch_axis_name: _AxisName | None = None,
+    block_size: int | None = None,
+    mode: str = "auto",
+    token_chunk: int | None = None,
+) -> jax.Array:
+  r"""`jxent.linear_policy_gradient_loss` with W split along the vocabulary.
+
+  Each device walks its own columns of W (in the fast mode, chunks of its
+  tokens holding its whole local rows); the per-token numbers are combined
+  over `axis_name`. It equals `jxent.linear_policy_gradient_loss` on the
+  whole W, in value and gradient. Call it inside `jax.shard_map`.
+
+  Args:
+    x: Hidden states, [..., D], the same on every device of `axis_name`.
+    local_w: This device's columns of the output projection, [D, V / n].
+    labels: Integer global token indices, shape `x.shape[:-1]`.
+    advantages: Floating per-token weights, shape `x.shape[:-1]`.
+    axis_name: The mesh axis (or axes) W's columns are split over.
+    local_bias: This device's slice of the bias, [V / n], or None.
+    vocab_size: The true vocabulary V when W was padded with `pad_vocab`.
+    entropy_bonus: :math:`\beta`, a finite Python number.
+    temperature: :math:`T > 0`, dividing the logits after the soft cap.
+    logit_softcap: Soft cap :math:`c > 0`, or None.
+    ignore_index: Label value of tokens that give 0 and no gradient.
+    where: Optional boolean token mask, shape `x.shape[:-1]`.
+    reduction: "mean", "sum" or "none", as in the unsharded function.
+    batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+    block_size: Local vocabulary columns per block (the low-memory walk).
+    mode: "auto", "fast" or "low_memory", as in the unsharded function.
+    token_chunk: The fast mode's tokens per chunk.
+
+  Returns:
+    As `jxent.linear_policy_gradient_loss`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import PartitionSpec as P
+    >>> from jxent import sharded
+    >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("vocab",))
+    >>> loss = jax.shard_map(
+    ...     lambda x, w, y, a: sharded.linear_policy_gradient_loss(
+    ...         x, w, y, a, "vocab"),
+    ...     mesh=mesh, in_specs=(P(), P(None, "vocab"), P(), P()),
+    ...     out_specs=P())
+    >>> print(loss(jnp.ones((2, 3)), jnp.zeros((3, 4)), jnp.array([0, 3]),
+    ...            jnp.ones(2)).round(4))  # -log q = log 4
+    1.3863
+  """
+  return _linear_log_probs.policy_gradient_loss(
+      x, local_w, labels, advantages,
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name,
+           mode, token_chunk),
+      bias=local_bias, entropy_bonus=entropy_bonus,
+      ignore_index=ignore_index, where=where, reduction=reduction,
+      batch_axis_name=batch_axis_name, names=("x", "local_w", "local_bias"))
+
+
 def linear_kl_divergence(
     p_x: jax.typing.ArrayLike,
     local_p_w: jax.typing.ArrayLike,
@@ -445,6 +534,8 @@ def linear_kl_divergence(
     block_size: int | None = None,
     reduction: _checks.Reduction = "none",
     batch_axis_name: _AxisName | None = None,
+    mode: str = "auto",
+    token_chunk: int | None = None,
 ) -> jax.Array:
   r"""`jxent.linear_kl_divergence` with both W split along the vocabulary.
 
@@ -469,6 +560,17 @@ def linear_kl_divergence(
     reduction: "none", "sum" or "mean" over the tokens that count (as in
       the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
 
   Returns:
     As `jxent.linear_kl_divergence`.
@@ -488,7 +590,8 @@ def linear_kl_divergence(
   """
   return _linear_divergences.kl_divergence(
       p_x, local_p_w, q_x, local_q_w,
-      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name,
+           mode, token_chunk),
       p_bias=local_p_bias, q_bias=local_q_bias, where=where,
       reduction=reduction, batch_axis_name=batch_axis_name)
 
@@ -510,6 +613,8 @@ def linear_js_divergence(
     block_size: int | None = None,
     reduction: _checks.Reduction = "none",
     batch_axis_name: _AxisName | None = None,
+    mode: str = "auto",
+    token_chunk: int | None = None,
 ) -> jax.Array:
   r"""`jxent.linear_js_divergence` with both W split along the vocabulary.
 
@@ -535,6 +640,17 @@ def linear_js_divergence(
     reduction: "none", "sum" or "mean" over the tokens that count (as in
       the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
 
   Returns:
     As `jxent.linear_js_divergence`.
@@ -555,7 +671,8 @@ def linear_js_divergence(
   """
   return _linear_divergences.js_divergence(
       p_x, local_p_w, q_x, local_q_w,
-      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name,
+           mode, token_chunk),
       beta=beta, p_bias=local_p_bias, q_bias=local_q_bias, where=where,
       reduction=reduction, batch_axis_name=batch_axis_name)
 
@@ -576,6 +693,8 @@ def linear_kl_divergence_from_top_k(
     block_size: int | None = None,
     reduction: _checks.Reduction = "none",
     batch_axis_name: _AxisName | None = None,
+    mode: str = "auto",
+    token_chunk: int | None = None,
 ) -> jax.Array:
   r"""`jxent.linear_kl_divergence_from_top_k` with W split on the vocabulary.
 
@@ -600,6 +719,17 @@ def linear_kl_divergence_from_top_k(
     reduction: "none", "sum" or "mean" over the tokens that count (as in
       the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
 
   Returns:
     As `jxent.linear_kl_divergence_from_top_k`.
@@ -621,7 +751,8 @@ def linear_kl_divergence_from_top_k(
   """
   return _linear_top_k.kl_divergence_from_top_k(
       top_k_indices, top_k_log_probs, x, local_w,
-      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name),
+      Walk(block_size, logit_softcap, temperature, vocab_size, axis_name,
+           mode, token_chunk),
       tail=tail, bias=local_bias, where=where, reduction=reduction,
       batch_axis_name=batch_axis_name, names=("x", "local_w", "local_bias"))
 

@@ -20,6 +20,9 @@ from jxent._sharded import (
 )
 from jxent._sharded import linear_log_probs as linear_log_probs
 from jxent._sharded import (
+    linear_policy_gradient_loss as linear_policy_gradient_loss,
+)
+from jxent._sharded import (
     linear_softmax_cross_entropy as linear_softmax_cross_entropy,
 )
 from jxent._sharded import pad_vocab as pad_vocab
@@ -35,6 +38,7 @@ __all__ = (
     "linear_kl_divergence",
     "linear_kl_divergence_from_top_k",
     "linear_log_probs",
+    "linear_policy_gradient_loss",
     "linear_softmax_cross_entropy",
     "pad_vocab",
     "softmax_cross_entropy",

@@ -159,6 +159,11 @@ CALLS = {
     "linear_log_probs": (
         lambda h, w, y: sum(jxent.linear_log_probs(
             h, w, y, return_entropy=True, block_size=4)), (H, W, LABELS)),
+    # In the fast mode (token chunks), which the linear heads share.
+    "linear_policy_gradient_loss": (
+        lambda h, w, y: jxent.linear_policy_gradient_loss(
+            h, w, y, jnp.ones(y.shape), entropy_bonus=0.1, mode="fast",
+            token_chunk=2), (H, W, LABELS)),
     "linear_kl_divergence": (
         lambda h, w: jxent.linear_kl_divergence(h, w, h, w, block_size=4),
         (H, W)),

@@ -21,17 +21,22 @@ def _problem(rng, tokens=37, dim=16, vocab=301, dtype=jnp.float32):
   return x, w, bias, labels
 
 
-def materialised(x, w, labels, *, bias=None, logit_softcap=None,
-                 **options):
-  """The reference: build the logits, then the core integer-label loss."""
+def materialised_logits(x, w, bias=None, logit_softcap=None):
+  """The whole logits, capped (finite inputs), in float32 or float64."""
   acc = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
   logits = jnp.dot(x, w, preferred_element_type=acc)
   if bias is not None:
     logits = logits + bias.astype(acc)[None, :]
   if logit_softcap is not None:
     logits = logit_softcap * jnp.tanh(logits / logit_softcap)
+  return logits
+
+
+def materialised(x, w, labels, *, bias=None, logit_softcap=None,
+                 **options):
+  """The reference: build the logits, then the core integer-label loss."""
   return jxent.softmax_cross_entropy_with_integer_labels(
-      logits, labels, **options)
+      materialised_logits(x, w, bias, logit_softcap), labels, **options)
 
 
 OPTIONS = [
@@ -126,7 +131,7 @@ def test_temporary_memory_stays_far_below_the_materialised_logits():
     step = jax.jit(jax.value_and_grad(loss, (0, 1)))
     return step.lower(x, w).compile().memory_analysis().temp_size_in_bytes
 
-  fused = temp(lambda x, w: linear_ce(x, w, labels))
+  fused = temp(lambda x, w: linear_ce(x, w, labels, mode="low_memory"))
   reference = temp(lambda x, w: materialised(x, w, labels,
                                              reduction="mean"))
   logits_bytes = tokens * vocab * 4
@@ -310,3 +315,73 @@ def test_traced_smoothing_and_z_loss_match_static_and_differentiate(rng):
       x, w, labels, ignore_index=-100, label_smoothing=s, z_loss=z,
       reduction="mean"), (0, 1))(0.1, 0.01)
   np.testing.assert_allclose([ds, dz], [ref_s, ref_z], rtol=1e-4)
+
+
+# --- per-token log-sum-exp and argmax (issue 21, item 4) ---------------------
+
+
+MODES = [dict(mode="fast", token_chunk=4), dict(block_size=64)]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("mode", MODES)
+def test_log_sum_exp_and_argmax_come_from_the_same_walk(rng, mode,
+                                                        reduction):
+  if reduction == "none" and mode.get("mode") == "fast":
+    mode = {}  # The fast mode needs a reduction inside.
+  x, w, bias, labels = _problem(rng)  # Token 2 is ignored (-100).
+  options = dict(bias=bias, ignore_index=-100, label_smoothing=0.1,
+                 logit_softcap=5.0, reduction=reduction, **mode)
+  loss, lse, arg = linear_ce(x, w, labels, return_lse=True,
+                             return_argmax=True, **options)
+  np.testing.assert_array_equal(loss, linear_ce(x, w, labels, **options))
+  only_lse = linear_ce(x, w, labels, return_lse=True, **options)
+  assert len(only_lse) == 2
+  np.testing.assert_array_equal(only_lse[1], lse)
+  with jax.enable_x64(True):
+    logits = np.asarray(materialised_logits(
+        *(jnp.asarray(np.asarray(a), jnp.float64) for a in (x, w, bias)),
+        5.0))
+  want_lse = scipy.special.logsumexp(logits, axis=1)
+  want_arg = np.argmax(logits, axis=1)
+  ignored = np.asarray(labels) == -100
+  assert lse.shape == arg.shape == labels.shape
+  assert lse.dtype == jnp.float32 and arg.dtype == jnp.int32
+  np.testing.assert_allclose(lse[~ignored], want_lse[~ignored], rtol=1e-6)
+  np.testing.assert_array_equal(arg[~ignored], want_arg[~ignored])
+  assert (lse[ignored] == 0).all() and (arg[ignored] == -1).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_monitoring_outputs_leave_the_gradient_alone(rng, mode):
+  x, w, bias, labels = _problem(rng)
+  plain = jax.grad(lambda x: linear_ce(x, w, labels, ignore_index=-100,
+                                       **mode))(x)
+
+  def with_outputs(x):
+    loss, lse, _ = linear_ce(x, w, labels, ignore_index=-100,
+                             return_lse=True, return_argmax=True, **mode)
+    # The log-sum-exp is a monitoring value: it has no gradient.
+    return loss + jnp.sum(lse)
+
+  np.testing.assert_array_equal(jax.grad(with_outputs)(x), plain)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_and_nan_tokens_have_no_argmax(rng, mode):
+  x, w, bias, labels = _problem(rng)
+  labels = jnp.abs(labels)
+  w = jnp.abs(w) + 0.1  # With positive weights, an x of -inf empties a row.
+  x = x.at[3].set(-jnp.inf).at[5, 0].set(jnp.nan)
+  _, lse, arg = linear_ce(x, w, labels, return_lse=True, return_argmax=True,
+                          **mode)
+  assert lse[3] == -jnp.inf and arg[3] == -1
+  assert np.isnan(lse[5]) and arg[5] == -1
+  assert (np.delete(np.asarray(arg), [3, 5]) >= 0).all()
+
+
+def test_argmax_refuses_a_vocabulary_float32_cannot_count():
+  w = jnp.zeros((1, 2**24 + 1), jnp.float32)
+  with pytest.raises(ValueError, match="return_argmax"):
+    linear_ce(jnp.ones((1, 1)), w, jnp.zeros(1, jnp.int32),
+              return_argmax=True)

@@ -341,6 +341,18 @@ def check_z_loss(z_loss) -> float | jax.Array:
   return number_or_scalar("z_loss", z_loss, 0.0, math.inf, high_open=True)
 
 
+# The most classes whose argmax leaves a custom VJP exactly (as a float32).
+ARGMAX_LIMIT = 2**24
+
+
+def check_argmax_classes(return_argmax: bool, num_classes: int) -> None:
+  """Refuses an argmax over more classes than a float32 counts exactly."""
+  if return_argmax and num_classes > ARGMAX_LIMIT:
+    raise ValueError(
+        f"`return_argmax` needs at most {ARGMAX_LIMIT} classes (2**24,"
+        f" where float32 counts exactly), got {num_classes}.")
+
+
 def check_softcap(logit_softcap) -> float | None:
   """Validates a logit soft cap: None, or a finite number > 0.
 

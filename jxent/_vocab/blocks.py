@@ -93,15 +93,17 @@ def walk_blocks(body, init, local_vocab, block, sharded):
   carry typed by the first block's results, which vary over the mesh axes
   (vocabulary, and batch when x is split) that zeros made outside cannot
   know. Elsewhere the loop runs whole, which lets XLA update the carried
-  `dw` in place.
+  `dw` in place. One block runs without a loop, so that walks over the
+  same whole-vocabulary block (the fast mode's chunks) share its matmul.
   """
   blocks = num_blocks(local_vocab, block)
   if not blocks:
     return init
+  if blocks == 1:
+    return body(0, init)
   if not sharded:
     return lax.fori_loop(0, blocks, body, init)
-  carry = body(0, init)
-  return lax.fori_loop(1, blocks, body, carry) if blocks > 1 else carry
+  return lax.fori_loop(1, blocks, body, body(0, init))
 
 
 def offset_of(cfg: Config, local_vocab: int):
@@ -361,16 +363,21 @@ def check_block_size(block_size, local_vocab: int, tokens: int) -> int:
   """Validates `block_size` (or picks one); at most V, at least 1."""
   if block_size is None:
     return default_block_size(tokens, local_vocab)
+  return max(min(positive_int("block_size", block_size), local_vocab), 1)
+
+
+def positive_int(name: str, value) -> int:
+  """Validates a size given as an int (a bool is refused): at least 1."""
   try:
-    if isinstance(block_size, bool):
+    if isinstance(value, bool):
       raise TypeError  # A flag passed by mistake.
-    block = operator.index(block_size)
+    number = operator.index(value)
   except TypeError:
     raise TypeError(
-        f"`block_size` must be an int or None, got {block_size!r}.") from None
-  if block < 1:
-    raise ValueError(f"`block_size` must be >= 1, got {block_size!r}.")
-  return max(min(block, local_vocab), 1)
+        f"`{name}` must be an int or None, got {value!r}.") from None
+  if number < 1:
+    raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
+  return number
 
 
 class Head(NamedTuple):
@@ -453,6 +460,10 @@ class Walk(NamedTuple):
     vocab_size: The true V when W (split over `axis_name`) was padded; None
       means every column.
     axis_name: The mesh axis W's columns are split over, or None.
+    mode: A reducing head's mode: "auto", "fast" (token chunks, the
+      gradients made in the forward pass) or "low_memory" (the vocabulary
+      walk); see `jxent._vocab.chunks`.
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
   """
 
   block_size: int | None = None
@@ -460,6 +471,8 @@ class Walk(NamedTuple):
   temperature: float = 1.0
   vocab_size: int | None = None
   axis_name: AxisName | None = None
+  mode: str = "auto"
+  token_chunk: int | None = None
 
 
 def config_for(heads, walk: Walk) -> Config:

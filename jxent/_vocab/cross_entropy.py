@@ -32,44 +32,63 @@ import jax.numpy as jnp
 
 from jxent._cross_entropy import rows as _rows
 from jxent._numerics import checks as _checks
-from jxent._numerics.logsumexp import shift_of
+from jxent._numerics.logsumexp import is_nonempty, shift_of
 from jxent._numerics.options import parse_options
 from jxent._vocab import blocks as _blocks
+from jxent._vocab import chunks as _chunks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
-from jxent._vocab.blocks import Config, Head, Walk
+from jxent._vocab.blocks import Config, Walk
 
 default_block_size = _blocks.default_block_size
 
 
-def online_stats(head, label_index, opts, cfg) -> _rows.RowStats:
-  """The `RowStats` of `x @ w + bias`, one vocabulary block at a time."""
+def online_stats(head, label_index, opts, cfg,
+                 argmax=False) -> tuple[_rows.RowStats, jax.Array | None]:
+  """The `RowStats` of `x @ w + bias`, one vocabulary block at a time, and
+  with `argmax` each row's first most likely class (else None)."""
   walk = _walks.stats(head, cfg, label_index=label_index,
-                      smoothing=opts.smoothing)
+                      smoothing=opts.smoothing, argmax=argmax)
   shift = shift_of(walk.row_max)
   return _rows.RowStats(
       shift=shift, sumexp=walk.sumexp, target_dot=walk.label_logit - shift,
       valid_count=walk.valid_count if opts.smoothing else None,
       valid_mean=walk.valid_mean if opts.smoothing else None,
-      excess=walk.excess)
+      excess=walk.excess), walk.argmax
 
 
 @dataclasses.dataclass(frozen=True)
 class _CrossEntropy(_rule.Op):
-  """The softmax cross-entropy of one head's tokens against labels."""
+  """The softmax cross-entropy of one head's tokens against labels; with
+  `lse` and `argmax`, each token's log-sum-exp and most likely class too
+  (monitoring outputs, without a gradient)."""
 
   cfg: Config
+  lse: bool = False
+  argmax: bool = False
 
   def forward(self, heads, data):
     (head,), (labels, opts) = heads, data
-    stats = online_stats(head, labels.class_index, opts, self.cfg)
+    stats, arg = online_stats(head, labels.class_index, opts, self.cfg,
+                              self.argmax)
     result = _rows.row_step(stats, opts, self.cfg.num_classes, labels)
     per_row = (stats.shift, result.log_sumexp, result.coefficients,
                result.d_smoothing, result.d_z_loss)
-    return (result.loss, result.weight), per_row
+    outputs = (result.loss, result.weight)
+    # Ignored tokens give 0 (-1 for the argmax), as in `linear_log_probs`;
+    # an illegal label does not spoil them (its loss is NaN).
+    shown = labels.counts | ~labels.legal
+    if self.lse:
+      nonempty = is_nonempty(stats.sumexp)
+      outputs += (jnp.where(shown, jnp.where(
+          nonempty, stats.shift + result.log_sumexp, -jnp.inf), 0),)
+    if self.argmax:
+      # A float, as every output of the rule (exact below 2**24 classes).
+      outputs += (jnp.where(shown, arg, -1).astype(result.loss.dtype),)
+    return outputs, per_row
 
   def row_cotangents(self, per_row, data, cotangents):
-    g, _ = cotangents  # The weights are constants.
+    g = cotangents[0]  # The weights are constants; the rest have none.
     if _rule.is_zero(g):
       return None
     return g
@@ -88,26 +107,21 @@ class _CrossEntropy(_rule.Op):
     labels, _ = data
     return labels.counts | ~labels.legal
 
-  def data_cotangents(self, per_row, data, g):
+  def data_cotangents(self, per_row, data, g, combine=None):
     _, _, _, d_smoothing, d_z_loss = per_row
     _, opts = data
     return None, _rows.options_cotangent(opts, g, d_smoothing, d_z_loss,
-                                         _blocks.sum_over_copies)
+                                         combine)
 
 
-def linear_ce_rows(cfg: Config, x, w, bias, labels, opts):
-  """Per-row loss and "mean" weight of the linear cross-entropy."""
-  return _rule.apply(_CrossEntropy(cfg), (Head(x, w, bias),), (labels, opts))
+def cross_entropy(x, w, labels, walk: Walk, *, bias=None, ignore_index=None,
+                  label_smoothing=0.0, z_loss=0.0, reduction="mean",
+                  return_lse=False, return_argmax=False,
+                  batch_axis_name=None, w_name="w", bias_name="bias"):
+  """`linear_softmax_cross_entropy` and its sharded form (`walk.axis_name`).
 
-
-def prepare(x, w, labels, bias, walk: Walk, *, ignore_index, label_smoothing,
-            z_loss, reduction, w_name="w", bias_name="bias"):
-  """Validates a linear cross-entropy's inputs; returns what it runs on.
-
-  Returns:
-    `(flat_x, w, bias, labels, opts, cfg)`: x flattened to [tokens, D] and
-    both matmul operands in one dtype, the sorted flat labels, the parsed
-    options and the static `Config`.
+  Validates the inputs, then runs the head in the mode `walk` asks for
+  (`jxent._vocab.chunks.plan`).
   """
   head, batch = _blocks.prepare_head(x, w, bias, w_name=w_name,
                                      bias_name=bias_name)
@@ -117,7 +131,15 @@ def prepare(x, w, labels, bias, walk: Walk, *, ignore_index, label_smoothing,
                        ignore_index=ignore_index, reduction=reduction)
   flat_labels = _checks.sort_labels(labels.reshape(math.prod(batch)),
                                     cfg.num_classes, opts.ignore_index)
-  return head.x, head.w, head.bias, flat_labels, opts, cfg
+  _checks.check_argmax_classes(return_argmax, cfg.num_classes)
+  chunk = _chunks.plan(walk, opts.reduction, head)
+  op = _CrossEntropy(cfg, bool(return_lse), bool(return_argmax))
+  loss, extras = _chunks.reduce(op, (head,), (flat_labels, opts),
+                                opts.reduction, chunk, batch,
+                                batch_axis_name)
+  if return_argmax:
+    extras = extras[:-1] + (extras[-1].astype(jnp.int32),)
+  return (loss, *extras) if extras else loss
 
 
 def linear_softmax_cross_entropy(
@@ -132,7 +154,11 @@ def linear_softmax_cross_entropy(
     logit_softcap: float | None = None,
     reduction: _checks.Reduction = "mean",
     block_size: int | None = None,
-) -> jax.Array:
+    mode: str = "auto",
+    token_chunk: int | None = None,
+    return_lse: bool = False,
+    return_argmax: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
   r"""Softmax cross-entropy of `x @ w + bias`, never materialising the logits.
 
   .. math::
@@ -166,10 +192,30 @@ def linear_softmax_cross_entropy(
     block_size: Vocabulary columns per block; by default picked from the
       shapes (`default_block_size`). Any size works, including one that
       does not divide V.
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    return_lse: Also return each token's log-sum-exp of the logits, of
+      shape `x.shape[:-1]`, from the same walk, to monitor a z-loss (0 for
+      ignored tokens, -inf for an empty one). A monitoring value: it has
+      no gradient (the `z_loss` option trains it; `linear_log_probs` gives
+      a differentiable one).
+    return_argmax: Also return each token's most likely class (int32, the
+      first on ties; -1 for ignored and empty tokens and rows with a NaN),
+      for accuracy without the logits. At most 2**24 classes.
 
   Returns:
     Float32 (float64 for float64 inputs) scalar, or per-row losses of shape
-    `x.shape[:-1]` for "none". Smoothing spreads over the K classes whose
+    `x.shape[:-1]` for "none"; then, if asked, the log-sum-exps and the
+    argmax, as a tuple. Smoothing spreads over the K classes whose
     logit is above -inf (a -inf bias marks padding). A row whose logits are
     all -inf gives 0. A label outside [0, V) that is not `ignore_index`
     gives NaN (raise with `jxent.checked`), and so does a NaN in `x`, `w`
@@ -184,11 +230,9 @@ def linear_softmax_cross_entropy(
     ...       .round(4))  # uniform over 5 tokens: log 5
     1.6094
   """
-  labels_shape = jnp.shape(labels)
-  flat_x, w, bias, flat_labels, opts, cfg = prepare(
-      x, w, labels, bias, Walk(block_size, logit_softcap),
-      ignore_index=ignore_index, label_smoothing=label_smoothing,
-      z_loss=z_loss, reduction=reduction)
-  loss, weight = linear_ce_rows(cfg, flat_x, w, bias, flat_labels, opts)
-  return _rows.reduce(loss.reshape(labels_shape),
-                      weight.reshape(labels_shape), opts.reduction)
+  return cross_entropy(
+      x, w, labels, Walk(block_size, logit_softcap, mode=mode,
+                         token_chunk=token_chunk),
+      bias=bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
+      z_loss=z_loss, reduction=reduction, return_lse=return_lse,
+      return_argmax=return_argmax)

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent._cross_entropy import rows as _rows
 from jxent._numerics import checks as _checks
 from jxent._numerics.logsumexp import is_nonempty
 from jxent._vocab import blocks as _blocks
+from jxent._vocab import chunks as _chunks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
 from jxent._vocab.blocks import Config, Walk, block_logits, walk_blocks
@@ -98,9 +98,10 @@ def kl_divergence(p_x, p_w, q_x, q_w, walk: Walk, *, p_bias=None,
   cfg = _blocks.config_for([p, q], walk)
   reduction = _checks.check_reduction(reduction)
   keep = _walks.token_mask(where, batch)
-  value, weight = _rule.apply(_KL(cfg), (p, q), (keep,))
-  return _rows.reduce(value.reshape(batch), weight.reshape(batch), reduction,
-                      batch_axis_name)
+  loss, _ = _chunks.reduce(_KL(cfg), (p, q), (keep,), reduction,
+                           _chunks.plan(walk, reduction, p), batch,
+                           batch_axis_name)
+  return loss
 
 
 # --- generalised Jensen-Shannon divergence --------------------------------------
@@ -193,9 +194,10 @@ def js_divergence(p_x, p_w, q_x, q_w, walk: Walk, *, beta=0.5, p_bias=None,
   cfg = _blocks.config_for([p, q], walk)
   reduction = _checks.check_reduction(reduction)
   keep = _walks.token_mask(where, batch)
-  value, weight = _rule.apply(_JS(cfg, beta), (p, q), (keep,))
-  return _rows.reduce(value.reshape(batch), weight.reshape(batch), reduction,
-                      batch_axis_name)
+  loss, _ = _chunks.reduce(_JS(cfg, beta), (p, q), (keep,), reduction,
+                           _chunks.plan(walk, reduction, p), batch,
+                           batch_axis_name)
+  return loss
 
 
 def linear_kl_divergence(
@@ -211,6 +213,8 @@ def linear_kl_divergence(
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
     reduction: _checks.Reduction = "none",
+    mode: str = "auto",
+    token_chunk: int | None = None,
 ) -> jax.Array:
   r"""KL divergence D_KL(P || Q) between two linear heads, per token.
 
@@ -242,6 +246,17 @@ def linear_kl_divergence(
     block_size: Vocabulary columns per block (default from the shapes).
     reduction: "none" (per token), "sum", or "mean" over the tokens that
       count (kept by `where`, with P's logits not all -inf).
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
 
   Returns:
     Float32 (or float64) divergences of shape `p_x.shape[:-1]`, or a
@@ -258,7 +273,8 @@ def linear_kl_divergence(
     [0.3681]
   """
   return kl_divergence(p_x, p_w, q_x, q_w,
-                       Walk(block_size, logit_softcap, temperature),
+                       Walk(block_size, logit_softcap, temperature,
+                            mode=mode, token_chunk=token_chunk),
                        p_bias=p_bias, q_bias=q_bias, where=where,
                        reduction=reduction)
 
@@ -277,6 +293,8 @@ def linear_js_divergence(
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
     reduction: _checks.Reduction = "none",
+    mode: str = "auto",
+    token_chunk: int | None = None,
 ) -> jax.Array:
   r"""Generalised Jensen-Shannon divergence between two linear heads.
 
@@ -308,6 +326,17 @@ def linear_js_divergence(
     block_size: Vocabulary columns per block (default from the shapes).
     reduction: "none" (per token), "sum", or "mean" over the tokens that
       count (kept by `where`, with neither P's nor Q's logits all -inf).
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar.
@@ -324,6 +353,7 @@ def linear_js_divergence(
     [0.6931]
   """
   return js_divergence(p_x, p_w, q_x, q_w,
-                       Walk(block_size, logit_softcap, temperature),
+                       Walk(block_size, logit_softcap, temperature,
+                            mode=mode, token_chunk=token_chunk),
                        beta=beta, p_bias=p_bias, q_bias=q_bias, where=where,
                        reduction=reduction)

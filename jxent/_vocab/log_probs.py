@@ -1,6 +1,8 @@
-"""Log-probabilities and entropy of a linear head, for RL."""
+"""Log-probabilities and entropy of a linear head, and a policy-gradient
+loss on them, for RL."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ from jax import lax
 from jxent._numerics import checks as _checks
 from jxent._numerics.logsumexp import is_nonempty, log_sum, shift_of
 from jxent._vocab import blocks as _blocks
+from jxent._vocab import chunks as _chunks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
 from jxent._vocab.blocks import Config, Walk
@@ -102,10 +105,7 @@ def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
   sorted_labels = _checks.sort_labels(
       labels.reshape(-1), cfg.num_classes,
       _checks.check_ignore_index(ignore_index), ~keep)
-  if return_argmax and cfg.num_classes > _ARGMAX_LIMIT:
-    raise ValueError(
-        f"`return_argmax` needs at most {_ARGMAX_LIMIT} classes (2**24,"
-        f" where float32 counts exactly), got {cfg.num_classes}.")
+  _checks.check_argmax_classes(return_argmax, cfg.num_classes)
   log_prob, entropy, lse, arg = _rule.apply(
       _LogProbs(cfg, bool(return_entropy), bool(return_argmax)), (head,),
       (sorted_labels, keep))
@@ -117,10 +117,6 @@ def log_probs(x, w, labels, walk: Walk, *, bias=None, return_entropy=False,
   if return_argmax:
     out.append(lax.stop_gradient(arg).astype(jnp.int32).reshape(batch))
   return out[0] if len(out) == 1 else tuple(out)
-
-
-# The most classes whose argmax passes the rule exactly (as a float32).
-_ARGMAX_LIMIT = 2**24
 
 
 def linear_log_probs(
@@ -197,3 +193,175 @@ def linear_log_probs(
                    bias=bias, return_entropy=return_entropy,
                    return_lse=return_lse, return_argmax=return_argmax,
                    ignore_index=ignore_index, where=where)
+
+
+# --- a policy-gradient loss, linear in the log-probabilities -----------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _PolicyGradient(_rule.Op):
+  """-(A log q_y) - beta H per token: `_LogProbs` with per-token weights, so
+  that the reduced loss has one scalar cotangent (the fast mode applies)."""
+
+  cfg: Config
+  entropy_bonus: float
+
+  @property
+  def inner(self) -> _LogProbs:
+    return _LogProbs(self.cfg, self.entropy_bonus != 0.0)
+
+  def forward(self, heads, data):
+    labels, keep, advantages = data
+    (log_prob, entropy, _, _), per_row = self.inner.forward(heads,
+                                                             (labels, keep))
+    counts = per_row[3]
+    # A masked or ignored token's advantage is never looked at (0 * NaN
+    # would be NaN); an illegal label's NaN log-probability stays.
+    weighted = jnp.where(counts, advantages, 0) * log_prob
+    value = -weighted - self.entropy_bonus * entropy
+    return (value, counts.astype(value.dtype)), (per_row, log_prob)
+
+  def row_cotangents(self, per_row, data, cotangents):
+    g = cotangents[0]  # The weights in the mean are constants.
+    if _rule.is_zero(g):
+      return None
+    labels, keep, advantages = data
+    inner_rows, _ = per_row
+    counts = inner_rows[3]
+    g_h = -self.entropy_bonus * g if self.entropy_bonus else None
+    # The inner head's cotangents, and the loss's own for the advantages.
+    return self.inner.row_cotangents(
+        inner_rows, (labels, keep),
+        (-g * jnp.where(counts, advantages, 0), g_h, None, None)), g
+
+  def block_cotangents(self, per_row, data, g, blocks, want):
+    labels, keep, _ = data
+    return self.inner.block_cotangents(per_row[0], (labels, keep), g[0],
+                                       blocks, want)
+
+  def data_cotangents(self, per_row, data, g, combine=None):
+    # d loss / d A = -log q_y where the token counts (NaN for an illegal
+    # label, as its loss), 0 elsewhere.
+    inner_rows, log_prob = per_row
+    counts = inner_rows[3]
+    labels, keep, advantages = data
+    d_advantages = jnp.where(counts | ~(labels.legal | ~keep),
+                             -g[1] * log_prob, 0).astype(advantages.dtype)
+    if combine is not None:
+      d_advantages = combine(d_advantages, advantages)
+    return None, None, d_advantages
+
+  def token_mask(self, data):
+    labels, keep, _ = data
+    return self.inner.token_mask((labels, keep))
+
+
+def policy_gradient_loss(x, w, labels, advantages, walk: Walk, *, bias=None,
+                         entropy_bonus=0.0, ignore_index=None, where=None,
+                         reduction="mean", batch_axis_name=None,
+                         names=("x", "w", "bias")):
+  """`linear_policy_gradient_loss` and its sharded form (`walk.axis_name`)."""
+  head, batch = _blocks.prepare_head(x, w, bias, x_name=names[0],
+                                     w_name=names[1], bias_name=names[2])
+  cfg = _blocks.config_for([head], walk)
+  labels = _blocks.token_labels(labels, batch)
+  advantages = jnp.asarray(advantages)
+  _checks.check_floating("advantages", advantages)
+  if advantages.shape != batch:
+    raise ValueError(
+        f"`advantages` must have the tokens' shape {batch}, got"
+        f" {advantages.shape}.")
+  bonus = _checks.static_number("entropy_bonus", entropy_bonus)
+  if not math.isfinite(bonus):
+    raise ValueError(f"`entropy_bonus` must be finite, got {bonus!r}.")
+  reduction = _checks.check_reduction(reduction)
+  keep = _walks.token_mask(where, batch)
+  sorted_labels = _checks.sort_labels(
+      labels.reshape(-1), cfg.num_classes,
+      _checks.check_ignore_index(ignore_index), ~keep)
+  loss, _ = _chunks.reduce(
+      _PolicyGradient(cfg, bonus), (head,),
+      (sorted_labels, keep, advantages.reshape(-1).astype(cfg.acc)),
+      reduction, _chunks.plan(walk, reduction, head), batch,
+      batch_axis_name)
+  return loss
+
+
+def linear_policy_gradient_loss(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    advantages: jax.typing.ArrayLike,
+    *,
+    bias: jax.typing.ArrayLike | None = None,
+    entropy_bonus: float = 0.0,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    ignore_index: int | None = None,
+    where: jax.typing.ArrayLike | None = None,
+    reduction: _checks.Reduction = "mean",
+    block_size: int | None = None,
+    mode: str = "auto",
+    token_chunk: int | None = None,
+) -> jax.Array:
+  r"""A policy-gradient loss, linear in the log-probabilities of a head.
+
+  .. math::
+     \ell_t = -A_t \log q_{y_t} - \beta H(q_t), \qquad
+     q_t = \operatorname{softmax}\!\big(c \tanh((x_t W + b) / c) / T\big)
+
+  REINFORCE, or GRPO without clipping (the advantages :math:`A_t` already
+  normalised per group), with an entropy bonus :math:`\beta`, computed
+  without the [tokens, vocabulary] logits. It equals
+  `-(advantages * log_q) - entropy_bonus * entropy` of `linear_log_probs(...,
+  return_entropy=True)`, reduced; given the weights inside, the reduced
+  loss has one scalar cotangent, so by default it runs in the fast mode
+  (token chunks, each logit made once; docs/vocabulary_scale.md, "Two
+  modes"). A loss that is not linear in the log-probabilities, such as
+  PPO's clipped ratio, needs `linear_log_probs` and its per-token
+  cotangents. Differentiable in `x`, `w`, `bias` and `advantages` (whose
+  gradient is :math:`-\log q_{y_t}`); reverse mode and second derivatives
+  (no forward mode alone).
+
+  Args:
+    x: Hidden states, floating, shape [..., D].
+    w: Output projection, floating, shape [D, V].
+    labels: The sampled tokens, integer, shape `x.shape[:-1]`.
+    advantages: Floating, shape `x.shape[:-1]`: each token's weight
+      :math:`A_t`.
+    bias: Optional bias, shape [V]; -inf marks a padded column.
+    entropy_bonus: :math:`\beta`, a finite Python number (0 computes no
+      entropy).
+    temperature: :math:`T > 0`; divides the logits after the soft cap.
+    logit_softcap: Gemma 2's soft cap :math:`c > 0`, or None.
+    ignore_index: Label value of tokens that give 0 and no gradient.
+    where: Optional boolean mask of shape `x.shape[:-1]`; tokens where it
+      is False give 0 and no gradient.
+    reduction: "mean" (default, over the tokens that count: kept by
+      `where`, not ignored, with logits not all -inf), "sum" or "none".
+    block_size: The low-memory walk's vocabulary columns per block.
+    mode: "auto", "fast" or "low_memory", as for
+      `linear_softmax_cross_entropy`.
+    token_chunk: The fast mode's tokens per chunk, as there.
+
+  Returns:
+    Float32 (float64 for float64 inputs) scalar, or per-token losses of
+    shape `x.shape[:-1]` for "none". A label outside [0, V) that is not
+    `ignore_index` gives NaN, and so does a NaN in the inputs or the
+    advantages of a token that counts.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jxent
+    >>> x, w = jnp.ones((2, 3)), jnp.zeros((3, 4))  # uniform over 4
+    >>> loss = jxent.linear_policy_gradient_loss(
+    ...     x, w, jnp.array([0, 3]), jnp.array([1.0, 1.0]))
+    >>> print(loss.round(4))  # -log q = log 4
+    1.3863
+  """
+  return policy_gradient_loss(
+      x, w, labels, advantages,
+      Walk(block_size, logit_softcap, temperature, mode=mode,
+           token_chunk=token_chunk),
+      bias=bias, entropy_bonus=entropy_bonus, ignore_index=ignore_index,
+      where=where, reduction=reduction)

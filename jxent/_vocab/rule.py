@@ -12,8 +12,9 @@ as a static, hashable `HeadOp`:
   None when nothing is perturbed;
 * `block_cotangents(per_row, data, g, blocks, want)`: the cotangent of one
   vocabulary block of each head's logits (None for a head not in `want`);
-* `data_cotangents(per_row, data, g)`: cotangents of the data (traced
-  options), None by default;
+* `data_cotangents(per_row, data, g, combine)`: cotangents of the data
+  (traced options), None by default; `combine(cotangent, primal)` sums one
+  over the mesh axes its primal is replicated over (None: not yet);
 * `token_mask(data)`: the tokens whose inputs count ([tokens] bool), or
   None for all. A masked token's x and logits are ignored: a NaN there
   reaches no gradient (0 * NaN would be NaN in the matmuls).
@@ -73,7 +74,7 @@ class HeadOp(Protocol):
   def block_cotangents(self, per_row, data, g, blocks: tuple[Block, ...],
                        want: tuple[bool, ...]) -> tuple: ...
 
-  def data_cotangents(self, per_row, data, g): ...
+  def data_cotangents(self, per_row, data, g, combine=None): ...
 
   def token_mask(self, data) -> jax.Array | None: ...
 
@@ -83,11 +84,13 @@ def is_zero(cotangent) -> bool:
   return cotangent is None or isinstance(cotangent, _ZERO)
 
 
-def _perturbed(head) -> tuple[bool, ...]:
+def perturbed(head) -> tuple[bool, ...]:
+  """Which of a head's arrays a symbolic-zeros custom VJP differentiates."""
   return tuple(isinstance(p, _PRIMAL) and p.perturbed for p in head)
 
 
-def _values(tree):
+def values(tree):
+  """A symbolic-zeros custom VJP's primals as plain arrays."""
   return jax.tree.map(lambda p: p.value, tree,
                       is_leaf=lambda p: isinstance(p, _PRIMAL))
 
@@ -100,10 +103,10 @@ def _head_loss(op, heads, data):
 def _head_loss_fwd(op, heads, data):
   # With symbolic zeros the rule sees which arrays are perturbed; and,
   # unlike the default, such a rule composes with checkify under `grad`.
-  perturbed = tuple(_perturbed(h) for h in heads)
-  heads, data = _values((heads, data))
+  flags = tuple(perturbed(h) for h in heads)
+  heads, data = values((heads, data))
   outputs, per_row = op.forward(heads, data)
-  return outputs, (heads, data, per_row, perturbed)
+  return outputs, (heads, data, per_row, flags)
 
 
 def _head_loss_bwd(op, residuals, cotangents):
@@ -146,7 +149,8 @@ def _head_loss_bwd(op, residuals, cotangents):
   d_heads = tuple(Head(*_blocks.finish_grads(g_h, *p))
                   for g_h, p in zip(grads, primals, strict=True))
   # None: the data gets a zero cotangent (labels, masks, a teacher's top k).
-  return d_heads, None if g is None else op.data_cotangents(per_row, data, g)
+  return d_heads, None if g is None else op.data_cotangents(
+      per_row, data, g, _blocks.sum_over_copies)
 
 
 _head_loss.defvjp(_head_loss_fwd, _head_loss_bwd, symbolic_zeros=True)
@@ -169,8 +173,8 @@ class Op:
   """A base for `HeadOp`s (frozen dataclasses): no data cotangent, and the
   token mask the last entry of the data."""
 
-  def data_cotangents(self, per_row, data, g):
-    del per_row, data, g
+  def data_cotangents(self, per_row, data, g, combine=None):
+    del per_row, data, g, combine
     return None
 
   def token_mask(self, data):

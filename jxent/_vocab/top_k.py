@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jxent._cross_entropy import rows as _rows
 from jxent._numerics import checks as _checks
 from jxent._numerics.logsumexp import is_nonempty, sum_and_excess
 from jxent._vocab import blocks as _blocks
+from jxent._vocab import chunks as _chunks
 from jxent._vocab import rule as _rule
 from jxent._vocab import walks as _walks
 from jxent._vocab.blocks import Config, Walk, block_logits, walk_blocks
@@ -192,11 +192,13 @@ def kl_divergence_from_top_k(top_k_indices, top_k_log_probs, x, w,
   distinct = jnp.all(ordered[:, 1:] != ordered[:, :-1], axis=1) | ~keep
   _checks.declare_distinct_indices("top_k_indices", distinct)
   legal = jnp.all(sorted_indices.legal, axis=1) & distinct
-  value, weight = _rule.apply(_TopK(cfg, tail), (head,), (
-      sorted_indices.class_index, lax.stop_gradient(teacher.reshape(-1, k)),
-      legal, keep))
-  return _rows.reduce(value.reshape(batch), weight.reshape(batch),
-                      _checks.check_reduction(reduction), batch_axis_name)
+  reduction = _checks.check_reduction(reduction)
+  loss, _ = _chunks.reduce(
+      _TopK(cfg, tail), (head,),
+      (sorted_indices.class_index, lax.stop_gradient(teacher.reshape(-1, k)),
+       legal, keep),
+      reduction, _chunks.plan(walk, reduction, head), batch, batch_axis_name)
+  return loss
 
 
 def linear_kl_divergence_from_top_k(
@@ -212,6 +214,8 @@ def linear_kl_divergence_from_top_k(
     where: jax.typing.ArrayLike | None = None,
     block_size: int | None = None,
     reduction: _checks.Reduction = "none",
+    mode: str = "auto",
+    token_chunk: int | None = None,
 ) -> jax.Array:
   r"""KL from a sparse teacher (its top-k log-probabilities) to a linear head.
 
@@ -257,6 +261,17 @@ def linear_kl_divergence_from_top_k(
     block_size: Vocabulary columns per block (default from the shapes).
     reduction: "none" (per token), "sum", or "mean" over the tokens that
       count (kept by `where`, with student logits not all -inf).
+    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
+      chunks of `token_chunk` tokens that hold whole rows and computes the
+      gradients in the forward pass: each logit is made once (three
+      matmul-sized units of work, where the low-memory walk takes four),
+      in a few float32 [token_chunk, V] buffers and float32 copies of the
+      gradients of x and w. It needs the reduction inside ("mean" or
+      "sum"). The low-memory walk holds a few [tokens, block_size]
+      buffers. "auto" is the fast mode for "mean" and "sum", unless
+      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
+    token_chunk: The fast mode's tokens per chunk; by default one float32
+      [chunk, V] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar. An
@@ -275,5 +290,6 @@ def linear_kl_divergence_from_top_k(
   """
   return kl_divergence_from_top_k(
       top_k_indices, top_k_log_probs, x, w,
-      Walk(block_size, logit_softcap, temperature), tail=tail, bias=bias,
+      Walk(block_size, logit_softcap, temperature, mode=mode,
+           token_chunk=token_chunk), tail=tail, bias=bias,
       where=where, reduction=reduction)
