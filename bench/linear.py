@@ -18,6 +18,10 @@ below (`NAMES`). Each suite compares, in one process and in rotating rounds:
 * ``chunked``: the same over chunks of tokens in a ``lax.map``, each chunk
   under ``jax.checkpoint``, so only one chunk's logits are alive at a time.
 
+jxent runs as ``jxent`` (its default: for the reducing heads, the fast mode
+of token chunks) and, in the reducing suites, as ``jxent_low_memory``
+(``mode="low_memory"``, the vocabulary walk).
+
 A suite has one head ``(x, w)`` or, for distillation, a teacher head and a
 student head, the student last. The mode is what training runs:
 ``jax.value_and_grad`` of the mean loss with respect to the student's ``x``
@@ -233,8 +237,10 @@ _TEACHER_NOTE = (
 _register(linear_suite(
     "linear_kl", "KL divergence D(P || Q) between a teacher head P and a "
     "student head Q", heads=2, extra=lambda draw, tokens, vocab, dtype: (),
-    jxent_fn=jxent.linear_kl_divergence,
-    jxent_code="jxent.linear_kl_divergence(p_x, p_w, q_x, q_w)",
+    jxent_fn=lambda *a, **o: jxent.linear_kl_divergence(
+        *a, reduction="mean", **o),
+    jxent_code='jxent.linear_kl_divergence(p_x, p_w, q_x, q_w, '
+               'reduction="mean")',
     loss=_kl_from_logits,
     loss_code="optax.losses.kl_divergence_with_log_targets("
               "jax.nn.log_softmax(q), jax.nn.log_softmax(p))",
@@ -244,8 +250,10 @@ _register(linear_suite(
     "linear_js", "Jensen-Shannon divergence (beta 0.5) between a teacher "
     "head P and a student head Q", heads=2,
     extra=lambda draw, tokens, vocab, dtype: (),
-    jxent_fn=jxent.linear_js_divergence,
-    jxent_code="jxent.linear_js_divergence(p_x, p_w, q_x, q_w)",
+    jxent_fn=lambda *a, **o: jxent.linear_js_divergence(
+        *a, reduction="mean", **o),
+    jxent_code='jxent.linear_js_divergence(p_x, p_w, q_x, q_w, '
+               'reduction="mean")',
     loss=_js_from_logits,
     loss_code="log_m = logaddexp(log_p + log 0.5, log_q + log 0.5); "
               "0.5 KL(P || M) + 0.5 KL(Q || M) with jax.nn.log_softmax",
@@ -278,14 +286,34 @@ _register(linear_suite(
     "log-probabilities (renormalised) to a linear head",
     extra=_top_k_teacher,
     jxent_fn=lambda x, w, i, lp, **o: jxent.linear_kl_divergence_from_top_k(
-        i, lp, x, w, **o),
-    jxent_code="jxent.linear_kl_divergence_from_top_k(i, lp, x, w)",
+        i, lp, x, w, reduction="mean", **o),
+    jxent_code='jxent.linear_kl_divergence_from_top_k(i, lp, x, w, '
+               'reduction="mean")',
     loss=_top_k_kl_from_logits,
     loss_code="log_p = jax.nn.log_softmax(lp); sum(exp(log_p) * (log_p - "
               "jax.nn.log_softmax(logits)[i]))",
     note=f"The teacher is {TOP_K} distinct classes per token and their "
          f"log-probabilities (in the input dtype, {TOP_K_MASS} of the mass), "
          "renormalised over them (`tail=\"renormalize\"`, the default)."))
+
+
+# --- linear_policy_gradient_loss: the same loss, reduced inside ------------
+
+
+_register(linear_suite(
+    "linear_policy_gradient",
+    "policy-gradient loss -(A log q_y) - 0.01 H(q) of x @ w, reduced inside",
+    extra=lambda draw, tokens, vocab, dtype: (
+        draw.integers(vocab, (tokens,)), draw.normal((tokens,))),
+    jxent_fn=lambda x, w, y, a, **o: jxent.linear_policy_gradient_loss(
+        x, w, y, a, entropy_bonus=ENTROPY_BONUS, **o),
+    jxent_code="jxent.linear_policy_gradient_loss(x, w, y, a, "
+               "entropy_bonus=0.01)",
+    loss=_log_probs_from_logits,
+    loss_code="log_q = jax.nn.log_softmax(logits); -(a * log_q[y]) + "
+              "0.01 * sum(exp(log_q) * log_q)",
+    note="The `linear_log_probs` suite's loss, with the advantages given "
+         "to jxent, which reduces inside and so runs its fast mode."))
 
 
 if __name__ == "__main__":

@@ -90,14 +90,19 @@ def interpret_kernels() -> bool:
 
 # jxent's implementations, compared side by side in every suite they name:
 # the default (on a GPU, the forward kernel inside the XLA path), XLA alone,
-# and the Pallas kernels for both passes.
+# and the Pallas kernels for both passes; for the reducing linear heads, the
+# default (the fast mode, token chunks) and the low-memory vocabulary walk.
 _KERNEL_SUITES = ("ce_int", "ce_soft")
+_REDUCING_LINEAR_SUITES = ("linear_ce", "linear_kl", "linear_js",
+                           "linear_top_k", "linear_policy_gradient")
 JXENT = (
     Variant("jxent"),
     Variant("jxent_xla", {"implementation": "xla"}, suites=_KERNEL_SUITES,
             platforms=("gpu",)),
     Variant("jxent_triton", {"implementation": "triton"},
             suites=_KERNEL_SUITES, platforms=("gpu",)),
+    Variant("jxent_low_memory", {"mode": "low_memory"},
+            suites=_REDUCING_LINEAR_SUITES),
 )
 
 

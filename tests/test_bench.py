@@ -294,12 +294,15 @@ def test_linear_suite_runs_and_agrees(tmp_path):
                str(tmp_path)], suite="linear_ce") == 0
   results = json.loads((tmp_path / "results.json").read_text())
   rows = {r["impl"]: r for r in results["rows"]}
-  assert set(rows) == {"jxent", "materialised", "chunked"}
-  for name in ("materialised", "chunked"):
+  # jxent's default (the fast mode here) and its low-memory walk.
+  assert set(rows) == {"jxent", "jxent_low_memory", "materialised",
+                       "chunked"}
+  for name in ("jxent_low_memory", "materialised", "chunked"):
     assert rows[name]["loss_max_abs_diff"] < 1e-5
     assert rows[name]["agrees"] is True
     assert rows[name]["vs_ref"] > 0
-  assert rows["jxent"]["temp_bytes"] < rows["materialised"]["temp_bytes"]
+  assert (rows["jxent_low_memory"]["temp_bytes"]
+          < rows["materialised"]["temp_bytes"])
   assert rows["materialised"]["temp_vs_ref"] > 1
   assert "time / jxent" in (tmp_path / "table.md").read_text()
   assert not (tmp_path / "bench.png").exists()  # no byte model, no plot
@@ -352,7 +355,8 @@ def test_linear_suites_differentiate_the_student():
   """The last head is the student; a teacher head is data."""
   from bench import linear
 
-  assert linear.NAMES == ["linear_ce", *LINEAR_HEADS]
+  assert linear.NAMES == ["linear_ce", *LINEAR_HEADS,
+                          "linear_policy_gradient"]
   for name in linear.NAMES:
     heads = 2 if name in ("linear_kl", "linear_js") else 1
     assert registry.get(name).grad_argnums == (2 * heads - 2, 2 * heads - 1)
