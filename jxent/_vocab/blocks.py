@@ -72,6 +72,9 @@ class Config(NamedTuple):
       of a sharded W) are masked out.
     axis_name: The mesh axis W's columns are split over, or None.
     temperature: Divides the logits, after the soft cap.
+    made: Whether each head's x already holds its raw logits
+      `x @ w + bias` (the fast mode's chunks make them once, for every walk
+      of the head's forward and for its gradient); w then only gives V.
   """
 
   block: int
@@ -80,6 +83,7 @@ class Config(NamedTuple):
   num_classes: int
   axis_name: AxisName | None = None
   temperature: float = 1.0
+  made: bool = False
 
 
 def num_blocks(local_vocab: int, block: int) -> int:
@@ -126,8 +130,11 @@ def block_logits(x, w, bias, i, cfg: Config, offset):
   # The last block is shifted left to fit; its columns that earlier blocks
   # already covered are stale and take no part.
   start = jnp.minimum(i * cfg.block, local_vocab - cfg.block)
-  w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
-  raw = jnp.dot(x, w_block, preferred_element_type=cfg.acc)
+  if cfg.made:
+    raw = lax.dynamic_slice_in_dim(x, start, cfg.block, axis=1)
+  else:
+    w_block = lax.dynamic_slice_in_dim(w, start, cfg.block, axis=1)
+    raw = jnp.dot(x, w_block, preferred_element_type=cfg.acc)
   if bias is not None:
     raw = raw + lax.dynamic_slice_in_dim(bias, start, cfg.block).astype(
         cfg.acc)[None, :]

@@ -8,10 +8,11 @@ its cotangent is one scalar, known to scale every gradient. The fast mode
 then computes the gradients in the forward pass, three units:
 
 * the tokens are walked in chunks of `token_chunk` rows, each holding its
-  rows' whole vocabulary: the chunk's logits are made once, and the head's
-  own forward (`HeadOp.forward`) and logits cotangent
+  rows' whole vocabulary: the chunk's raw logits are made by one matmul,
+  and the head's own forward (`HeadOp.forward`) and logits cotangent
   (`HeadOp.block_cotangents`, with a cotangent of 1 per row) run on them
-  as on a walk of one block;
+  as on a walk of one block that is already made (`Config.made`), so no
+  repeated matmul is left for XLA to merge;
 * each chunk's gradient of the logits goes through the two matmuls that
   give its rows of `dx` and its share of `dw` (accumulated in float32);
 * the summed loss, the number of rows that count, and the gradients (the
@@ -215,9 +216,12 @@ def _walk_chunks(op, chunk, heads, data, perturbed):
   """The summed loss and count, and the gradients of the summed loss."""
   cfg = op.cfg
   tokens, local_vocab = heads[0].x.shape[0], heads[0].w.shape[1]
-  # Whole rows: the chunk's vocabulary is one block, so its logits are made
-  # once and every walk of the head's forward reads the same ones.
-  whole = dataclasses.replace(op, cfg=cfg._replace(block=local_vocab))
+  # Whole rows: the chunk's vocabulary is one block, whose raw logits are
+  # made once (one matmul) and handed to every walk of the head's forward
+  # and to its gradient.
+  whole = dataclasses.replace(
+      op, cfg=cfg._replace(block=local_vocab, made=True))
+  raw_cfg = cfg._replace(block=local_vocab, cap=None, temperature=1.0)
   offset = _blocks.offset_of(cfg, local_vocab)
   want = tuple(any(p) for p in perturbed)
 
@@ -230,7 +234,10 @@ def _walk_chunks(op, chunk, heads, data, perturbed):
     part = tuple(h._replace(x=lax.dynamic_slice_in_dim(h.x, start, chunk))
                  for h in heads)
     part_data = jax.tree.map(_token_slicer(tokens, start, chunk), data)
-    (loss, weight, *more), per_row = whole.forward(part, part_data)
+    made = tuple(
+        Head(_blocks.block_logits(*h, 0, raw_cfg, offset)[0], h.w, None)
+        for h in part)
+    (loss, weight, *more), per_row = whole.forward(made, part_data)
     total = total + jnp.sum(jnp.where(fresh, loss, 0))
     count = count + jnp.sum(jnp.where(fresh, weight, 0))
     if more:
@@ -249,8 +256,8 @@ def _walk_chunks(op, chunk, heads, data, perturbed):
     if not any(want):
       return total, count, grads, d_data, extras
     blocks = tuple(
-        _rule.Block(*_blocks.block_logits(*h, 0, whole.cfg, offset), offset,
-                    0) for h in part)
+        _rule.Block(*_blocks.block_logits(*m, 0, whole.cfg, offset), offset,
+                    0) for m in made)
     dzs = whole.block_cotangents(per_row, part_data, g, blocks, want)
     rows = fresh
     mask = whole.token_mask(part_data)
