@@ -334,17 +334,11 @@ def linear_softmax_cross_entropy(
     batch_axis_name: Mesh axis the batch is split over, for "sum"/"mean".
     block_size: Local vocabulary columns per block; by default picked from
       the shapes.
-    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
-      chunks of `token_chunk` tokens that hold whole rows and computes the
-      gradients in the forward pass: each logit is made once (three
-      matmul-sized units of work, where the low-memory walk takes four),
-      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
-      gradients of x and w. It needs the reduction inside ("mean" or
-      "sum"). The low-memory walk holds a few [tokens, block_size]
-      buffers. "auto" is the fast mode for "mean" and "sum", unless
-      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
-    token_chunk: The fast mode's tokens per chunk; by default one float32
-      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    mode: "auto" (default), "fast" (token chunks, the gradients made in
+      the forward pass) or "low_memory" (the vocabulary walk), as for
+      `jxent.linear_softmax_cross_entropy`; "fast" needs reduction "mean"
+      or "sum".
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
     return_lse: Also return each token's log-sum-exp over the whole
       vocabulary (no gradient), as `jxent.linear_softmax_cross_entropy`.
     return_argmax: Also return each token's most likely global class.
@@ -560,17 +554,11 @@ def linear_kl_divergence(
     reduction: "none", "sum" or "mean" over the tokens that count (as in
       the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
-    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
-      chunks of `token_chunk` tokens that hold whole rows and computes the
-      gradients in the forward pass: each logit is made once (three
-      matmul-sized units of work, where the low-memory walk takes four),
-      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
-      gradients of x and w. It needs the reduction inside ("mean" or
-      "sum"). The low-memory walk holds a few [tokens, block_size]
-      buffers. "auto" is the fast mode for "mean" and "sum", unless
-      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
-    token_chunk: The fast mode's tokens per chunk; by default one float32
-      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    mode: "auto" (default), "fast" (token chunks, the gradients made in
+      the forward pass) or "low_memory" (the vocabulary walk), as for
+      `jxent.linear_softmax_cross_entropy`; "fast" needs reduction "mean"
+      or "sum".
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
 
   Returns:
     As `jxent.linear_kl_divergence`.
@@ -640,17 +628,11 @@ def linear_js_divergence(
     reduction: "none", "sum" or "mean" over the tokens that count (as in
       the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
-    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
-      chunks of `token_chunk` tokens that hold whole rows and computes the
-      gradients in the forward pass: each logit is made once (three
-      matmul-sized units of work, where the low-memory walk takes four),
-      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
-      gradients of x and w. It needs the reduction inside ("mean" or
-      "sum"). The low-memory walk holds a few [tokens, block_size]
-      buffers. "auto" is the fast mode for "mean" and "sum", unless
-      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
-    token_chunk: The fast mode's tokens per chunk; by default one float32
-      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    mode: "auto" (default), "fast" (token chunks, the gradients made in
+      the forward pass) or "low_memory" (the vocabulary walk), as for
+      `jxent.linear_softmax_cross_entropy`; "fast" needs reduction "mean"
+      or "sum".
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
 
   Returns:
     As `jxent.linear_js_divergence`.
@@ -719,17 +701,11 @@ def linear_kl_divergence_from_top_k(
     reduction: "none", "sum" or "mean" over the tokens that count (as in
       the unsharded function).
     batch_axis_name: Mesh axis the tokens are split over, for "sum"/"mean".
-    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
-      chunks of `token_chunk` tokens that hold whole rows and computes the
-      gradients in the forward pass: each logit is made once (three
-      matmul-sized units of work, where the low-memory walk takes four),
-      in a few float32 [token_chunk, V / n] buffers and float32 copies of the
-      gradients of x and w. It needs the reduction inside ("mean" or
-      "sum"). The low-memory walk holds a few [tokens, block_size]
-      buffers. "auto" is the fast mode for "mean" and "sum", unless
-      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
-    token_chunk: The fast mode's tokens per chunk; by default one float32
-      [chunk, V / n] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    mode: "auto" (default), "fast" (token chunks, the gradients made in
+      the forward pass) or "low_memory" (the vocabulary walk), as for
+      `jxent.linear_softmax_cross_entropy`; "fast" needs reduction "mean"
+      or "sum".
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
 
   Returns:
     As `jxent.linear_kl_divergence_from_top_k`.

@@ -141,7 +141,7 @@ def reduce(op, heads, data, reduction: _checks.Reduction, chunk: int | None,
     scalar; and the op's further per-token outputs (monitoring values), of
     shape `batch` and without a gradient.
   """
-  if chunk is None or reduction == "none":
+  if chunk is None:  # `plan` gives none for reduction="none".
     loss, weight, *extras = _rule.apply(op, heads, data)
     loss = _rows.reduce(loss.reshape(batch), weight.reshape(batch),
                         reduction, batch_axis_name)

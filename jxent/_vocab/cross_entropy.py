@@ -79,12 +79,10 @@ class _CrossEntropy(_rule.Op):
     # an illegal label does not spoil them (its loss is NaN).
     shown = labels.counts | ~labels.legal
     if self.lse:
-      nonempty = is_nonempty(stats.sumexp)
-      outputs += (jnp.where(shown, jnp.where(
-          nonempty, stats.shift + result.log_sumexp, -jnp.inf), 0),)
+      outputs += (_walks.shown_lse(shown, stats.shift, result.log_sumexp,
+                                   is_nonempty(stats.sumexp)),)
     if self.argmax:
-      # A float, as every output of the rule (exact below 2**24 classes).
-      outputs += (jnp.where(shown, arg, -1).astype(result.loss.dtype),)
+      outputs += (_walks.shown_argmax(shown, arg, result.loss.dtype),)
     return outputs, per_row
 
   def row_cotangents(self, per_row, data, cotangents):

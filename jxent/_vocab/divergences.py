@@ -246,17 +246,10 @@ def linear_kl_divergence(
     block_size: Vocabulary columns per block (default from the shapes).
     reduction: "none" (per token), "sum", or "mean" over the tokens that
       count (kept by `where`, with P's logits not all -inf).
-    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
-      chunks of `token_chunk` tokens that hold whole rows and computes the
-      gradients in the forward pass: each logit is made once (three
-      matmul-sized units of work, where the low-memory walk takes four),
-      in a few float32 [token_chunk, V] buffers and float32 copies of the
-      gradients of x and w. It needs the reduction inside ("mean" or
-      "sum"). The low-memory walk holds a few [tokens, block_size]
-      buffers. "auto" is the fast mode for "mean" and "sum", unless
-      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
-    token_chunk: The fast mode's tokens per chunk; by default one float32
-      [chunk, V] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    mode: "auto" (default), "fast" (token chunks, the gradients made in
+      the forward pass) or "low_memory" (the vocabulary walk), as for
+      `linear_softmax_cross_entropy`; "fast" needs reduction "mean" or "sum".
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
 
   Returns:
     Float32 (or float64) divergences of shape `p_x.shape[:-1]`, or a
@@ -326,17 +319,10 @@ def linear_js_divergence(
     block_size: Vocabulary columns per block (default from the shapes).
     reduction: "none" (per token), "sum", or "mean" over the tokens that
       count (kept by `where`, with neither P's nor Q's logits all -inf).
-    mode: "auto" (default), "fast" or "low_memory". The fast mode walks
-      chunks of `token_chunk` tokens that hold whole rows and computes the
-      gradients in the forward pass: each logit is made once (three
-      matmul-sized units of work, where the low-memory walk takes four),
-      in a few float32 [token_chunk, V] buffers and float32 copies of the
-      gradients of x and w. It needs the reduction inside ("mean" or
-      "sum"). The low-memory walk holds a few [tokens, block_size]
-      buffers. "auto" is the fast mode for "mean" and "sum", unless
-      `block_size` is given. See docs/vocabulary_scale.md, "Two modes".
-    token_chunk: The fast mode's tokens per chunk; by default one float32
-      [chunk, V] buffer near 1 GiB on a GPU, 32 MiB elsewhere.
+    mode: "auto" (default), "fast" (token chunks, the gradients made in
+      the forward pass) or "low_memory" (the vocabulary walk), as for
+      `linear_softmax_cross_entropy`; "fast" needs reduction "mean" or "sum".
+    token_chunk: The fast mode's tokens per chunk, or None to choose.
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar.

@@ -46,11 +46,11 @@ class _LogProbs(_rule.Op):
     # The log-sum-exp counts where the entropy does; an empty token's is
     # -inf, as `logsumexp`'s of an empty row.
     lse_counts = keep & (labels.counts | ~labels.legal)
-    lse = jnp.where(lse_counts, jnp.where(nonempty, shift + s, -jnp.inf), 0)
+    lse = _walks.shown_lse(lse_counts, shift, s, nonempty)
     # The argmax leaves the rule as a float (exact below 2**24 classes; the
     # caller checks), which needs no integer cotangent; it has no gradient.
-    arg = jnp.zeros_like(lse) if walk.argmax is None else jnp.where(
-        lse_counts, walk.argmax, -1).astype(lse.dtype)
+    arg = jnp.zeros_like(lse) if walk.argmax is None else (
+        _walks.shown_argmax(lse_counts, walk.argmax, lse.dtype))
     return (log_prob, entropy, lse, arg), (shift, s, entropy, counts,
                                            entropy_counts)
 

@@ -157,6 +157,20 @@ def stats(head: Head, cfg: Config, *, label_index=None, entropy=False,
   return Stats(row_max, sumexp, picked, ent, count, valid_mean, excess, arg)
 
 
+def shown_lse(shown, shift, log_sumexp, nonempty):
+  """Tokens' log-sum-exps, for monitoring: 0 where not `shown` (masked,
+  ignored), -inf for an empty token."""
+  return jnp.where(shown, jnp.where(nonempty, shift + log_sumexp, -jnp.inf),
+                   0)
+
+
+def shown_argmax(shown, argmax, dtype):
+  """Tokens' argmax (`Stats.argmax`), -1 where not `shown`, as `dtype`: a
+  float leaves a custom VJP without an integer cotangent (exact below
+  2**24 classes; `checks.check_argmax_classes`)."""
+  return jnp.where(shown, argmax, -1).astype(dtype)
+
+
 def pair_stats(p: Head, q: Head, cfg: Config):
   """P's and Q's max and sum, and sum over P of e_p (z_p - z_q), one walk.
 
