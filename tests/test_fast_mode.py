@@ -213,6 +213,19 @@ def test_second_derivatives_match_float64(rng):
                                             reduction="mean", **options),
                *f64)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  # A whole Hessian (forward over reverse) over three chunks of 4 tokens,
+  # the last shifted back: the first two tokens' x.
+  def of_rows(loss, x, w, bias):
+    return lambda rows: loss(jnp.concatenate([rows, x[2:]]), w, bias)
+  hessian = jax.hessian(of_rows(fused, x, w, bias))(x[:2])
+  with jax.enable_x64(True):
+    want = jax.hessian(of_rows(
+        lambda x, w, b: materialised(x, w, labels, bias=b, reduction="mean",
+                                     **options), *f64[:3]))(f64[0][:2])
+  np.testing.assert_allclose(hessian, want, rtol=1e-4, atol=1e-6)
+  # Forward mode alone is refused, clearly (the rule is a custom VJP).
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(lambda x: fused(x, w, bias), (x,), (tangent,))
 
 
 def test_traced_options_get_their_gradients(rng):

@@ -64,6 +64,41 @@ def test_matches_float64(rng, mode, reduction):
                   (0, 1, 2, 3))
 
 
+def test_every_derivative_matches_float64_over_several_chunks(rng):
+  # Grad, jvp-of-grad and a Hessian (x and the advantages) over three
+  # chunks of 4 of the 9 tokens; forward mode alone is a clear error.
+  prob = _problem(rng)
+  labels = prob["labels"]
+  keep = jnp.ones(TOKENS, bool).at[4].set(False)
+  x, w, bias = prob["p_x"], prob["p_w"], prob["p_bias"]
+  advantages = jnp.asarray(rng.normal(size=TOKENS), jnp.float32)
+  tangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def fused(x, a):
+    return jxent.linear_policy_gradient_loss(
+        x, w, labels, a, bias=bias, entropy_bonus=BONUS, ignore_index=-100,
+        where=keep, mode="fast", token_chunk=4)
+
+  def derivatives(loss, x, a, tangent):
+    grad = jax.grad(loss, (0, 1))
+    jvp_of_grad = jax.jvp(lambda x: grad(x, a)[0], (x,), (tangent,))[1]
+    hessian = jax.hessian(lambda rows, a: loss(
+        jnp.concatenate([rows, x[1:]]), a), (0, 1))(x[:1], a)
+    return grad(x, a), jvp_of_grad, hessian
+
+  got = derivatives(fused, x, advantages, tangent)
+  with jax.enable_x64(True):
+    f64 = [jnp.asarray(np.asarray(v), jnp.float64)
+           for v in (x, w, bias, advantages, tangent)]
+    reference = _reference(labels, keep, "mean")
+    want = derivatives(lambda x, a: reference(x, f64[1], f64[2], a), f64[0],
+                       f64[3], f64[4])
+  for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(lambda x: fused(x, advantages), (x,), (tangent,))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_equals_the_loss_written_on_linear_log_probs(rng, mode):
   prob = _problem(rng)
