@@ -202,3 +202,27 @@ def test_vocabulary_scale_heads_keep_no_logits(dtype):
   for name in plain:
     for losses in checked:
       assert temp(losses[name]) <= limit, (name, temp(losses[name]), limit)
+
+
+
+@pytest.mark.parametrize("shape", [(4096, 1024), (256, 8192)])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_cpu_soft_label_forward_pass_keeps_no_more_than_optax(
+    shape, reduction):
+  # Without a gradient, the soft-label loss on a CPU reads the logits in
+  # fused row sums, as optax's does, and keeps no more than it: no step
+  # after them may read the sum of exponentials, or XLA writes the shifted
+  # logits out (float32 [batch, classes]) to feed two fusions. (With few
+  # rows XLA writes them for optax too.)
+  logits = jnp.zeros(shape, jnp.float32)
+  labels = jnp.full(shape, 1 / shape[1], jnp.float32)
+
+  def temp(loss):
+    return jax.jit(loss).lower(logits, labels).compile().memory_analysis(
+        ).temp_size_in_bytes
+
+  ours = temp(lambda x, t: jxent.softmax_cross_entropy(
+      x, t, reduction=reduction))
+  theirs = temp(lambda x, t: optax.softmax_cross_entropy(x, t).mean()
+                if reduction == "mean" else optax.softmax_cross_entropy(x, t))
+  assert ours <= theirs + logits.nbytes // 8, (ours, theirs, logits.nbytes)

@@ -87,6 +87,14 @@ def shifted(logits: jax.Array, mask: jax.Array | None,
     in the compute dtype, and the shift (the row's max over every shard of
     `axis_name`, 0 where it is infinite, no gradient).
   """
+  x, shifted_x, shift, _ = shifted_and_max(logits, mask, axis_name)
+  return x, shifted_x, shift
+
+
+def shifted_and_max(logits: jax.Array, mask: jax.Array | None,
+                    axis_name: AxisName | None = None
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """`shifted`, and the row max it shifts by (-inf for an empty row)."""
   x = apply_mask(logits, mask)
   dtype = _checks.compute_dtype(x.dtype)
   # The max is exact in any dtype: take it before the upcast, so a 16-bit
@@ -95,7 +103,7 @@ def shifted(logits: jax.Array, mask: jax.Array | None,
   if axis_name is not None:
     row_max = lax.pmax(lax.stop_gradient(row_max), axis_name)
   shift = shift_of(row_max)
-  return x, x.astype(dtype) - shift[..., None], shift
+  return x, x.astype(dtype) - shift[..., None], shift, row_max
 
 
 def sums(axis_name: AxisName | None, keep_exp: bool, *terms: jax.Array
