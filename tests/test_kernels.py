@@ -70,11 +70,14 @@ def _kwargs(options, weights, mask):
 
 
 def _loss_and_grads(loss, x, labels):
-  """Per-row losses, and gradients of their sum over finite rows."""
-  value = loss(x, labels)
+  """Per-row losses, and gradients of their sum over finite rows.
+
+  Under jit: an interpreted kernel run op by op is slow to test.
+  """
+  value = jax.jit(loss)(x, labels)
   total = lambda x, y: jnp.sum(jnp.where(jnp.isnan(value), 0, loss(x, y)))  # noqa
   argnums = (0,) if jnp.issubdtype(labels.dtype, jnp.integer) else (0, 1)
-  grads = jax.grad(total, argnums)(x, labels)
+  grads = jax.jit(jax.grad(total, argnums))(x, labels)
   return value, grads
 
 
@@ -146,11 +149,15 @@ def test_the_default_keeps_every_differentiation_mode(rng):
   loss = lambda x: int_ce(x, labels, label_smoothing=0.1)  # noqa: E731
   xla = lambda x: int_ce(x, labels, label_smoothing=0.1,  # noqa: E731
                          implementation="xla")
-  want = jax.jvp(xla, (x,), (tangent,))
-  want_hessian = jax.hessian(lambda x: jnp.sum(xla(x)))(x)
+  # Under jit: an interpreted kernel run op by op is slow to test.
+  jvp = jax.jit(lambda f, x, t: jax.jvp(f, (x,), (t,)), static_argnums=0)
+  hessian = jax.jit(lambda f, x: jax.hessian(lambda x: jnp.sum(f(x)))(x),
+                    static_argnums=0)
+  want = jvp(xla, x, tangent)
+  want_hessian = hessian(xla, x)
   with api.kernels_anywhere(interpret=True, block=16):
-    got = jax.jvp(loss, (x,), (tangent,))
-    got_hessian = jax.hessian(lambda x: jnp.sum(loss(x)))(x)
+    got = jvp(loss, x, tangent)
+    got_hessian = hessian(loss, x)
     assert _runs_a_loop(loss, x)
   assert not _runs_a_loop(xla, x)
   _compare(got, want, jnp.float32)

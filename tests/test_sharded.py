@@ -101,9 +101,9 @@ def test_integer_labels_sum_without_batch_axis_is_per_shard(rng, shape):
         z, y, "vocab", reduction="sum")
     return out[None]
 
-  per_shard = jax.shard_map(local, mesh=mesh,
-                            in_specs=(P(data, "vocab"), P(data)),
-                            out_specs=P(data))(logits, labels)
+  per_shard = jax.jit(jax.shard_map(local, mesh=mesh,
+                                    in_specs=(P(data, "vocab"), P(data)),
+                                    out_specs=P(data)))(logits, labels)
   rows = jxent.softmax_cross_entropy_with_integer_labels(logits, labels)
   _close(per_shard, rows.reshape(shape[0], -1).sum(axis=1))
 
