@@ -117,7 +117,9 @@ def _parser(prog: str, suite: tuple[str, ...] | None) -> _Parser:
   p.add_argument("--dtypes", type=_names,
                  help="comma list of float32, bfloat16 (default: per suite)")
   p.add_argument("--modes", type=_names,
-                 help="comma list of fwd (loss) and vjp (loss and gradient) "
+                 help="comma list of fwd (loss), vjp (loss and gradient, "
+                      "the rows' mean taken outside) and vjp_mean (the same, "
+                      "jxent's mean taken inside with reduction='mean') "
                       "(default: per suite)")
   p.add_argument("--impls", type=_names,
                  help="comma list of implementations to run, e.g. "

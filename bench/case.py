@@ -75,6 +75,15 @@ def agreement(row: dict, out, ref, both_f32: bool) -> None:
   row["agrees"] = agrees
 
 
+def mean_loss(impl, mode):
+  """The scalar loss a gradient mode differentiates: the per-row losses
+  averaged outside (``vjp``), or inside where the implementation can
+  (``vjp_mean``)."""
+  if mode == "vjp_mean" and impl.mean is not None:
+    return impl.mean
+  return lambda *a: impl.fn(*a).mean()
+
+
 def prepare_jax(suite, impl, mode, inputs, device):
   """Compiles a jax case and runs it once, for memory and agreement.
 
@@ -86,8 +95,7 @@ def prepare_jax(suite, impl, mode, inputs, device):
   if mode == "fwd":
     fn = impl.fn
   else:
-    fn = jax.value_and_grad(lambda *a: impl.fn(*a).mean(),
-                            argnums=suite.grad_argnums)
+    fn = jax.value_and_grad(mean_loss(impl, mode), argnums=suite.grad_argnums)
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*inputs).compile()
   fields = {"compile_s": time.perf_counter() - t0}
@@ -137,7 +145,7 @@ def prepare_torch(torch, suite, impl, mode, inputs, dtype, platform_name):
     def call():
       for a in wrt:
         a.grad = None
-      loss = impl.fn(*args).mean()
+      loss = mean_loss(impl, mode)(*args)
       loss.backward()
       return loss.detach(), tuple(a.grad for a in wrt)
 

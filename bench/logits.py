@@ -39,11 +39,11 @@ GPU_SHAPES = ((8192, 32768), (8192, 131072))
 DTYPES = ("float32", "bfloat16")
 
 BYTE_MODEL = ("reads the logits{plus} once; writes one float32 loss per row "
-              "(fwd) or the gradient, in the logits' dtype, once (vjp)")
+              "(fwd) or the gradient, in the logits' dtype, once (vjp, vjp_mean)")
 
 
 def logits_suite(name, title, *, second, extra, jxent_fn, jxent_code, peers,
-                 baseline, gpu_shapes=GPU_SHAPES) -> Suite:
+                 baseline, gpu_shapes=GPU_SHAPES, reduces=False) -> Suite:
   """A suite on logits of shape (rows, classes).
 
   Args:
@@ -58,6 +58,7 @@ def logits_suite(name, title, *, second, extra, jxent_fn, jxent_code, peers,
     peers: The other implementations.
     baseline: The peers summarised, as users run them.
     gpu_shapes: The accelerator grid.
+    reduces: jxent's loss takes ``reduction=`` (see `Suite.reduces`).
 
   Returns:
     The suite.
@@ -80,7 +81,7 @@ def logits_suite(name, title, *, second, extra, jxent_fn, jxent_code, peers,
       shapes={"quick": QUICK_SHAPES, "cpu": CPU_SHAPES, "gpu": gpu_shapes},
       dtypes={"quick": DTYPES, "cpu": DTYPES, "gpu": DTYPES},
       min_bytes=min_bytes, byte_model=BYTE_MODEL.format(plus=plus),
-      baseline=baseline)
+      baseline=baseline, reduces=reduces)
 
 
 def as_is_and_upcast(name, fn, code) -> tuple[Impl, Impl]:
@@ -158,7 +159,7 @@ register(logits_suite(
              "torch.nn.functional.cross_entropy(x, y, reduction='none')",
              backend="torch", needs="torch"),
     ),
-    baseline=("optax", "optax_f32"),
+    baseline=("optax", "optax_f32"), reduces=True,
     gpu_shapes=((8192, 32768), (8192, 131072), (8192, 262144))))
 
 register(logits_suite(
@@ -166,7 +167,7 @@ register(logits_suite(
     extra=lambda draw, rows, classes, dtype: (
         draw.probabilities((rows, classes), LOGIT_SCALE).astype(dtype),),
     jxent_fn=lambda x, y, **o: jxent.softmax_cross_entropy(x, y, **o),
-    jxent_code="jxent.softmax_cross_entropy(x, y)",
+    jxent_code="jxent.softmax_cross_entropy(x, y)", reduces=True,
     peers=(
         *as_is_and_upcast("optax", _ce_soft_optax,
                           "optax.losses.softmax_cross_entropy(x, y)"),

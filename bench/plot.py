@@ -70,7 +70,8 @@ def figure(results: dict) -> Figure | None:
     return None
   ref = report.reference(results)
   suites = list(dict.fromkeys(r["suite"] for r in rows))
-  modes = [m for m in ("fwd", "vjp") if any(r["mode"] == m for r in rows)]
+  modes = [m for m in ("fwd", "vjp", "vjp_mean")
+           if any(r["mode"] == m for r in rows)]
   impls = sorted(dict.fromkeys(r["impl"] for r in rows),
                  key=lambda n: n != ref)
   colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(impls)}

@@ -3,7 +3,9 @@
 A *suite* is one loss to time: its inputs, its byte model, its
 implementations and its shapes (`Suite`). An *implementation* is one way to
 compute it (`Impl`). A *case* is one suite, implementation, mode (``fwd``:
-the loss; ``vjp``: the loss and its gradient), dtype and shape. The runner
+the loss; ``vjp``: the loss and its gradient, the per-row losses averaged
+outside; ``vjp_mean``: the same with the mean taken inside the loss where
+the loss can, as a training step calls it), dtype and shape. The runner
 (`bench.runner`) is written once, for every suite.
 
 * To add a peer to a suite, add an `Impl` to the suite's ``peers``.
@@ -43,6 +45,9 @@ class Impl:
     upcasts: It converts its inputs to float32 first. It is skipped on
       float32 inputs, where it is the peer it upcasts for.
     f32: It computes in float32 whatever the inputs' dtype.
+    mean: ``mean(*inputs)``: the loss averaged over the rows inside the
+      call (``reduction="mean"``), for ``vjp_mean``; None: ``fn(...)``'s
+      mean, taken outside.
   """
 
   name: str
@@ -52,6 +57,7 @@ class Impl:
   needs: str | None = None
   upcasts: bool = False
   f32: bool = False
+  mean: Callable[..., Any] | None = None
 
   def accumulates_f32(self, dtype: str) -> bool:
     """Whether its arithmetic is float32 for inputs of `dtype`."""
@@ -131,7 +137,9 @@ class Suite:
     baseline: The peers, as users run them, summarised against the
       reference (with jxent's own implementations, `summarised`).
     modes: Modes run unless ``--modes`` says otherwise.
-    grad_argnums: The inputs ``vjp`` differentiates.
+    grad_argnums: The inputs ``vjp`` and ``vjp_mean`` differentiate.
+    reduces: Its ``jxent`` takes ``reduction=``: in ``vjp_mean`` jxent's
+      implementations are called with ``reduction="mean"``.
     place: Puts the drawn arrays on the devices (e.g. sharded); None puts
       them on the default device.
     check_shape: ``check_shape(shape)``: why a shape does not suit the
@@ -159,6 +167,7 @@ class Suite:
   baseline: tuple[str, ...]
   modes: tuple[str, ...] = ("fwd", "vjp")
   grad_argnums: tuple[int, ...] = (0,)
+  reduces: bool = False
   place: Callable[[tuple], tuple] | None = None
   check_shape: Callable[[Shape], str | None] | None = None
   inspect: Callable[[Any, tuple], dict] | None = None
@@ -174,7 +183,10 @@ class Suite:
         Impl(v.name, _with_options(self.jxent, v.options),
              self.jxent_code + "".join(f", {k}={o!r}"
                                        for k, o in v.options.items()),
-             needs="jxent", f32=True)
+             needs="jxent", f32=True,
+             mean=_with_options(self.jxent, {**v.options,
+                                             "reduction": "mean"})
+             if self.reduces else None)
         for v in JXENT
         if (v.suites is None or self.name in v.suites) and v.runs_here())
     return own + self.peers
@@ -192,6 +204,8 @@ class Suite:
 
 
 def _with_options(fn, options):
+  """`fn` with `options` added to every call (kernels interpreted with
+  $JXENT_BENCH_INTERPRET=1)."""
   if not options and not interpret_kernels():
     return fn
 

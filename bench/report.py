@@ -137,7 +137,7 @@ def _row_cells(row: dict, notes: bool) -> list[str]:
   else:
     diff_cell = fmt(row.get("loss_max_abs_diff", row.get("loss_diff")),
                      ".1e")
-    if row["mode"] == "vjp" and row.get("grad_max_abs_diff") is not None:
+    if row["mode"] != "fwd" and row.get("grad_max_abs_diff") is not None:
       diff_cell += f" / {fmt(row['grad_max_abs_diff'], '.1e')}"
   if row.get("agrees") is False:
     diff_cell += " (!)"

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench import case, registry, report, timing
 
-MODES = ("fwd", "vjp")
+MODES = ("fwd", "vjp", "vjp_mean")
 DTYPES = ("float32", "bfloat16")
 
 # Inputs of shapes up to this many elements are drawn with numpy on the
@@ -39,7 +39,7 @@ class Options:
     suites: The suites' names.
     shapes: The shapes for every suite; None for each suite's grid.
     dtypes: ``float32``, ``bfloat16``; None for each suite's.
-    modes: ``fwd``, ``vjp``; None for each suite's.
+    modes: ``fwd``, ``vjp``, ``vjp_mean``; None for each suite's.
     impls: The implementations to run; None for all.
     reference: The implementation ratios and differences are taken against.
     reps: Repetitions per case; None for the suite's (3 with `quick`).
@@ -154,7 +154,7 @@ def _run_group(run: _Run, suite, rows, impls, mode, inputs):
     suite: The suite.
     rows: The group's result rows, one per implementation, updated in place.
     impls: The implementations, the reference (if run) first.
-    mode: ``"fwd"`` or ``"vjp"``.
+    mode: ``"fwd"``, ``"vjp"`` or ``"vjp_mean"``.
     inputs: The case's arrays.
   """
   calls, ref = {}, None

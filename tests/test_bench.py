@@ -5,6 +5,7 @@ The quick grid runs once per module (about 15 s on 2 CPU cores, compiles
 included); torch is left out to keep it short and because it is optional.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -103,7 +104,7 @@ def test_quick_rows_are_complete_and_finite(quick):
 
 
 @pytest.mark.parametrize("suite", LOGIT_SUITES)
-@pytest.mark.parametrize("mode", runner.MODES)
+@pytest.mark.parametrize("mode", ["fwd", "vjp"])  # the suites' defaults
 def test_jxent_agrees_with_peers(quick, suite, mode):
   """jxent vs optax (or jax.nn for entropy), as-is and upcast, per case."""
   _, results = quick
@@ -634,3 +635,31 @@ def test_linear_block_sweep_writes_its_rows(tmp_path):
       for i in ("block 32", "block 256", "materialised")}
   assert all(r["median_ms"] > 0 for r in rows)
   assert linear_blocks.main(["--shape", "16x8"]) == 2
+
+
+def test_vjp_mean_takes_jxents_mean_inside(monkeypatch, tmp_path):
+  """``vjp_mean`` differentiates jxent's loss called with reduction="mean"
+  (the one-read path's case), the peers' per-row losses averaged outside,
+  and checks them against each other."""
+  calls = []
+  ce = registry.get("ce_int")
+  jxent_fn = ce.jxent
+
+  def spy(*inputs, **options):
+    calls.append(options.get("reduction"))
+    return jxent_fn(*inputs, **options)
+
+  monkeypatch.setattr(registry, "_SUITES", {
+      **registry.suites(), "ce_int": dataclasses.replace(ce, jxent=spy)})
+  assert main(["--suite", "ce_int,entropy", *TINY, "--modes", "vjp,vjp_mean",
+               "--impls", "jxent,optax,jax_nn", "--strict", "--out",
+               str(tmp_path)]) == 0
+  assert calls == [None, "mean"]  # traced once each, under jit
+  results = json.loads((tmp_path / "results.json").read_text())
+  rows = _rows(results, mode="vjp_mean")
+  assert {(r["suite"], r["impl"]) for r in rows} == {
+      ("ce_int", "jxent"), ("ce_int", "optax"), ("entropy", "jxent"),
+      ("entropy", "jax_nn")}
+  assert all(r["status"] == "ok" and r["agrees"] for r in rows)
+  # Entropy has no reduction inside: its jxent is averaged outside.
+  assert registry.get("entropy").impls()[0].mean is None
