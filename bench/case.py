@@ -127,6 +127,12 @@ def prepare_torch(torch, suite, impl, mode, inputs, dtype, platform_name):
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
   def to_torch(a):
+    if use_cuda:
+      # Through DLPack, on the GPU: no host round trip (gigabytes at the GPU
+      # shapes). JAX's arrays stay alive in the runner's inputs meanwhile;
+      # JAX must not preallocate the GPU's memory (bench/gpu.sh says so).
+      t = torch.from_dlpack(a)
+      return t.long() if not t.is_floating_point() else t.to(tdtype)
     arr = np.asarray(jax.device_get(a))
     if np.issubdtype(arr.dtype, np.integer):
       return torch.from_numpy(arr.astype(np.int64)).to(dev)

@@ -663,3 +663,46 @@ def test_vjp_mean_takes_jxents_mean_inside(monkeypatch, tmp_path):
   assert all(r["status"] == "ok" and r["agrees"] for r in rows)
   # Entropy has no reduction inside: its jxent is averaged outside.
   assert registry.get("entropy").impls()[0].mean is None
+
+
+def test_gpu_script_runs_its_stages_in_order_within_one_deadline(
+    monkeypatch, tmp_path, capsys):
+  """bench.gpu: bfloat16 (strict, vjp_mean, jxent's variants and optax),
+  then the linear suites (strict), then float32 and the other peers; each
+  stage's budget within what is left; a failing stage fails the run."""
+  import bench.__main__
+  from bench import gpu
+
+  calls = []
+
+  def fake_main(argv, prog="python -m bench", suite=None):
+    calls.append((prog, argv))
+    return 1 if "linear" in prog else 0
+
+  monkeypatch.setattr(bench.__main__, "main", fake_main)
+  for name in ("JXENT_BENCH_SHAPES", "JXENT_LINEAR_SHAPES"):
+    monkeypatch.delenv(name, raising=False)
+  assert gpu.main(["--out", str(tmp_path), "--total-s", "300"]) == 1
+  assert [prog for prog, _ in calls] == [
+      "python -m bench", "python -m bench.linear", "python -m bench"]
+  (_, bf16), (_, linear), (_, rest) = calls
+
+  def value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+  assert value(bf16, "--dtypes") == "bfloat16" and "--strict" in bf16
+  assert value(bf16, "--modes") == "fwd,vjp,vjp_mean"
+  assert set(value(bf16, "--impls").split(",")) >= {
+      "jxent", "jxent_xla", "jxent_triton", "optax", "optax_f32"}
+  assert "--strict" in linear and "--strict" not in rest
+  assert value(rest, "--dtypes") == "float32,bfloat16"
+  assert "torch" in value(rest, "--impls").split(",")
+  budgets = [float(value(argv, "--budget-s")) for _, argv in calls]
+  # Later stages are kept their share: the first gets the least of the
+  # time; all fit the deadline.
+  assert budgets[0] < budgets[1] < budgets[2] < 300
+  folder = pathlib.Path(value(bf16, "--out")).parent
+  assert folder.parent == tmp_path and folder.is_dir()
+  assert [pathlib.Path(value(a, "--out")).name for _, a in calls] == [
+      "bf16", "linear", "rest"]
+  assert f"=== results folder: {folder}" in capsys.readouterr().err
