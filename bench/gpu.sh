@@ -44,7 +44,7 @@
 # The rehearsal on a CPU (a few minutes on 2 cores; exit 0 when all agree):
 #   OUT=/tmp/rehearsal JXENT_BENCH_INTERPRET=1 JXENT_BENCH_SHAPES=64x1000 \
 #   JXENT_LINEAR_SHAPES=128x32x1000 JXENT_SWEEP=1 \
-#   JXENT_SWEEP_ARGS='--interpret --shapes 8x1000 --blocks 64,128' \
+#   JXENT_SWEEP_ARGS='--interpret --shapes 8x1000 --blocks 64,128 --calls 2' \
 #   bash bench/gpu.sh
 set -euo pipefail
 

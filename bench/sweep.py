@@ -1,12 +1,17 @@
 """Tile sweep of jxent's Pallas kernels: ``python -m bench.sweep``.
 
 For each shape, each kernel (the forward `row_stats`, the backward
-`logits_gradient`) is timed under every configuration of the grid (tile
-width, warps, stages) on integer labels, and the fastest is written to a
-JSON file in the form `jxent._cross_entropy.triton.config.tuned` reads: point
-$JXENT_KERNEL_CONFIGS at it, or copy it to `jxent/_kernels/tuned.json` to
-make it the default. On a GPU only; with --interpret it rehearses on a CPU
-(tiny shapes, Pallas' interpreter: the timings mean nothing).
+`logits_gradient`) is timed alone under every configuration of the grid
+(tile width, warps, stages) on integer labels: the median over --reps
+rounds of the time per call of --calls calls made back to back (queued
+without a sync between them, as in a training step), not one dispatch and
+a sync. The fastest per (shape, kernel) is written, with the device's kind
+and the dtype, to a JSON file in the form
+`jxent._cross_entropy.triton.config.tuned` reads: point
+$JXENT_KERNEL_CONFIGS at it, or copy it to
+`jxent/_cross_entropy/triton/tuned.json` to make it the default. On a GPU
+only; with --interpret it rehearses on a CPU (tiny shapes, Pallas'
+interpreter: the timings mean nothing).
 
   python -m bench.sweep --out sweep.json
   python -m bench.sweep --interpret --shapes 8x1000 --blocks 64,128 --out /tmp/s.json
@@ -56,11 +61,15 @@ def parse_args(argv):
   p.add_argument("--dtype", default="bfloat16",
                  choices=("bfloat16", "float16", "float32"))
   # The likeliest configurations first, so a budget cut loses the others.
-  p.add_argument("--blocks", default="4096,8192,16384,2048",
+  p.add_argument("--blocks", default="4096,8192,16384,32768,2048",
                  help="tile widths to try (powers of two), in order")
-  p.add_argument("--warps", default="8,16,4", help="warps to try, in order")
+  p.add_argument("--warps", default="8,16,32,4",
+                 help="warps to try, in order")
   p.add_argument("--stages", default="2,3", help="pipeline stages to try")
-  p.add_argument("--reps", type=int, default=5, help="timed calls per case")
+  p.add_argument("--reps", type=int, default=5,
+                 help="timed rounds per case (the median is kept)")
+  p.add_argument("--calls", type=int, default=20,
+                 help="calls back to back in a round")
   p.add_argument("--budget-s", type=float, default=None,
                  help="start no new configuration after this many seconds")
   p.add_argument("--interpret", action="store_true",
@@ -81,9 +90,9 @@ def parse_args(argv):
   args.blocks = _ints(args.blocks, "blocks")
   args.warps = _ints(args.warps, "warps")
   args.stages = _ints(args.stages, "stages")
-  if args.reps < 1:
-    _fail(f"--reps must be >= 1, got"
-          f" {args.reps}")
+  if args.reps < 1 or args.calls < 1:
+    _fail(f"--reps and --calls must be >= 1, got"
+          f" {args.reps} and {args.calls}")
   if not args.interpret and jax.default_backend() != "gpu":
     _fail("the kernels need a GPU; use"
           " --interpret to rehearse on a CPU")
@@ -103,15 +112,12 @@ def _programs(shape, dtype, config):
   opts = parse_options()
   sorted_labels = _checks.sort_labels(labels, classes, None)
 
-  def forward(x):
-    stats = _kernels.row_stats(x, None, opts, classes, config,
-                               label_index=sorted_labels.class_index)
-    return _rows.row_step(stats, opts, classes, sorted_labels)
+  def forward(x):  # the kernel alone, not the row step after it
+    return _kernels.row_stats(x, None, opts, classes, config,
+                              label_index=sorted_labels.class_index)
 
-  result = jax.jit(forward)(logits)
-  stats = jax.jit(lambda x: _kernels.row_stats(
-      x, None, opts, classes, config,
-      label_index=sorted_labels.class_index))(logits)
+  stats = jax.jit(forward)(logits)
+  result = _rows.row_step(stats, opts, classes, sorted_labels)
 
   def backward(x, shift, log_sumexp, coefficients):
     return _kernels.logits_gradient(
@@ -125,13 +131,17 @@ def _programs(shape, dtype, config):
   }
 
 
-def _time(fn, args, reps):
+def _time(fn, args, reps, calls):
+  """Median over `reps` rounds of the time per call of `calls` calls made
+  back to back, with one sync at the end of each round."""
   jax.block_until_ready(fn(*args))  # Compile and warm up.
   times = []
   for _ in range(reps):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
+    for _ in range(calls):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / calls)
   return float(np.median(times))
 
 
@@ -160,7 +170,7 @@ def main(argv=None) -> int:
       continue
     for kernel, (fn, fn_args) in programs.items():
       try:
-        seconds = _time(fn, fn_args, args.reps)
+        seconds = _time(fn, fn_args, args.reps, args.calls)
         error = None
       except Exception as err:
         seconds, error = math.nan, str(err)[:200]
@@ -175,6 +185,7 @@ def main(argv=None) -> int:
           error=error))
       print(f"{kernel} {shape} block={block} warps={warps} stages={stages}:"
             f" {seconds * 1e3:.3f} ms", file=sys.stderr)
+  device = jax.devices()[0]
   best = []
   for shape in args.shapes:
     for kernel in _kernels.config.KERNELS:
@@ -184,16 +195,18 @@ def main(argv=None) -> int:
         continue
       fastest = min(timed, key=lambda r: r["median_s"])
       best.append(dict(
+          device_kind=device.device_kind,
           bucket=_kernels.config.bucket_of(shape[1]), dtype=dtype.name,
           kernel=kernel, block=fastest["block"],
           num_warps=fastest["num_warps"], num_stages=fastest["num_stages"],
           median_s=fastest["median_s"], gbps=fastest["gbps"],
           shape=list(shape)))
-  device = jax.devices()[0]
   out = dict(
       date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       device_kind=device.device_kind, device=timing.device_slug(device),
       jax=jax.__version__, interpret=args.interpret, dtype=dtype.name,
+      timing=(f"median_s: the kernel alone, per call, the median of "
+              f"{args.reps} rounds of {args.calls} calls back to back"),
       skipped_for_budget=skipped, best=best, rows=rows_out)
   path = pathlib.Path(args.out)
   path.parent.mkdir(parents=True, exist_ok=True)

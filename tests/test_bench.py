@@ -616,11 +616,14 @@ def test_sweep_rehearses_in_interpret_mode(tmp_path):
   out = tmp_path / "sweep.json"
   assert sweep.main(["--interpret", "--shapes", "4x100", "--blocks", "64",
                      "--warps", "4", "--stages", "1", "--reps", "1",
-                     "--out", str(out)]) == 0
+                     "--calls", "2", "--out", str(out)]) == 0
   table = json.loads(out.read_text())
   assert {b["kernel"] for b in table["best"]} == {"row_stats",
                                                    "logits_gradient"}
   assert table["best"][0]["bucket"] == 128 and table["interpret"]
+  # Keyed by the device's kind, as the kernels' lookup reads it.
+  assert {b["device_kind"] for b in table["best"]} == {"cpu"}
+  assert "back to back" in table["timing"]
 
 
 def test_linear_block_sweep_writes_its_rows(tmp_path):

@@ -223,8 +223,11 @@ def test_the_committed_tuned_configurations_load_and_are_used():
   config.tuned.cache_clear()
   table = config.tuned()
   assert table, "jxent/_kernels/tuned.json is missing or empty"
-  for (bucket, dtype, kernel), tuned in table.items():
-    assert kernel in config.KERNELS and bucket & (bucket - 1) == 0
+  for (kind, bucket, dtype, kernel), tuned in table.items():
+    assert kind and kernel in config.KERNELS and bucket & (bucket - 1) == 0
+    assert _kernels.default_config(bucket, jnp.dtype(dtype), kernel,
+                                   device_kind=kind) == tuned
+    # Another kind of device (this CPU, exporting for CUDA) takes it too.
     assert _kernels.default_config(bucket, jnp.dtype(dtype), kernel) == tuned
 
 
@@ -252,6 +255,29 @@ def test_configs_tuned_by_the_sweep_are_used(tmp_path, monkeypatch, untuned):
   config.tuned.cache_clear()
   assert _kernels.default_config(262144, jnp.bfloat16).block == 4096
   assert _kernels.default_config(100, jnp.float32).block == 128
+
+
+def test_tuned_configs_are_keyed_by_device_kind(tmp_path, monkeypatch,
+                                                untuned):
+  # Each kind of GPU takes its own sweep's entry; a kind that has none takes
+  # another kind's; the file's device_kind applies to entries without one.
+  entry = {"bucket": 32768, "dtype": "bfloat16", "kernel": "row_stats",
+           "num_stages": 2}
+  table = {"device_kind": "NVIDIA H100 80GB HBM3", "best": [
+      {**entry, "block": 8192, "num_warps": 16},
+      {**entry, "device_kind": "NVIDIA H200", "block": 32768,
+       "num_warps": 32}]}
+  path = tmp_path / "sweep.json"
+  path.write_text(__import__("json").dumps(table))
+  monkeypatch.setenv("JXENT_KERNEL_CONFIGS", str(path))
+
+  def chosen(kind):
+    c = _kernels.default_config(30000, jnp.bfloat16, device_kind=kind)
+    return c.block, c.num_warps
+
+  assert chosen("NVIDIA H200") == (32768, 32)
+  assert chosen("NVIDIA H100 80GB HBM3") == (8192, 16)
+  assert chosen("NVIDIA B200") in {(8192, 16), (32768, 32)}
 
 
 # --- lowering for CUDA, without a GPU --------------------------------------

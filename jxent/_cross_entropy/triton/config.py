@@ -6,11 +6,8 @@ import json
 import os
 import pathlib
 
+import jax
 import jax.numpy as jnp
-
-# Columns per tile that hold a whole row in one tile: rows up to this many
-# classes are read by one load, with no loop.
-MAX_TILE = 32768
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,31 +41,50 @@ class KernelConfig:
 
 KERNELS = ("row_stats", "logits_gradient")
 
-# Tuned configurations come from `bench/gpu.sh`'s sweep (`python -m
-# bench.sweep`), which writes the best configuration per (class-count bucket,
-# dtype, kernel) to a JSON file. The package reads `tuned.json` beside this
-# module if it is there, and the file named by $JXENT_KERNEL_CONFIGS if that
-# is set (the GPU script points the benchmark grid at its own sweep this
-# way). tuned.json is the sweep of an NVIDIA H100 80GB HBM3 (jax 0.11.2,
-# bfloat16, 8192 rows; bench/results/nvidia-h100-2026-11-27-main); other
-# dtypes and cards take the defaults below, starting points, not optima.
+# Tuned configurations come from the tile sweep (`python -m bench.sweep`, or
+# `JXENT_SWEEP=1 bash bench/gpu.sh`), which writes the best configuration per
+# (device kind, class-count bucket, dtype, kernel) to a JSON file. The
+# package reads `tuned.json` beside this module if it is there, and the file
+# named by $JXENT_KERNEL_CONFIGS if that is set (the GPU script points its
+# stages at its own sweep this way). tuned.json is the sweep of an NVIDIA
+# H100 80GB HBM3 (jax 0.11.2, bfloat16, 8192 rows;
+# bench/results/nvidia-h100-2026-11-27-main); other dtypes take the
+# defaults below, starting points, not optima. Another kind of GPU takes a
+# tuned entry of another kind where its own kind has none.
 _TUNED_FILE = pathlib.Path(__file__).with_name("tuned.json")
 
 
 @functools.cache
-def tuned(path: str | None = None) -> dict[tuple[int, str, str], KernelConfig]:
-  """The tuned configurations in `path` (default: tuned.json), by key."""
+def tuned(path: str | None = None
+          ) -> dict[tuple[str, int, str, str], KernelConfig]:
+  """The tuned configurations in `path` (default: tuned.json), by key.
+
+  Keys are `(device_kind, bucket, dtype, kernel)`; an entry without its
+  own `device_kind` has the file's.
+  """
   file = pathlib.Path(path) if path else _TUNED_FILE
   if not file.exists():
     return {}
   table = json.loads(file.read_text())
   out = {}
   for entry in table.get("best", []):
-    key = (int(entry["bucket"]), str(entry["dtype"]), str(entry["kernel"]))
+    kind = str(entry.get("device_kind", table.get("device_kind", "")))
+    key = (kind, int(entry["bucket"]), str(entry["dtype"]),
+           str(entry["kernel"]))
     out[key] = KernelConfig(block=int(entry["block"]),
                             num_warps=int(entry["num_warps"]),
                             num_stages=int(entry["num_stages"]))
   return out
+
+
+def _lookup(tables, device_kind: str, key: tuple[int, str, str]):
+  """The first table's entry for this device kind, else the first entry of
+  another kind, else None."""
+  for table in tables:
+    if (device_kind, *key) in table:
+      return table[(device_kind, *key)]
+  return next((c for table in tables for (_, *k), c in table.items()
+               if tuple(k) == key), None)
 
 
 def bucket_of(num_classes: int) -> int:
@@ -76,23 +92,27 @@ def bucket_of(num_classes: int) -> int:
   return 1 << max(0, (num_classes - 1).bit_length())
 
 
-def default_config(num_classes: int, dtype, kernel: str = "row_stats"
-                   ) -> KernelConfig:
+def default_config(num_classes: int, dtype, kernel: str = "row_stats",
+                   device_kind: str | None = None) -> KernelConfig:
   """The configuration of `kernel` for rows of `num_classes` of `dtype`.
 
   A tuned entry for the class count's power-of-two bucket where the sweep
-  has produced one ($JXENT_KERNEL_CONFIGS first, then tuned.json); else a
+  has produced one ($JXENT_KERNEL_CONFIGS first, then tuned.json), for
+  `device_kind` (default: the first device's) or else another kind; else a
   tile of up to 4096 columns (the whole row when it is shorter), 8 warps
   for wide tiles and 4 for narrow ones, 2 stages.
   """
   if kernel not in KERNELS:
     raise ValueError(f"`kernel` must be one of {KERNELS}, got {kernel!r}.")
-  bucket = bucket_of(num_classes)
-  key = (bucket, jnp.dtype(dtype).name, kernel)
-  for path in (os.environ.get("JXENT_KERNEL_CONFIGS"), None):
-    config = tuned(path).get(key)
-    if config is not None:
-      return config
+  if device_kind is None:
+    device_kind = jax.devices()[0].device_kind
+  key = (bucket_of(num_classes), jnp.dtype(dtype).name, kernel)
+  tables = [tuned(path) for path in (
+      os.environ.get("JXENT_KERNEL_CONFIGS"), None)]
+  config = _lookup(tables, device_kind, key)
+  if config is not None:
+    return config
+  bucket = key[0]
   block = min(bucket, 4096)
   return KernelConfig(block=block, num_warps=8 if block >= 2048 else 4,
                       num_stages=2)
