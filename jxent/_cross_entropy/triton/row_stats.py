@@ -8,8 +8,12 @@ valid classes' count, weight and mean (`jxent._cross_entropy.rows.RowStats`).
 It reads the logits once, where XLA reads them twice (a max, then the sums).
 
 It computes what `jxent._cross_entropy.rows.dense_row_stats` computes, -inf,
-masks and NaN included (NaN is counted explicitly, since Triton's max need not
-propagate it); the tests compare the two in Pallas' interpret mode.
+masks and NaN included; the tests compare the two in Pallas' interpret mode.
+Per tile it does no more than the sums need: the label's logit is one scalar
+load after the loop, not a compare and a sum per tile; a NaN reaches the sum
+of exponentials whether or not Triton's max propagates it (exp(NaN - shift)
+is NaN, and so is every shift after a NaN max), so it needs no count; and
+the loads are masked only where the tiles do not divide the row.
 """
 
 import functools
@@ -35,26 +39,29 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
   """One row: the refs are its logits, then the optional inputs, then outs."""
   refs = list(refs)
   x_ref = refs.pop(0)
-  label = refs.pop(0)[...] if kind == "integer" else None
+  l_ref = refs.pop(0) if kind == "integer" else None
   t_ref = refs.pop(0) if kind == "soft" else None
   m_ref = refs.pop(0) if masked else None
   w_ref = refs.pop(0) if weighted else None
   out = refs
   width = x_ref.shape[0]
+  # Static: whether the last tile runs past the row and loads need a mask.
+  ragged = width % block != 0
+
+  def load(ref, cols, inside, other):
+    if not ragged:
+      return plgpu.load(ref.at[cols])
+    return plgpu.load(ref.at[cols], mask=inside, other=other)
 
   def body(i, carry):
-    (run_max, nans, rest, ties, picked, mass, count, weight_sum,
-     valid_mean) = carry
+    run_max, rest, ties, picked, mass, count, weight_sum, valid_mean = carry
     cols = i * block + jnp.arange(block)
-    inside = cols < width
-    x = plgpu.load(x_ref.at[cols], mask=inside,
-                   other=-jnp.inf).astype(jnp.float32)
+    inside = cols < width if ragged else None
+    x = load(x_ref, cols, inside, -jnp.inf).astype(jnp.float32)
     if masked:
-      keep = plgpu.load(m_ref.at[cols], mask=inside, other=0)
+      keep = load(m_ref, cols, inside, 0)
       x = jnp.where(keep != 0, x, -jnp.inf)
-    is_nan = x != x
-    nans = nans + jnp.sum(is_nan.astype(jnp.float32))
-    new_max = jnp.maximum(run_max, jnp.max(jnp.where(is_nan, -jnp.inf, x)))
+    new_max = jnp.maximum(run_max, jnp.max(x))
     old, new = _shift_of(run_max), _shift_of(new_max)
     # Rescale the running sums to the new shift. Before any mass (max -inf)
     # the sums are 0 and need no rescaling (and exp(0 - new) could overflow).
@@ -69,14 +76,9 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
     ties = jnp.where(moved, 0.0, ties) + jnp.sum(block_ties)
     weights = None
     if weighted:
-      weights = plgpu.load(w_ref.at[cols], mask=inside,
-                           other=0.0).astype(jnp.float32)
-    if kind == "integer":
-      # The raw logit; the final shift is subtracted at the end.
-      picked = picked + jnp.sum(jnp.where(cols == label, x, 0.0))
-    else:
-      u = plgpu.load(t_ref.at[cols], mask=inside,
-                     other=0.0).astype(jnp.float32)
+      weights = load(w_ref, cols, inside, 0.0).astype(jnp.float32)
+    if kind == "soft":
+      u = load(t_ref, cols, inside, 0.0).astype(jnp.float32)
       if masked:
         u = jnp.where(keep != 0, u, 0.0)
       if weighted:
@@ -94,20 +96,24 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
           jnp.sum(jnp.where(valid, w_valid * shifted / num_classes, 0.0)))
       count = count + jnp.sum(valid.astype(jnp.float32))
       weight_sum = weight_sum + jnp.sum(w_valid)
-    return (new_max, nans, rest, ties, picked, mass, count, weight_sum,
-            valid_mean)
+    return new_max, rest, ties, picked, mass, count, weight_sum, valid_mean
 
   zero = jnp.float32(0)
-  init = (jnp.float32(-jnp.inf),) + (zero,) * 8
-  (run_max, nans, rest, ties, picked, mass, count, weight_sum,
+  init = (jnp.float32(-jnp.inf),) + (zero,) * 7
+  (run_max, rest, ties, picked, mass, count, weight_sum,
    valid_mean) = lax.fori_loop(0, pl.cdiv(width, block), body, init)
   shift = _shift_of(run_max)
-  # A NaN anywhere unmasked makes the row NaN, as in the XLA path.
-  has_nan = nans > 0
-  values = [jnp.where(has_nan, jnp.nan, shift),
-            jnp.where(has_nan, jnp.nan, rest + ties),
-            jnp.where(has_nan, jnp.nan, rest + (ties - 1.0)),
-            picked - shift if kind == "integer" else picked]
+  if kind == "integer":
+    # The label's raw logit, one scalar load (masked: -inf). A label out of
+    # range reads column 0, as the XLA path does; its row is NaN anyway.
+    label = l_ref[...]
+    at = jnp.where((label >= 0) & (label < width), label, 0)
+    picked = x_ref[at].astype(jnp.float32)
+    if masked:
+      picked = jnp.where(m_ref[at] != 0, picked, -jnp.inf)
+    picked = picked - shift
+  # A NaN anywhere unmasked has made the sums NaN, as in the XLA path.
+  values = [shift, rest + ties, rest + (ties - 1.0), picked]
   if kind == "soft":
     values.append(mass)
   if smoothing:
