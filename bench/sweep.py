@@ -2,7 +2,8 @@
 
 For each shape, each kernel (the forward `row_stats`, the backward
 `logits_gradient`) is timed alone under every configuration of the grid
-(tile width, warps, stages) on integer labels: the median over --reps
+(tile width, warps, stages; for the forward kernel, its running sums per
+tile or per lane) on integer labels: the median over --reps
 rounds of the time per call of --calls calls made back to back (queued
 without a sync between them, as in a training step), not one dispatch and
 a sync. The fastest per (shape, kernel) is written, with the device's kind
@@ -66,6 +67,9 @@ def parse_args(argv):
   p.add_argument("--warps", default="8,16,32,4",
                  help="warps to try, in order")
   p.add_argument("--stages", default="2,3", help="pipeline stages to try")
+  p.add_argument("--lane-sums", default="0,1",
+                 help="the forward kernel's running sums per tile (0) or per "
+                      "lane (1), to try")
   p.add_argument("--reps", type=int, default=5,
                  help="timed rounds per case (the median is kept)")
   p.add_argument("--calls", type=int, default=20,
@@ -90,6 +94,10 @@ def parse_args(argv):
   args.blocks = _ints(args.blocks, "blocks")
   args.warps = _ints(args.warps, "warps")
   args.stages = _ints(args.stages, "stages")
+  lane_sums = args.lane_sums.split(",")
+  if any(v not in ("0", "1") for v in lane_sums):
+    _fail(f"--lane-sums must be 0, 1 or 0,1, got {args.lane_sums!r}")
+  args.lane_sums = [v == "1" for v in lane_sums]
   if args.reps < 1 or args.calls < 1:
     _fail(f"--reps and --calls must be >= 1, got"
           f" {args.reps} and {args.calls}")
@@ -152,23 +160,26 @@ def main(argv=None) -> int:
   dtype = jnp.dtype(args.dtype)
   rows_out, skipped = [], 0
   # Each configuration on every shape before the next configuration.
-  for block, warps, stages, shape in itertools.product(
-      args.blocks, args.warps, args.stages, args.shapes):
+  for block, warps, lanes, stages, shape in itertools.product(
+      args.blocks, args.warps, args.lane_sums, args.stages, args.shapes):
     if args.budget_s is not None and (
         time.perf_counter() - start > args.budget_s):
       skipped += 1
       continue
     config = _kernels.KernelConfig(block=block, num_warps=warps,
-                                   num_stages=stages,
+                                   num_stages=stages, lane_sums=lanes,
                                    interpret=args.interpret)
     try:
       programs = _programs(shape, dtype, config)
     except Exception as err:  # A configuration Triton refuses.
       rows_out.append(dict(shape=list(shape), block=block, num_warps=warps,
-                           num_stages=stages, error=str(err)[:200]))
+                           num_stages=stages, lane_sums=lanes,
+                           error=str(err)[:200]))
       print(f"{shape} {config}: {str(err)[:100]}", file=sys.stderr)
       continue
     for kernel, (fn, fn_args) in programs.items():
+      if lanes and kernel != "row_stats":
+        continue  # Only the forward kernel has lane sums.
       try:
         seconds = _time(fn, fn_args, args.reps, args.calls)
         error = None
@@ -180,10 +191,11 @@ def main(argv=None) -> int:
           1 if kernel == "row_stats" else 2)
       rows_out.append(dict(
           shape=list(shape), kernel=kernel, block=block, num_warps=warps,
-          num_stages=stages, median_s=seconds,
+          num_stages=stages, lane_sums=lanes, median_s=seconds,
           gbps=moved / seconds / 1e9 if seconds == seconds else None,
           error=error))
-      print(f"{kernel} {shape} block={block} warps={warps} stages={stages}:"
+      print(f"{kernel} {shape} block={block} warps={warps} stages={stages}"
+            f" lane_sums={int(lanes)}:"
             f" {seconds * 1e3:.3f} ms", file=sys.stderr)
   device = jax.devices()[0]
   best = []
@@ -199,6 +211,7 @@ def main(argv=None) -> int:
           bucket=_kernels.config.bucket_of(shape[1]), dtype=dtype.name,
           kernel=kernel, block=fastest["block"],
           num_warps=fastest["num_warps"], num_stages=fastest["num_stages"],
+          lane_sums=fastest["lane_sums"],
           median_s=fastest["median_s"], gbps=fastest["gbps"],
           shape=list(shape)))
   out = dict(

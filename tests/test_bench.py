@@ -623,6 +623,10 @@ def test_sweep_rehearses_in_interpret_mode(tmp_path):
   assert table["best"][0]["bucket"] == 128 and table["interpret"]
   # Keyed by the device's kind, as the kernels' lookup reads it.
   assert {b["device_kind"] for b in table["best"]} == {"cpu"}
+  # Both ways of the forward kernel's running sums are timed; the backward
+  # kernel has one.
+  assert {(r["kernel"], r["lane_sums"]) for r in table["rows"]} == {
+      ("row_stats", False), ("row_stats", True), ("logits_gradient", False)}
   assert "back to back" in table["timing"]
 
 

@@ -133,6 +133,25 @@ def test_kernels_on_every_dtype_and_awkward_shapes(rng, implementation,
     assert got[1][0].dtype == dtype
 
 
+@pytest.mark.parametrize("options", ["plain", "everything"])
+@pytest.mark.parametrize("kind", ["integer", "soft"])
+def test_lane_sums_match_the_xla_path(rng, options, kind):
+  # The forward kernel's running sums kept per lane and added once after
+  # the loop: the same numbers as the XLA path, edge rows included.
+  x, labels, soft, weights, mask = _problem(rng, 5, 300, jnp.float32)
+  kw = _kwargs(OPTIONS[options], weights, mask)
+  fn, target = (int_ce, labels) if kind == "integer" else (soft_ce, soft)
+  if kind == "integer":
+    kw["ignore_index"] = -100
+  want = _loss_and_grads(lambda x, t: fn(x, t, implementation="xla", **kw),
+                         x, target)
+  with api.kernels_anywhere(interpret=True, block=128, lane_sums=True):
+    got = _loss_and_grads(lambda x, t: fn(x, t, implementation="triton",
+                                          **kw), x, target)
+  _compare(got, want, jnp.float32)
+  assert np.isnan(got[0][1]) and got[0][3] == 0
+
+
 def _runs_a_loop(fn, *args) -> bool:
   """Whether fn's CPU program has a loop: an interpreted kernel walking its
   tiles. The XLA path has none."""
@@ -266,18 +285,18 @@ def test_tuned_configs_are_keyed_by_device_kind(tmp_path, monkeypatch,
   table = {"device_kind": "NVIDIA H100 80GB HBM3", "best": [
       {**entry, "block": 8192, "num_warps": 16},
       {**entry, "device_kind": "NVIDIA H200", "block": 32768,
-       "num_warps": 32}]}
+       "num_warps": 32, "lane_sums": True}]}
   path = tmp_path / "sweep.json"
   path.write_text(__import__("json").dumps(table))
   monkeypatch.setenv("JXENT_KERNEL_CONFIGS", str(path))
 
   def chosen(kind):
     c = _kernels.default_config(30000, jnp.bfloat16, device_kind=kind)
-    return c.block, c.num_warps
+    return c.block, c.num_warps, c.lane_sums
 
-  assert chosen("NVIDIA H200") == (32768, 32)
-  assert chosen("NVIDIA H100 80GB HBM3") == (8192, 16)
-  assert chosen("NVIDIA B200") in {(8192, 16), (32768, 32)}
+  assert chosen("NVIDIA H200") == (32768, 32, True)
+  assert chosen("NVIDIA H100 80GB HBM3") == (8192, 16, False)
+  assert chosen("NVIDIA B200") in {(8192, 16, False), (32768, 32, True)}
 
 
 # --- lowering for CUDA, without a GPU --------------------------------------
@@ -352,6 +371,15 @@ def test_every_dispatched_kernel_lowers_for_cuda(shape, implementation):
       # Triton's custom call, once (forward) or twice (both passes).
       assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == (
           1 if implementation is None else 2)
+
+
+@pytest.mark.parametrize("shape", BENCH_SHAPES)
+def test_lane_sums_lower_for_cuda(shape):
+  # Per-lane running sums are loop-carried vectors: Triton takes them.
+  with api.kernels_anywhere(interpret=False, lane_sums=True):
+    for step, args in zip(_steps(None, False), _bench_inputs(shape),
+                          strict=True):
+      assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 1
 
 
 @pytest.mark.parametrize("implementation", KERNELS)

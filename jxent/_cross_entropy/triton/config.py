@@ -20,6 +20,12 @@ class KernelConfig:
     block: Columns per tile, a power of two (Triton needs one).
     num_warps: Warps per program (one program per row).
     num_stages: Software pipelining stages of the tile loop.
+    lane_sums: The forward kernel keeps its running sums per lane of the
+      tile and adds them across lanes once, after the loop (a tile's only
+      cross-thread reduction is then its max), at the cost of registers for
+      each sum's lanes; else (the default, the design the committed sweep
+      measured) it reduces each tile's sums as it goes. Not yet timed on a
+      GPU: the sweep tries both.
     interpret: Run with Pallas' interpreter instead of Triton (for tests on
       a CPU; slow).
   """
@@ -27,6 +33,7 @@ class KernelConfig:
   block: int = 4096
   num_warps: int = 8
   num_stages: int = 2
+  lane_sums: bool = False
   interpret: bool = False
 
   def __post_init__(self):
@@ -73,7 +80,8 @@ def tuned(path: str | None = None
            str(entry["kernel"]))
     out[key] = KernelConfig(block=int(entry["block"]),
                             num_warps=int(entry["num_warps"]),
-                            num_stages=int(entry["num_stages"]))
+                            num_stages=int(entry["num_stages"]),
+                            lane_sums=bool(entry.get("lane_sums", False)))
   return out
 
 

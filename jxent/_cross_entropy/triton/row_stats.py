@@ -9,8 +9,13 @@ It reads the logits once, where XLA reads them twice (a max, then the sums).
 
 It computes what `jxent._cross_entropy.rows.dense_row_stats` computes, -inf,
 masks and NaN included; the tests compare the two in Pallas' interpret mode.
-Per tile it does no more than the sums need: the label's logit is one scalar
-load after the loop, not a compare and a sum per tile; a NaN reaches the sum
+Per tile it does no more than the sums need. With `lane_sums` (a
+configuration the sweep tries) the sums are kept per lane of the tile and
+added across lanes once, after the loop, so a tile's only reduction across
+threads is its max (the running shift); otherwise each tile's sums are
+reduced as it goes. The
+label's logit is one scalar load after the loop, not a compare and a sum
+per tile; a NaN reaches the sum
 of exponentials whether or not Triton's max propagates it (exp(NaN - shift)
 is NaN, and so is every shift after a NaN max), so it needs no count; and
 the loads are masked only where the tiles do not divide the row.
@@ -35,7 +40,8 @@ def _shift_of(row_max):
   return jnp.where(jnp.isinf(row_max), 0.0, row_max)
 
 
-def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
+def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
+            lane_sums):
   """One row: the refs are its logits, then the optional inputs, then outs."""
   refs = list(refs)
   x_ref = refs.pop(0)
@@ -52,6 +58,11 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
     if not ragged:
       return plgpu.load(ref.at[cols])
     return plgpu.load(ref.at[cols], mask=inside, other=other)
+
+  # A tile's share of a running sum: per lane (added across lanes after the
+  # loop), or reduced across the tile now. Every running sum is rescaled
+  # and rebased by row scalars, so either way it is the same sum.
+  part = (lambda v: v) if lane_sums else jnp.sum
 
   def body(i, carry):
     run_max, rest, ties, picked, mass, count, weight_sum, valid_mean = carry
@@ -72,8 +83,8 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
     # the shift moves, the old ties fall below it and join the rest.
     moved = new != old
     block_rest, block_ties = split_exp(shifted)
-    rest = (rest + jnp.where(moved, ties, 0.0)) * scale + jnp.sum(block_rest)
-    ties = jnp.where(moved, 0.0, ties) + jnp.sum(block_ties)
+    rest = (rest + jnp.where(moved, ties, 0.0)) * scale + part(block_rest)
+    ties = jnp.where(moved, 0.0, ties) + part(block_ties)
     weights = None
     if weighted:
       weights = load(w_ref, cols, inside, 0.0).astype(jnp.float32)
@@ -84,24 +95,33 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked):
       if weighted:
         u = u * weights
       # sum u (z - shift), rebased when the shift moves; 0 log 0 = 0.
-      picked = picked + mass * (old - new) + jnp.sum(
+      picked = picked + mass * (old - new) + part(
           jnp.where(u != 0, u * shifted, 0.0))
       # The mass of the possible classes only, as the XLA path counts it.
-      mass = mass + jnp.sum(jnp.where(x == -jnp.inf, 0.0, u))
+      mass = mass + part(jnp.where(x == -jnp.inf, 0.0, u))
     if smoothing:
       valid = x > -jnp.inf
       w_valid = valid.astype(jnp.float32) if weights is None else jnp.where(
           valid, weights, 0.0)
       valid_mean = valid_mean + weight_sum * (old - new) / num_classes + (
-          jnp.sum(jnp.where(valid, w_valid * shifted / num_classes, 0.0)))
-      count = count + jnp.sum(valid.astype(jnp.float32))
-      weight_sum = weight_sum + jnp.sum(w_valid)
+          part(jnp.where(valid, w_valid * shifted / num_classes, 0.0)))
+      count = count + part(valid.astype(jnp.float32))
+      weight_sum = weight_sum + part(w_valid)
     return new_max, rest, ties, picked, mass, count, weight_sum, valid_mean
 
   zero = jnp.float32(0)
-  init = (jnp.float32(-jnp.inf),) + (zero,) * 7
+  # Running sums the options use start per lane; the others stay scalars.
+  summed = jnp.zeros((block,), jnp.float32) if lane_sums else zero
+  init = (jnp.float32(-jnp.inf), summed, summed,
+          summed if kind == "soft" else zero,
+          summed if kind == "soft" else zero,
+          *((summed if smoothing else zero),) * 3)
   (run_max, rest, ties, picked, mass, count, weight_sum,
    valid_mean) = lax.fori_loop(0, pl.cdiv(width, block), body, init)
+  if lane_sums:  # Across the lanes, once.
+    rest, ties, picked, mass, count, weight_sum, valid_mean = (
+        jnp.sum(v) for v in (rest, ties, picked, mass, count, weight_sum,
+                             valid_mean))
   shift = _shift_of(run_max)
   if kind == "integer":
     # The label's raw logit, one scalar load (masked: -inf). A label out of
@@ -154,7 +174,8 @@ def row_stats(
   n_out = 4 + (kind == "soft") + 3 * opts.smoothing
   kernel = functools.partial(
       _kernel, num_classes=num_classes, block=config.block, kind=kind,
-      smoothing=opts.smoothing, weighted=weighted, masked=mask is not None)
+      smoothing=opts.smoothing, weighted=weighted, masked=mask is not None,
+      lane_sums=config.lane_sums)
   call = pl.pallas_call(
       kernel,
       out_shape=[jax.ShapeDtypeStruct((), jnp.float32)] * n_out,
