@@ -10,6 +10,7 @@ checked on the CPU too, by forcing it (`jxent._numerics.softmax_rows.recompute_e
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -17,8 +18,11 @@ from jax.sharding import PartitionSpec as P
 import jxent
 from jxent._numerics import softmax_rows
 
-BATCH, CLASSES = 256, 8192
+# Large enough that a CPU keeps no float32 copy of 16-bit logits either
+# (a copy above softmax_rows.CPU_UPCAST_BYTES); compiled, never run.
+BATCH, CLASSES = 512, 8192
 FLOAT32_COPY = BATCH * CLASSES * 4
+assert FLOAT32_COPY > softmax_rows.CPU_UPCAST_BYTES
 # Anything near a float32 copy of the logits is a failure; per-row numbers
 # and XLA's small scratch are far below it.
 LIMIT = FLOAT32_COPY // 4
@@ -226,3 +230,31 @@ def test_cpu_soft_label_forward_pass_keeps_no_more_than_optax(
   theirs = temp(lambda x, t: optax.softmax_cross_entropy(x, t).mean()
                 if reduction == "mean" else optax.softmax_cross_entropy(x, t))
   assert ours <= theirs + logits.nbytes // 8, (ours, theirs, logits.nbytes)
+
+
+@pytest.mark.parametrize("name", ["int_ce", "soft_ce"])
+def test_small_16_bit_logits_on_a_cpu_take_the_float32_path(name):
+  # Where the float32 copy is small, a CPU converts 16-bit logits and keeps
+  # exp, which is faster there; the numbers are the same as the no-copy
+  # path's, and the gradient keeps the logits' dtype.
+  rng = np.random.default_rng(0)
+  shape = (64, 1000)
+  assert shape[0] * shape[1] * 4 <= softmax_rows.CPU_UPCAST_BYTES
+  logits = jnp.asarray(rng.normal(size=shape) * 3, jnp.bfloat16)
+  labels = jnp.asarray(rng.integers(0, shape[1], shape[0]))
+  soft = jnp.asarray(rng.dirichlet(np.ones(shape[1]), shape[0]),
+                     jnp.bfloat16)
+  loss = {
+      "int_ce": lambda x: jxent.softmax_cross_entropy_with_integer_labels(
+          x, labels, label_smoothing=0.1),
+      "soft_ce": lambda x: jxent.softmax_cross_entropy(x, soft)}[name]
+  copy = logits.size * 4
+  assert _temp(loss, logits) >= copy
+  fast = jax.jit(jax.value_and_grad(lambda x: jnp.sum(loss(x))))(logits)
+  with softmax_rows.recompute_everywhere():
+    assert _temp(loss, logits) < copy // 4
+    lean = jax.jit(jax.value_and_grad(lambda x: jnp.sum(loss(x))))(logits)
+  assert fast[1].dtype == jnp.bfloat16
+  np.testing.assert_allclose(fast[0], lean[0], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(fast[1], np.float32),
+                             np.asarray(lean[1], np.float32), atol=2e-3)

@@ -63,8 +63,9 @@ def softmax_cross_entropy_with_integer_labels(
   never gives mass to masked classes.
 
   Every differentiation mode works (`grad`, `jvp`, `jacfwd`, `hessian`, ...)
-  and reverse mode keeps no float32 copy of the logits: the custom
-  derivative saves only the inputs and a few float32 numbers per row.
+  and reverse mode keeps no float32 copy of 16-bit logits (a CPU converts
+  small ones, where that is faster): the custom derivative saves only the
+  inputs and a few float32 numbers per row.
 
   Args:
     logits: Floating logits, class axis `axis`. 16-bit logits are computed
@@ -160,7 +161,8 @@ def softmax_cross_entropy(
   to 1.
 
   Every differentiation mode works, and reverse mode keeps no float32 copy
-  of the logits. The loss is differentiable with respect to `labels` too
+  of 16-bit logits (a CPU converts small ones, where that is faster). The
+  loss is differentiable with respect to `labels` too
   (for distillation): :math:`\partial \ell / \partial y_c = -(1 - \alpha)
   w_c \log q_c`, taken as 0 on classes whose logit is -inf.
 
