@@ -95,7 +95,9 @@ class Coefficients(NamedTuple):
     prob: Multiplies the softmax q_c: the target mass, plus smoothing's
       weight, plus the z-loss term 2 z LSE.
     label: Multiplies the target: one-hot (times the label's class weight)
-      for integer labels, u_c = w_c * label_c for soft labels.
+      for integer labels, 0 where the label's logit is -inf (its class is
+      impossible, so it has no gradient); u_c = w_c * label_c for soft
+      labels.
     smooth: Multiplies w_c on valid classes: alpha / K; None without
       smoothing.
   """
@@ -494,7 +496,10 @@ def row_step(
   weight = jnp.where(counts, mass, 0) if labels is not None else keep
   label_coef = keep * (1 - alpha)
   if labels is not None:
-    label_coef = label_coef * mass
+    # An impossible label class gets no gradient (as every -inf class): 0
+    # here, so the element-wise pass needs no -inf test at the label.
+    label_coef = label_coef * mass * jnp.where(
+        stats.target_dot == -jnp.inf, 0, 1).astype(dtype)
   coefficients = Coefficients(
       keep * prob, label_coef, None if smooth is None else keep * smooth)
   return RowResult(loss, weight, s, coefficients, keep * d_smoothing,
@@ -536,6 +541,20 @@ def logits_gradient(
   shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp,
                                            exps)
   dtype = shift.dtype
+  if (exps is not None and label_index is not None
+      and coefficients.smooth is None):
+    # With the kept exp, integer labels and no smoothing, the pass reads exp
+    # alone, not the logits too: exp is 0 exactly where a class is
+    # impossible (-inf or masked), and there the double where keeps the
+    # gradient 0 even for a NaN or infinite coefficient; the label's own
+    # class has a coefficient of 0 when it is impossible (`row_step`).
+    live = exps != 0
+    grad = jnp.where(live, coefficients.prob[..., None] * jnp.where(
+        live, probs, 0), 0)
+    classes = offset + lax.broadcasted_iota(jnp.int32, exps.shape,
+                                            exps.ndim - 1)
+    return grad - jnp.where(classes == label_index[..., None],
+                            coefficients.label[..., None], 0)
   grad = coefficients.prob[..., None] * probs
   if label_index is not None:
     classes = offset + lax.broadcasted_iota(jnp.int32, shifted.shape,
