@@ -51,6 +51,11 @@ set -euo pipefail
 PY=${PYTHON:-python}
 ROOT=${OUT:-bench/runs}
 TOTAL=${JXENT_BENCH_TOTAL_S:-285}
+if [[ ! $TOTAL =~ ^[0-9]+$ ]] || ((TOTAL < 30)); then
+  echo "bench/gpu.sh: JXENT_BENCH_TOTAL_S must be whole seconds, at least 30;" \
+    "got '$TOTAL'" >&2
+  exit 2
+fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 # JAX takes GPU memory as it needs it, not 75% of it at the start: PyTorch,
 # in the same process, needs its share.
@@ -58,26 +63,31 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export PYTHONUNBUFFERED=1
 mkdir -p "$ROOT"
 LOG="$ROOT/gpu-$$.log"
-exec > >(tee -a "$LOG") 2>&1
 
-echo "=== bench/gpu.sh on $(hostname), $(date -u '+%Y-%m-%d %H:%M UTC')"
-if command -v nvidia-smi >/dev/null; then
-  timeout 10 nvidia-smi || true
-else
-  echo "no nvidia-smi on this machine"
-fi
+run() {
+  echo "=== bench/gpu.sh on $(hostname), $(date -u '+%Y-%m-%d %H:%M UTC')"
+  if command -v nvidia-smi >/dev/null; then
+    timeout 10 nvidia-smi || true
+  else
+    echo "no nvidia-smi on this machine"
+  fi
+  local sweep=()
+  if [[ ${JXENT_SWEEP:-} == 1 ]]; then
+    sweep=(--sweep)
+  fi
+  # The stages keep to TOTAL - 10 s; the timeout is the backstop.
+  timeout --kill-after=5 "$((TOTAL + 5))" "$PY" -m bench.gpu --out "$ROOT" \
+    --total-s "$((TOTAL - 10))" "${sweep[@]}"
+}
 
-sweep=()
-if [[ ${JXENT_SWEEP:-} == 1 ]]; then
-  sweep=(--sweep)
-fi
+# The whole output to the terminal and the log; the pipeline ends when tee
+# has written the last line, so the log is whole when it is moved.
 status=0
-# The stages keep to TOTAL - 10 s; the timeout is the backstop.
-timeout --kill-after=5 "$((TOTAL + 5))" "$PY" -m bench.gpu --out "$ROOT" \
-  --total-s "$((TOTAL - 10))" "${sweep[@]}" || status=$?
+run 2>&1 | tee -a "$LOG" || status=${PIPESTATUS[0]}
 
 DIR=$(sed -n 's/^=== results folder: //p' "$LOG" | head -n 1)
-echo "=== bench/gpu.sh: exit $status after $SECONDS s; results in ${DIR:-?}"
+echo "=== bench/gpu.sh: exit $status after $SECONDS s; results in ${DIR:-?}" \
+  | tee -a "$LOG"
 if [[ -n $DIR && -d $DIR ]]; then
   mv "$LOG" "$DIR/gpu.log"
 fi

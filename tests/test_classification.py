@@ -164,6 +164,34 @@ def test_masked_logit_with_zero_label_is_finite():
   assert np.isnan(optax.softmax_cross_entropy(logits, labels)).all()
 
 
+def test_a_label_on_an_impossible_class_has_no_gradient_there():
+  # The label's logit is -inf: the loss is inf, that class's gradient 0 (as
+  # every impossible class's), the others the softmax. An illegal label's
+  # row is NaN on its possible classes and 0 on the impossible ones. On a
+  # CPU, float32 takes the pass that reads the kept exp alone.
+  logits = jnp.array([[2.0, -jnp.inf, 0.5], [1.0, -jnp.inf, 3.0]])
+  labels = jnp.array([1, 7])
+  loss = int_ce(logits, labels)
+  assert loss[0] == jnp.inf and np.isnan(loss[1])
+  grad = jax.grad(lambda x: int_ce(x, labels[:1]).sum())(logits[:1])
+  q = jax.nn.softmax(logits[0])
+  np.testing.assert_allclose(grad[0], np.asarray(q), rtol=1e-6)
+  assert grad[0, 1] == 0
+  grad = jax.grad(lambda x: int_ce(x, labels[1:]).sum())(logits[1:])
+  assert np.isnan(grad[0, [0, 2]]).all() and grad[0, 1] == 0
+
+
+
+def test_a_nan_row_keeps_its_masked_classes_at_zero_gradient():
+  # NaN in gives NaN out on the row's classes that take part; a masked class
+  # still gets exactly 0, as the docstring promises.
+  logits = jnp.array([[1.0, 2.0, jnp.nan, 3.0]])
+  where = jnp.array([[False, True, True, True]])
+  for labels in (jnp.array([3]), jnp.array([9])):  # legal, illegal
+    grad = jax.grad(lambda x: int_ce(x, labels, where=where).sum())(logits)
+    assert grad[0, 0] == 0 and np.isnan(grad[0, 1:]).all()
+
+
 @pytest.mark.parametrize("use_where", [True, False])
 def test_fully_masked_row_gives_zero_loss_and_zero_gradient(use_where):
   logits = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])

@@ -362,7 +362,9 @@ def test_temporary_memory_is_the_gradients_and_a_few_chunks():
   # float32 [chunk, V] buffers.
   limit = (tokens * dim + dim * vocab) * 4 + 4 * chunk * vocab * 4
   assert fast <= limit, (fast, limit)
-  assert fast < reference / 3, (fast, reference)
+  # The materialised loss keeps one float32 [tokens, V] buffer (the kept
+  # exp, which its gradient reuses); the fast mode well under half of it.
+  assert fast < reference / 2, (fast, reference)
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8,

@@ -498,8 +498,10 @@ def row_step(
   if labels is not None:
     # An impossible label class gets no gradient (as every -inf class): 0
     # here, so the element-wise pass needs no -inf test at the label.
-    label_coef = label_coef * mass * jnp.where(
-        stats.target_dot == -jnp.inf, 0, 1).astype(dtype)
+    # (A where, not a product: an illegal label's NaN coefficient is 0
+    # there too.)
+    label_coef = jnp.where(stats.target_dot == -jnp.inf, 0,
+                           label_coef * mass)
   coefficients = Coefficients(
       keep * prob, label_coef, None if smooth is None else keep * smooth)
   return RowResult(loss, weight, s, coefficients, keep * d_smoothing,
@@ -544,17 +546,20 @@ def logits_gradient(
   if (exps is not None and label_index is not None
       and coefficients.smooth is None):
     # With the kept exp, integer labels and no smoothing, the pass reads exp
-    # alone, not the logits too: exp is 0 exactly where a class is
-    # impossible (-inf or masked), and there the double where keeps the
-    # gradient 0 even for a NaN or infinite coefficient; the label's own
-    # class has a coefficient of 0 when it is impossible (`row_step`).
+    # (and the mask) alone, not the logits too. exp is 0 on an impossible
+    # class (-inf or masked), and on one whose probability underflows,
+    # where the softmax term is 0 anyway: the double where keeps it 0 even
+    # for a NaN or infinite coefficient. The label's own class has a
+    # coefficient of 0 when it is impossible (`row_step`). A NaN logit
+    # makes exp NaN on the whole row; the mask still zeroes masked classes.
     live = exps != 0
     grad = jnp.where(live, coefficients.prob[..., None] * jnp.where(
         live, probs, 0), 0)
     classes = offset + lax.broadcasted_iota(jnp.int32, exps.shape,
                                             exps.ndim - 1)
-    return grad - jnp.where(classes == label_index[..., None],
+    grad = grad - jnp.where(classes == label_index[..., None],
                             coefficients.label[..., None], 0)
+    return grad if mask is None else jnp.where(mask, grad, 0)
   grad = coefficients.prob[..., None] * probs
   if label_index is not None:
     classes = offset + lax.broadcasted_iota(jnp.int32, shifted.shape,

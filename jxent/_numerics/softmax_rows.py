@@ -66,7 +66,8 @@ def upcasts_on_cpu(dtype, size: int) -> bool:
   512 x 4096 bfloat16 loss and gradient were 0.76 to 0.79 times optax with
   the float32 upcast without it). Larger logits keep no float32 copy. The
   result is the same either way: the arithmetic is float32 in both, and the
-  gradient has the logits' dtype.
+  gradient has the logits' dtype. Under `vmap` the size is one
+  example's: the limit applies to each vmapped call's logits.
   """
   return (not _recompute_everywhere
           and jnp.dtype(dtype).itemsize < 4
