@@ -170,18 +170,15 @@ def main(argv=None) -> int:
     if os.path.exists(path):
       os.environ["JXENT_KERNEL_CONFIGS"] = path
 
-  def logits_run(argv):
-    return bench_main(argv)
-
   def linear_run(argv):
     return bench_main(argv, prog="python -m bench.linear",
                       suite=tuple(linear.NAMES))
 
   plan = (
-      ("bf16", logits_run, LINEAR_RESERVE_S + REST_RESERVE_S,
+      ("bf16", bench_main, LINEAR_RESERVE_S + REST_RESERVE_S,
        LOGITS_MARGIN_S),
       ("linear", linear_run, REST_RESERVE_S, LINEAR_MARGIN_S),
-      ("rest", logits_run, 0, LOGITS_MARGIN_S),
+      ("rest", bench_main, 0, LOGITS_MARGIN_S),
   )
   for name, run, reserve, margin in plan:
     budget = deadline.left() - reserve - margin

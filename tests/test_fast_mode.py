@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
+from test_linear import compiled_temp_bytes
 from test_linear_heads import (
     RTOL,
     TOKENS,
@@ -350,8 +351,7 @@ def test_temporary_memory_is_the_gradients_and_a_few_chunks():
   labels = jnp.zeros((tokens,), jnp.int32)
 
   def temp(loss):
-    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
-    return step.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+    return compiled_temp_bytes(loss, x, w)
 
   fast = temp(lambda x, w: jxent.linear_softmax_cross_entropy(
       x, w, labels, token_chunk=chunk))

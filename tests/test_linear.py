@@ -121,6 +121,12 @@ def test_out_of_range_labels_give_nan_and_checked_raises(rng):
     jxent.checked(lambda x: linear_ce(x, w, bad))(x)
 
 
+def compiled_temp_bytes(loss, x, w) -> int:
+  """XLA's temporary bytes for loss and gradient in x and w, under jit."""
+  step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+  return step.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+
+
 def test_temporary_memory_stays_far_below_the_materialised_logits():
   tokens, dim, vocab = 512, 64, 65536
   x = jnp.zeros((tokens, dim), jnp.float32)
@@ -128,8 +134,7 @@ def test_temporary_memory_stays_far_below_the_materialised_logits():
   labels = jnp.zeros((tokens,), jnp.int32)
 
   def temp(loss):
-    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
-    return step.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+    return compiled_temp_bytes(loss, x, w)
 
   fused = temp(lambda x, w: linear_ce(x, w, labels, mode="low_memory"))
   reference = temp(lambda x, w: materialised(x, w, labels,

@@ -543,27 +543,24 @@ def logits_gradient(
   shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp,
                                            exps)
   dtype = shift.dtype
-  if (exps is not None and label_index is not None
-      and coefficients.smooth is None):
-    # With the kept exp, integer labels and no smoothing, the pass reads exp
-    # (and the mask) alone, not the logits too. exp is 0 on an impossible
-    # class (-inf or masked), and on one whose probability underflows,
-    # where the softmax term is 0 anyway: the double where keeps it 0 even
-    # for a NaN or infinite coefficient. The label's own class has a
-    # coefficient of 0 when it is impossible (`row_step`). A NaN logit
-    # makes exp NaN on the whole row; the mask still zeroes masked classes.
+  # With the kept exp, integer labels and no smoothing, the pass reads exp
+  # (and the mask) alone, not the logits too: exp is 0 on an impossible
+  # class (-inf or masked), and on one whose probability underflows, where
+  # the softmax term is 0 anyway; the double where keeps that term 0 even
+  # for a NaN or infinite coefficient. The label's own class has a
+  # coefficient of 0 when it is impossible (`row_step`). A NaN logit makes
+  # exp NaN on the whole row; the mask still zeroes masked classes.
+  exp_only = (exps is not None and label_index is not None
+              and coefficients.smooth is None)
+  if exp_only:
     live = exps != 0
     grad = jnp.where(live, coefficients.prob[..., None] * jnp.where(
         live, probs, 0), 0)
-    classes = offset + lax.broadcasted_iota(jnp.int32, exps.shape,
-                                            exps.ndim - 1)
-    grad = grad - jnp.where(classes == label_index[..., None],
-                            coefficients.label[..., None], 0)
-    return grad if mask is None else jnp.where(mask, grad, 0)
-  grad = coefficients.prob[..., None] * probs
+  else:
+    grad = coefficients.prob[..., None] * probs
   if label_index is not None:
-    classes = offset + lax.broadcasted_iota(jnp.int32, shifted.shape,
-                                            shifted.ndim - 1)
+    classes = offset + lax.broadcasted_iota(jnp.int32, probs.shape,
+                                            probs.ndim - 1)
     # A compare and select per class, not a scatter: a scatter into a
     # gradient whose class axis is sharded makes XLA's SPMD partitioner
     # all-gather it.
@@ -579,10 +576,12 @@ def logits_gradient(
     if weights is not None:
       per_class = per_class * weights
     grad = grad - jnp.where(shifted > -jnp.inf, per_class, 0)
-  # A class whose logit is -inf is impossible: its gradient is 0, as for a
-  # masked class, whatever its label mass (the label gradient is 0 there
-  # too, so mixed second derivatives agree). NaN is not -inf: it stays.
-  grad = jnp.where(shifted == -jnp.inf, 0, grad)
+  if not exp_only:
+    # A class whose logit is -inf is impossible: its gradient is 0, as for
+    # a masked class, whatever its label mass (the label gradient is 0
+    # there too, so mixed second derivatives agree). NaN is not -inf: it
+    # stays.
+    grad = jnp.where(shifted == -jnp.inf, 0, grad)
   if mask is not None:
     # A masked class does not enter the loss; its NaN cannot leak either.
     grad = jnp.where(mask, grad, 0)
