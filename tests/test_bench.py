@@ -602,6 +602,8 @@ def test_compare_without_a_revision_is_a_one_line_error(capsys):
     (["--interpret", "--blocks", "100", "--out", "x.json"], "powers of two"),
     (["--interpret", "--shapes", "10by3", "--out", "x.json"], "ROWSxCLASSES"),
     (["--interpret", "--reps", "0", "--out", "x.json"], "--reps"),
+    (["--interpret", "--calls", "0", "--out", "x.json"], "--calls"),
+    (["--interpret", "--lane-sums", "2", "--out", "x.json"], "--lane-sums"),
 ])
 def test_sweep_refuses_bad_arguments_in_one_line(argv, message, capsys):
   from bench import sweep
