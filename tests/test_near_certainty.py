@@ -5,10 +5,10 @@ log(1 + sum_{v != y} exp(z_v - z_y)), far below float32's epsilon. A
 log-sum-exp that forms 1 + tiny rounds it to 1 and returns 0 (or a value
 with a 100% error). jxent counts the terms at the max apart and takes log1p
 of the rest (`jxent._numerics.logsumexp.log_sum`): the Triton kernel and
-every vocabulary walk do. (The dense XLA path still sums whole; see
-docs/numerics.md, "Near certainty".) Each value here is compared with
-float64 arithmetic on the same float32 inputs; the target is a relative
-error of at most 1e-3.
+every vocabulary walk do, and so does the dense XLA path on accelerators
+(on a CPU it sums whole; see docs/numerics.md, "Near certainty"). Each
+value here is compared with float64 arithmetic on the same float32 inputs;
+the target is a relative error of at most 1e-3.
 """
 
 import jax
@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 import jxent
 from jxent import sharded
 from jxent._cross_entropy import api
+from jxent._numerics import softmax_rows
 
 RTOL = 1e-3
 CLASSES = 24
@@ -128,3 +129,131 @@ def test_the_divergence_heads_keep_tiny_values(rng):
   top_1 = jxent.linear_kl_divergence_from_top_k(
       labels[:, None], jnp.zeros((len(GAPS), 1)), x, z, block_size=5)
   _assert_relative(top_1, want)
+
+
+# --- the dense XLA path ---------------------------------------------------------
+
+# The dense path keeps the digits on accelerators, whose sums split the
+# terms at the max apart in the same pass: forced on the CPU here. A CPU
+# takes the sum whole (see `logsumexp.sum_and_excess_of`).
+_accelerator = softmax_rows.recompute_everywhere
+
+
+def _entropy64(z):
+  log_p = _log_softmax64(z)
+  return -np.sum(np.exp(log_p) * log_p, axis=-1)
+
+
+def _kl64(zp, zq):
+  log_p, log_q = _log_softmax64(zp), _log_softmax64(zq)
+  return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+@pytest.mark.parametrize("implementation", ["xla", None])
+def test_the_dense_cross_entropies_keep_tiny_losses(rng, implementation):
+  z, labels = _confident_logits(rng)
+  want = _ce64(z, labels)
+  assert want.min() < 1e-10
+  one_hot = jax.nn.one_hot(labels, CLASSES)
+  with _accelerator():
+    integer = jax.jit(lambda z: jxent.softmax_cross_entropy_with_integer_labels(
+        z, labels, implementation=implementation))(z)
+    # The forward pass alone, and the value of a differentiated loss (the
+    # JVP rule's), which soft labels compute in another way on a CPU.
+    soft_loss = lambda z: jxent.softmax_cross_entropy(
+        z, one_hot, implementation=implementation)
+    soft = jax.jit(soft_loss)(z)
+    soft_differentiated = jax.jit(lambda z: jax.jvp(
+        soft_loss, (z,), (jnp.ones_like(z),))[0])(z)
+  _assert_relative(integer, want)
+  _assert_relative(soft, want)
+  _assert_relative(soft_differentiated, want)
+
+
+def test_the_dense_cross_entropies_keep_tiny_losses_under_vmap(rng):
+  z, labels = _confident_logits(rng)
+  want = _ce64(z, labels)
+  with _accelerator():
+    per_row = jax.jit(jax.vmap(
+        jxent.softmax_cross_entropy_with_integer_labels))(z, labels)
+  _assert_relative(per_row, want)
+
+
+def test_one_confident_row_in_a_batch_gets_its_digits(rng):
+  # Only the first row is near certainty (a loss of about 1e-9): the batch
+  # takes the second pass, and every other row's loss is still right.
+  z, labels = _confident_logits(rng)
+  spread = jnp.asarray(rng.normal(size=(7, CLASSES)), jnp.float32)
+  z = jnp.concatenate([z[3:4], spread])
+  labels = jnp.concatenate([labels[3:4], jnp.arange(7)])
+  want = _ce64(z, labels)
+  with _accelerator():
+    got = jax.jit(jxent.softmax_cross_entropy_with_integer_labels)(z, labels)
+  np.testing.assert_allclose(got, want, rtol=RTOL)
+  assert want[0] < 1e-8 and (want[1:] > 1e-2).all()
+
+
+def test_logsumexp_and_log_softmax_keep_tiny_values(rng):
+  z, labels = _confident_logits(rng)
+  z = z - jnp.max(z, axis=-1, keepdims=True)  # the top at 0: LSE is tiny
+  want = _ce64(z, labels)
+  with _accelerator():
+    lse = jax.jit(jxent.logsumexp)(z)
+    log_q = jax.jit(jxent.log_softmax)(z)
+    # Over two axes, with keepdims, the split keeps the reduced axes.
+    lse_2d = jax.jit(lambda z: jxent.logsumexp(
+        z.reshape(-1, 4, CLASSES // 4), axis=(1, 2), keepdims=True))(z)
+  _assert_relative(lse, want)
+  _assert_relative(-log_q[np.arange(len(GAPS)), labels], want)
+  _assert_relative(lse_2d[:, 0, 0], want)
+
+
+def test_the_information_of_logits_keeps_tiny_values(rng):
+  z, _ = _confident_logits(rng)
+  # A second confident model of the same top classes, 2 nats surer.
+  top = jnp.argmax(z, axis=-1)
+  zq = jnp.where(jax.nn.one_hot(top, CLASSES) > 0, z + 2.0, z)
+  with _accelerator():
+    entropy = jax.jit(jxent.entropy_from_logits)(z)
+    kl = jax.jit(jxent.kl_divergence_from_logits)(z, zq)
+    cross = jax.jit(jxent.cross_entropy_from_logits)(z, zq)
+  _assert_relative(entropy, _entropy64(z))
+  _assert_relative(kl, _kl64(z, zq))
+  _assert_relative(cross, _entropy64(z) + _kl64(z, zq))
+
+
+def test_the_gradient_through_the_second_pass_is_the_softmax(rng):
+  # d LSE / d z = softmax(z); the second pass's split sum must carry the
+  # derivative of the terms at the max too.
+  z, _ = _confident_logits(rng)
+  with _accelerator():
+    grad = jax.jit(jax.grad(lambda z: jnp.sum(jxent.logsumexp(z))))(z)
+    hvp = jax.jit(lambda z, v: jax.jvp(jax.grad(
+        lambda z: jnp.sum(jxent.logsumexp(z))), (z,), (v,))[1])(
+            z, jnp.ones_like(z))
+  q = np.exp(_log_softmax64(z))
+  np.testing.assert_allclose(grad, q, rtol=1e-5, atol=1e-30)
+  # The Hessian of the LSE times ones is diag(q) 1 - q q^T 1 = 0.
+  np.testing.assert_allclose(hvp, 0, atol=1e-6)
+
+
+def test_the_sharded_dense_loss_keeps_tiny_losses(rng):
+  z, labels = _confident_logits(rng)
+  want = _ce64(z, labels)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("vocab",))
+  with _accelerator():
+    loss, entropy = _sharded_loss_and_entropy(mesh, z, labels)
+  _assert_relative(loss, want)
+  _assert_relative(entropy, _entropy64(z))
+
+
+def _sharded_loss_and_entropy(mesh, z, labels):
+  loss = jax.jit(jax.shard_map(
+      lambda z: sharded.softmax_cross_entropy_with_integer_labels(
+          z, labels, "vocab"),
+      mesh=mesh, in_specs=P(None, "vocab"), out_specs=P()))(z)
+  entropy = jax.jit(jax.shard_map(
+      lambda z: sharded.entropy_from_logits(z, "vocab"),
+      mesh=mesh, in_specs=P(None, "vocab"), out_specs=P()))(z)
+  return loss, entropy
+

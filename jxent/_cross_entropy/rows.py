@@ -38,7 +38,13 @@ from jax import lax
 
 from jxent._numerics import checks as _checks
 from jxent._numerics import softmax_rows as _softmax_rows
-from jxent._numerics.logsumexp import apply_mask, is_nonempty, log_sum
+from jxent._numerics.logsumexp import (
+  apply_mask,
+  exp_sum_terms,
+  is_nonempty,
+  log_sum,
+  sum_and_excess_of,
+)
 from jxent._numerics.options import CrossEntropyOptions
 from jxent._numerics.platforms import per_platform
 
@@ -60,10 +66,11 @@ class RowStats(NamedTuple):
     valid_mean: With smoothing, the sum over valid classes of
       w_c (logit_c - shift) / C, for C classes in all (divided by C so that
       logits near the float limits cannot overflow the sum); else None.
-    excess: sumexp - 1. The Triton kernel and the vocabulary walks sum it
-      without rounding (the terms at the max counted apart), so that
-      log(sumexp) = log1p(excess) keeps its digits near certainty; the XLA
-      path rounds it (1 + tiny is 1); None means sumexp - 1.
+    excess: sumexp - 1. The Triton kernel, the vocabulary walks and the
+      XLA path on accelerators sum it without rounding (the terms at the
+      max counted apart), so that log(sumexp) = log1p(excess) keeps its
+      digits near certainty; the XLA path on a CPU rounds it (1 + tiny is
+      1, see `logsumexp.sum_and_excess_of`); None means sumexp - 1.
     target_cross: Soft labels, where a path sums it directly: the label
       part of the loss, sum_c u_c (log(sumexp) - (logit_c - shift)), which
       then replaces target_mass * log(sumexp) - target_dot; else None.
@@ -196,7 +203,10 @@ def dense_row_stats(
   # A row has mass unless its max is -inf (a NaN max is not).
   nonempty = row_max != -jnp.inf
   dtype = shift.dtype
-  terms = [jnp.exp(shifted)]
+  e = jnp.exp(shifted)
+  # The sum of exponentials, or on accelerators its split parts.
+  terms = list(exp_sum_terms(e, shifted))
+  n_exp = len(terms)
   target_cross = None
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
@@ -228,21 +238,22 @@ def dense_row_stats(
     # XLA materialises exp (the one kept buffer) and sums it on its own;
     # the label mass is a sum of an input. The rest, which would each need
     # a float32 array of their own, go in one pass that keeps nothing.
-    plain = 2 if targets is not None else 1
+    plain = n_exp + (targets is not None)
     sums = [*_softmax_rows.sums(axis_name, True, *terms[:plain])]
     if terms[plain:]:
       sums += _softmax_rows.sums(axis_name, False, *terms[plain:])
   else:
     # One pass for every sum, keeping nothing (see `row_sums`).
     sums = list(_softmax_rows.sums(axis_name, False, *terms))
-  sumexp = sums.pop(0)
+  sumexp, excess = sum_and_excess_of(tuple(sums[:n_exp]))
+  del sums[:n_exp]
   target_mass = target_dot = None
   if targets is not None:
     target_mass = sums.pop(0)
     if keep_exp and loss_only:
       target_cross = _soft_label_part(shifted, u, sumexp, nonempty,
                                       axis_name)
-      target_dot = target_mass * log_sum(sumexp, sumexp - 1) - target_cross
+      target_dot = target_mass * log_sum(sumexp, excess) - target_cross
     else:
       target_dot = sums.pop(0)
   valid_count = valid_weight = valid_mean = None
@@ -254,13 +265,9 @@ def dense_row_stats(
   if label_index is not None:
     target_dot = _label_logit(x, label_index, offset, axis_name) - shift
   assert target_dot is not None, "give integer labels or soft targets"
-  # The sum is taken whole (a split one, which keeps its digits near
-  # certainty, cost 1.3 to 4 times the forward pass on a CPU): its excess
-  # over 1 is the rounded one, as the kernels' RowStats need a value.
   stats = RowStats(shift, sumexp, target_dot, target_mass, valid_count,
-                   valid_weight, valid_mean, sumexp - 1, target_cross,
-                   nonempty)
-  return stats, terms[0] if keep_exp else None
+                   valid_weight, valid_mean, excess, target_cross, nonempty)
+  return stats, e if keep_exp else None
 
 
 def _soft_label_part(shifted, u, sumexp, nonempty, axis_name):

@@ -21,7 +21,7 @@ from jax import lax
 from jxent._information.probabilities import in_base
 from jxent._numerics import checks as _checks
 from jxent._numerics import softmax_rows as _softmax_rows
-from jxent._numerics.logsumexp import safe_log
+from jxent._numerics.logsumexp import exp_sum_terms, log_sum, sum_and_excess_of
 
 Axis = int | tuple[int, ...]
 
@@ -39,9 +39,12 @@ def _entropy_parts(axis_name, logits, mask):
   keep = _softmax_rows.keeps_exp(logits.dtype)
   _, shifted, shift = _softmax_rows.shifted(logits, mask, axis_name)
   e = jnp.exp(shifted)
-  sumexp, dot = _softmax_rows.sums(axis_name, keep, e,
-                                   _softmax_rows.times_finite(e, shifted))
-  log_sumexp = safe_log(sumexp)
+  exp_terms = exp_sum_terms(e, shifted)
+  *exp_sums, dot = _softmax_rows.sums(
+      axis_name, keep, *exp_terms, _softmax_rows.times_finite(e, shifted))
+  sumexp, excess = sum_and_excess_of(tuple(exp_sums))
+  # log1p of the excess: exact near certainty where the sums split it.
+  log_sumexp = log_sum(sumexp, excess)
   # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
   entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
   return entropy, shift, log_sumexp, e if keep else None
@@ -96,10 +99,16 @@ def _pair_value(kind, axis_name, p_logits, q_logits, mask):
   # when the mean itself is finite.
   classes = max(p_logits.shape[-1] * (
       1 if axis_name is None else lax.axis_size(axis_name)), 1)
-  sum_p, sum_q, dot = _softmax_rows.sums(
-      axis_name, keep, ep, eq,
+  p_terms, q_terms = exp_sum_terms(ep, sp), exp_sum_terms(eq, sq)
+  sums = _softmax_rows.sums(
+      axis_name, keep, *p_terms, *q_terms,
       _softmax_rows.times_finite(ep, per_class / classes))
-  lse_p, lse_q = safe_log(sum_p), safe_log(sum_q)
+  n = len(p_terms)
+  sum_p, excess_p = sum_and_excess_of(sums[:n])
+  sum_q, excess_q = sum_and_excess_of(sums[n:2 * n])
+  dot = sums[-1]
+  # log1p of the excesses: exact where the sums split them.
+  lse_p, lse_q = log_sum(sum_p, excess_p), log_sum(sum_q, excess_q)
   mean = dot / jnp.where(sum_p != 0, sum_p, 1) * classes
   # Each term p (shifted_p - shifted_q) is at most the float maximum (both
   # shifts are at most 0), so their mean is too; a finite mean that rounds

@@ -19,19 +19,15 @@ once:
   logits.
 """
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jxent._numerics import checks as _checks
+from jxent._numerics import logsumexp as _logsumexp
 from jxent._numerics.logsumexp import apply_mask, row_sums, shift_of
 
 AxisName = str | tuple[str, ...]
-
-# Tests set this to take the accelerators' path on the CPU too.
-_recompute_everywhere = False
 
 # The largest float32 copy of 16-bit logits that a CPU makes (see
 # `upcasts_on_cpu`): with the kept exp beside it, both fit in the last-level
@@ -51,9 +47,7 @@ def keeps_exp(dtype) -> bool:
   kept. The choice is made when the function is traced, from
   `jax.default_backend()`: it is a speed choice, and either way is exact.
   """
-  return (not _recompute_everywhere
-          and jnp.dtype(dtype).itemsize >= 4
-          and jax.default_backend() == "cpu")
+  return jnp.dtype(dtype).itemsize >= 4 and _logsumexp.takes_cpu_path()
 
 
 def upcasts_on_cpu(dtype, size: int) -> bool:
@@ -69,21 +63,15 @@ def upcasts_on_cpu(dtype, size: int) -> bool:
   gradient has the logits' dtype. Under `vmap` the size is one
   example's: the limit applies to each vmapped call's logits.
   """
-  return (not _recompute_everywhere
-          and jnp.dtype(dtype).itemsize < 4
+  return (jnp.dtype(dtype).itemsize < 4
           and size * 4 <= CPU_UPCAST_BYTES
-          and jax.default_backend() == "cpu")
+          and _logsumexp.takes_cpu_path())
 
 
-@contextlib.contextmanager
 def recompute_everywhere():
-  """Traces the accelerators' path (recompute, no kept exp) on any backend."""
-  global _recompute_everywhere
-  saved, _recompute_everywhere = _recompute_everywhere, True
-  try:
-    yield
-  finally:
-    _recompute_everywhere = saved
+  """Traces the accelerators' path (recompute, no kept exp, split sums) on
+  any backend: `logsumexp.accelerator_path`."""
+  return _logsumexp.accelerator_path()
 
 
 def is_zero_tangent(tangent) -> bool:
