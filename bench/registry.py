@@ -96,9 +96,11 @@ def interpret_kernels() -> bool:
 
 # jxent's implementations, compared side by side in every suite they name:
 # the default (on a GPU, the forward kernel inside the XLA path), XLA alone,
-# and the Pallas kernels for both passes; for the reducing linear heads, the
-# default (the fast mode, token chunks) and the low-memory vocabulary walk.
-_KERNEL_SUITES = ("ce_int", "ce_soft")
+# and the Pallas kernels (for the cross-entropies, both passes; for the
+# entropy and KL of logits, the forward kernel, as the default); for the
+# reducing linear heads, the default (the fast mode, token chunks) and the
+# low-memory vocabulary walk.
+_KERNEL_SUITES = ("ce_int", "ce_soft", "entropy", "kl")
 _REDUCING_LINEAR_SUITES = ("linear_ce", "linear_kl", "linear_js",
                            "linear_top_k", "linear_policy_gradient")
 JXENT = (

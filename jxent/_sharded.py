@@ -242,7 +242,7 @@ def entropy_from_logits(
   """
   local_logits = _local("local_logits", local_logits)
   mask = _checks.broadcast_where(where, local_logits.shape)
-  return entropy_rows(axis_name, local_logits, mask)
+  return entropy_rows(axis_name, "xla", local_logits, mask)
 
 
 def kl_divergence_from_logits(
@@ -285,7 +285,8 @@ def kl_divergence_from_logits(
   _checks.check_same_shape("local_p_logits", local_p_logits,
                            "local_q_logits", local_q_logits)
   mask = _checks.broadcast_where(where, local_p_logits.shape)
-  return pair_rows("kl", axis_name, local_p_logits, local_q_logits, mask)
+  return pair_rows("kl", axis_name, "xla", local_p_logits, local_q_logits,
+                   mask)
 
 
 def linear_softmax_cross_entropy(

@@ -400,3 +400,127 @@ def test_kernels_lower_for_cuda_in_other_dtypes_and_with_options(
   with api.kernels_anywhere(interpret=False):
     assert TRITON_CALL in _lower_for(["cuda"], step, logits, labels, mask,
                                      weights)
+
+
+# --- the entropy, KL and cross-entropy of logits ----------------------------
+
+INFORMATION = {
+    "entropy": lambda p, q, **kw: jxent.entropy_from_logits(p, **kw),
+    "kl": lambda p, q, **kw: jxent.kl_divergence_from_logits(p, q, **kw),
+    "kl_reversed": lambda p, q, **kw: jxent.kl_divergence_from_logits(
+        q, p, **kw),
+    "cross_entropy": lambda p, q, **kw: jxent.cross_entropy_from_logits(
+        p, q, **kw),
+}
+
+
+def _pair_problem(rng, rows, classes, dtype):
+  """P's logits (NaN, half -inf and empty rows) and Q's, whose maxima sit
+  in late tiles and jump (so the rebasing of every running sum is used),
+  with a class that Q rules out and P does not."""
+  p, _, _, _, mask = _problem(rng, rows, classes, dtype)
+  q = rng.normal(size=(rows, classes)) * 2
+  q[:, -3:] += np.arange(rows)[:, None] * 4.0  # Late, growing maxima.
+  q[0, 1] = -np.inf
+  return p, jnp.asarray(q, dtype), mask
+
+
+def _information_values_and_grads(fn, p, q, mask):
+  value = jax.jit(lambda p, q: fn(p, q, where=mask))(p, q)
+  total = lambda p, q: jnp.sum(jnp.where(  # noqa: E731
+      jnp.isfinite(value), fn(p, q, where=mask), 0))
+  return value, jax.jit(jax.grad(total, (0, 1)))(p, q)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("kind", list(INFORMATION))
+def test_information_kernels_match_the_xla_path(rng, kind, masked, dtype):
+  p, q, mask = _pair_problem(rng, 6, 37, dtype)
+  mask = mask if masked else None
+  fn = INFORMATION[kind]
+  want = _information_values_and_grads(fn, p, q, mask)
+  with api.kernels_anywhere(interpret=True, block=8):
+    # The kernel runs (not XLA's branch), over several tiles a row.
+    assert _runs_a_loop(lambda p, q: fn(p, q, where=mask), p, q)
+    got = _information_values_and_grads(fn, p, q, mask)
+  _compare(got, want, dtype)
+
+
+@pytest.mark.parametrize("kind", ["entropy", "kl"])
+def test_information_kernels_keep_second_derivatives_and_vmap(rng, kind):
+  # The kernels give the numbers; every derivative is the XLA path's.
+  p, q, _ = _pair_problem(rng, 6, 37, jnp.float32)
+  p, q = jnp.nan_to_num(p, neginf=-9.0), jnp.nan_to_num(q, neginf=-9.0)
+  fn = INFORMATION[kind]
+
+  def steps():
+    # New functions each time: jit's cache does not see the override.
+    def hvp(p, q):
+      grad = jax.grad(lambda p: jnp.sum(fn(p, q)))
+      return jax.jvp(grad, (p,), (jnp.ones_like(p),))[1]
+    return hvp, jax.vmap(lambda p, q: fn(p, q))
+
+  want = tuple(jax.jit(step)(p, q) for step in steps())
+  with api.kernels_anywhere(interpret=True, block=8):
+    assert all(_runs_a_loop(step, p, q) for step in steps())
+    got = tuple(jax.jit(step)(p, q) for step in steps())
+  _compare(got, want, jnp.float32)
+
+
+def test_information_kernels_keep_tiny_values_near_certainty(rng):
+  # The kernels sum the terms at the max apart, as the Triton cross-entropy
+  # does: a tiny entropy keeps its digits against float64.
+  rows, classes = 4, 40
+  z = -rng.uniform(25, 30, size=(rows, classes))
+  z[np.arange(rows), [3, 17, 29, 39]] = 0.0
+  z64 = z - np.log(np.sum(np.exp(z), -1, keepdims=True))
+  want = -np.sum(np.exp(z64) * z64, -1)
+  with api.kernels_anywhere(interpret=True, block=8):
+    got = jax.jit(lambda z: jxent.entropy_from_logits(z))(
+        jnp.asarray(z, jnp.float32))
+  assert want.max() < 1e-8
+  np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [BENCH_SHAPES[0], BENCH_SHAPES[1],
+                                   (256, 50257)])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_information_kernels_lower_for_cuda(shape, dtype):
+  # The default path, as users trace it: the kernel on CUDA (forward; the
+  # gradient is XLA's), none for a CPU or a TPU.
+  logits = jax.ShapeDtypeStruct(shape, dtype)
+  mask = jax.ShapeDtypeStruct(shape, jnp.bool_)
+
+  def entropy_step(p, q, m):
+    return jax.value_and_grad(
+        lambda p: jnp.mean(jxent.entropy_from_logits(p)))(p)
+
+  def kl_step(p, q, m):
+    return jax.value_and_grad(lambda p, q: jnp.mean(
+        jxent.kl_divergence_from_logits(p, q, where=m)), (0, 1))(p, q)
+
+  def cross_entropy_forward(p, q, m):
+    return jxent.cross_entropy_from_logits(p, q)
+
+  for step in (entropy_step, kl_step, cross_entropy_forward):
+    args = (logits, logits, mask)
+    assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 1
+    assert TRITON_CALL not in _lower_for(["cpu"], step, *args)
+
+
+@pytest.mark.parametrize("kind", list(INFORMATION))
+def test_information_implementations_are_chosen_or_refused_clearly(rng, kind):
+  p, q, _ = _pair_problem(rng, 4, 24, jnp.float32)
+  fn = INFORMATION[kind]
+  # "xla" never runs the kernel, even where the default would.
+  with api.kernels_anywhere(interpret=True, block=8):
+    assert not _runs_a_loop(
+        lambda p, q: fn(p, q, implementation="xla"), p, q)
+    assert _runs_a_loop(
+        lambda p, q: fn(p, q, implementation="triton"), p, q)
+  # Without an NVIDIA GPU, "triton" says why; an unknown name is refused.
+  with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+    fn(p, q, implementation="triton")
+  with pytest.raises(ValueError, match="`implementation` must be None"):
+    fn(p, q, implementation="pallas")

@@ -39,9 +39,12 @@ class KernelImplementation:
   """A registered kernel implementation of the softmax cross-entropies.
 
   Its module provides ``stats_kernel(num_classes, dtype, **config)``, a
-  `rows.StatsKernel` for the default path, and ``cross_entropy_rows(
+  `rows.StatsKernel` for the default path, ``cross_entropy_rows(
   num_classes, dtype, logits, mask, target, opts, **config)``, the per-row
-  loss and weight with both passes on its kernels.
+  loss and weight with both passes on its kernels, and
+  ``information_kernel(kind, num_classes, dtype, **config)``, the forward
+  kernel of the entropy ("entropy"), KL ("kl") or cross-entropy
+  ("cross_entropy") of logits, for their default path.
 
   Attributes:
     module: The module, imported when first used.
@@ -138,6 +141,64 @@ def _stats_kernels(dtype, num_classes: int) -> tuple[_rows.StatsKernel, ...]:
   return tuple(kernels)
 
 
+def information_kernels(implementation: Implementation, kind: str, dtypes,
+                        num_classes: int) -> tuple[_rows.StatsKernel, ...]:
+  """The forward kernels for the entropy of logits (`kind` "entropy") or a
+  pair of them ("kl", "cross_entropy"), for the implementation asked for.
+
+  None: every registered kernel that suits logits of these dtypes, each
+  run on its platform by `jxent._information.logits` (XLA elsewhere).
+  "xla": none. A kernel's name: that kernel alone, where it can run. The
+  derivatives are XLA's custom JVPs in every case.
+
+  Raises:
+    ValueError: If `implementation` is unknown, or a kernel implementation
+      cannot run here, with the reason.
+  """
+  names = _check_name(implementation)
+  if implementation == "xla":
+    return ()
+  kernels = []
+  for name in names:
+    kernel = KERNELS[name]
+    why = next((w for w in (kernel.unsuitable(d, num_classes)
+                            for d in dtypes) if w is not None), None)
+    if implementation is None:
+      if why is not None:
+        continue
+    else:
+      _require_device(implementation, kernel)
+      if why is not None:
+        raise ValueError(
+            f"implementation={implementation!r} cannot run: {why}.")
+    stats = kernel.load().information_kernel(kind, num_classes, dtypes[0],
+                                             **_config())
+    kernels.append(stats)
+    for platform in () if _test_override is None else (
+        _test_override["platforms"]):
+      kernels.append(stats._replace(platform=platform))
+  return tuple(kernels)
+
+
+def _check_name(implementation: Implementation) -> tuple[str, ...]:
+  """The kernel names `implementation` covers; raises if it is unknown."""
+  if implementation is not None and implementation not in NAMES:
+    raise ValueError(
+        f"`implementation` must be None or one of {NAMES}, got"
+        f" {implementation!r}.")
+  if implementation in (None, "xla"):
+    return tuple(KERNELS)
+  return (implementation,)
+
+
+def _require_device(implementation: str, kernel: KernelImplementation):
+  if not _has_device(kernel):
+    raise ValueError(
+        f"implementation={implementation!r} needs {kernel.device}; JAX's"
+        f" backends here: {_backends()}. Use implementation='xla', or None"
+        " to choose per platform.")
+
+
 def cross_entropy_rows(implementation: Implementation, num_classes: int,
                        logits, mask, target, opts):
   """Per-row loss and "mean" weight, on the implementation asked for.
@@ -146,10 +207,7 @@ def cross_entropy_rows(implementation: Implementation, num_classes: int,
     ValueError: If `implementation` is unknown, or a kernel implementation
       cannot run here, with the reason.
   """
-  if implementation is not None and implementation not in NAMES:
-    raise ValueError(
-        f"`implementation` must be None or one of {NAMES}, got"
-        f" {implementation!r}.")
+  _check_name(implementation)
   if implementation in (None, "xla") and _softmax_rows.upcasts_on_cpu(
       logits.dtype, logits.size):
     # Small 16-bit logits on a CPU: the float32 path is faster there.
@@ -162,11 +220,7 @@ def cross_entropy_rows(implementation: Implementation, num_classes: int,
         None, num_classes, _stats_kernels(logits.dtype, num_classes),
         logits, mask, target, opts)
   kernel = KERNELS[implementation]
-  if not _has_device(kernel):
-    raise ValueError(
-        f"implementation={implementation!r} needs {kernel.device}; JAX's"
-        f" backends here: {_backends()}. Use implementation='xla', or None"
-        " to choose per platform.")
+  _require_device(implementation, kernel)
   why = kernel.unsuitable(logits.dtype, num_classes)
   if why is not None:
     raise ValueError(

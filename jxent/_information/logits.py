@@ -18,10 +18,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jxent._cross_entropy import api as _api
 from jxent._information.probabilities import in_base
 from jxent._numerics import checks as _checks
 from jxent._numerics import softmax_rows as _softmax_rows
 from jxent._numerics.logsumexp import exp_sum_terms, log_sum, sum_and_excess_of
+from jxent._numerics.platforms import per_platform
 
 Axis = int | tuple[int, ...]
 
@@ -35,25 +37,78 @@ def _logits(name: str, x) -> jax.Array:
 # --- entropy ------------------------------------------------------------------
 
 
-def _entropy_parts(axis_name, logits, mask):
-  keep = _softmax_rows.keeps_exp(logits.dtype)
+def _entropy_stats(axis_name, keep, logits, mask):
+  """XLA's `(shift, sumexp, excess, dot)` per row, and the exp if `keep`.
+
+  dot is sum_c e_c (z_c - shift), 0 where e_c is 0; one pass of sums.
+  """
   _, shifted, shift = _softmax_rows.shifted(logits, mask, axis_name)
   e = jnp.exp(shifted)
   exp_terms = exp_sum_terms(e, shifted)
   *exp_sums, dot = _softmax_rows.sums(
       axis_name, keep, *exp_terms, _softmax_rows.times_finite(e, shifted))
   sumexp, excess = sum_and_excess_of(tuple(exp_sums))
+  return (shift, sumexp, excess, dot), e if keep else None
+
+
+def _entropy_parts(axis_name, implementation, logits, mask):
+  keep = _softmax_rows.keeps_exp(logits.dtype)
+  # Inside shard_map (axis_name) the sums are combined over the mesh: XLA.
+  kernels = () if axis_name is not None else _api.information_kernels(
+      implementation, "entropy", (logits.dtype,), logits.shape[-1])
+  if kernels:
+    stats, e = _on_platforms(_entropy_stats, kernels, (None, keep), logits,
+                             mask)
+  else:
+    stats, e = _entropy_stats(axis_name, keep, logits, mask)
+  shift, sumexp, excess, dot = stats
   # log1p of the excess: exact near certainty where the sums split it.
   log_sumexp = log_sum(sumexp, excess)
   # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
   entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
-  return entropy, shift, log_sumexp, e if keep else None
+  return entropy, shift, log_sumexp, e
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def entropy_rows(axis_name, logits, mask):
-  """H(softmax(logits)) per row, classes last, in nats."""
-  return _entropy_parts(axis_name, logits, mask)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _on_platforms(xla_stats, kernels, static, *arrays):
+  """`xla_stats(*static, *arrays)`, computed on each platform's kernel.
+
+  XLA everywhere, except on the platforms of `kernels`
+  (`jxent._cross_entropy.api.information_kernels`), whose kernel gives the
+  same per-row numbers; chosen per platform when the function is lowered
+  (`platforms.per_platform`). A kept exp (a CPU's choice, traced for
+  another platform too by a multi-platform `jax.export`) comes from XLA on
+  every branch. The derivative is XLA's everywhere: the kernels have none.
+  """
+  def on(kernel):
+    def run(*arrays):
+      # XLA's exps, if kept, beside the kernel's sums (else XLA's unused
+      # sums are dead code).
+      _, exps = xla_stats(*static, *arrays)
+      return tuple(kernel.compute(*arrays, kernel.config)), exps
+    return run
+
+  return per_platform(
+      *arrays, default=lambda *a: xla_stats(*static, *a),
+      **{k.platform: on(k) for k in kernels})
+
+
+@_on_platforms.defjvp
+def _on_platforms_jvp(xla_stats, kernels, static, primals, tangents):
+  # The kernels give the numbers; their derivative is the XLA reference's.
+  _, tangent = jax.jvp(lambda *a: xla_stats(*static, *a), primals, tangents)
+  return _on_platforms(xla_stats, kernels, static, *primals), tangent
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def entropy_rows(axis_name, implementation, logits, mask):
+  """H(softmax(logits)) per row, classes last, in nats.
+
+  `implementation` chooses the forward pass's sums (see
+  `jxent._cross_entropy.api.information_kernels`); ignored inside
+  `shard_map`.
+  """
+  return _entropy_parts(axis_name, implementation, logits, mask)[0]
 
 
 def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
@@ -67,10 +122,11 @@ def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
 
 
 @functools.partial(entropy_rows.defjvp, symbolic_zeros=True)
-def _entropy_rows_jvp(axis_name, primals, tangents):
+def _entropy_rows_jvp(axis_name, implementation, primals, tangents):
   logits, mask = primals
   dlogits, _ = tangents
-  entropy, shift, log_sumexp, exps = _entropy_parts(axis_name, logits, mask)
+  entropy, shift, log_sumexp, exps = _entropy_parts(
+      axis_name, implementation, logits, mask)
   if exps is not None:  # Kept by the forward pass (see keeps_exp).
     tangent = _entropy_tangent(axis_name, logits, mask, shift, log_sumexp,
                                entropy, dlogits, exps)
@@ -84,10 +140,13 @@ def _entropy_rows_jvp(axis_name, primals, tangents):
 # --- cross-entropy and KL divergence --------------------------------------------
 
 
-def _pair_value(kind, axis_name, p_logits, q_logits, mask):
-  """The row values and P's and Q's per-row numbers, in one pass of sums."""
-  keep = (_softmax_rows.keeps_exp(p_logits.dtype)
-          and _softmax_rows.keeps_exp(q_logits.dtype))
+def _pair_stats(kind, axis_name, keep, p_logits, q_logits, mask):
+  """XLA's `(shift_p, sum_p, excess_p, shift_q, sum_q, excess_q, dot)` per
+  row, and the exps `(ep, eq)` if `keep`: one pass of sums.
+
+  dot is sum_c p_c per_class_c / C, with unnormalised p_c (0 where it is 0)
+  and per_class shifted_p - shifted_q (KL) or -shifted_q (cross-entropy).
+  """
   _, sp, shift_p = _softmax_rows.shifted(p_logits, mask, axis_name)
   _, sq, shift_q = _softmax_rows.shifted(q_logits, mask, axis_name)
   ep, eq = jnp.exp(sp), jnp.exp(sq)
@@ -106,7 +165,27 @@ def _pair_value(kind, axis_name, p_logits, q_logits, mask):
   n = len(p_terms)
   sum_p, excess_p = sum_and_excess_of(sums[:n])
   sum_q, excess_q = sum_and_excess_of(sums[n:2 * n])
-  dot = sums[-1]
+  stats = (shift_p, sum_p, excess_p, shift_q, sum_q, excess_q, sums[-1])
+  return stats, (ep, eq) if keep else (None, None)
+
+
+def _pair_value(kind, axis_name, implementation, p_logits, q_logits, mask):
+  """The row values and P's and Q's per-row numbers."""
+  keep = (_softmax_rows.keeps_exp(p_logits.dtype)
+          and _softmax_rows.keeps_exp(q_logits.dtype))
+  # Inside shard_map (axis_name) the sums are combined over the mesh: XLA.
+  kernels = () if axis_name is not None else _api.information_kernels(
+      implementation, kind, (p_logits.dtype, q_logits.dtype),
+      p_logits.shape[-1])
+  if kernels:
+    stats, exps = _on_platforms(_pair_stats, kernels, (kind, None, keep),
+                                p_logits, q_logits, mask)
+  else:
+    stats, exps = _pair_stats(kind, axis_name, keep, p_logits, q_logits,
+                              mask)
+  shift_p, sum_p, excess_p, shift_q, sum_q, excess_q, dot = stats
+  classes = max(p_logits.shape[-1] * (
+      1 if axis_name is None else lax.axis_size(axis_name)), 1)
   # log1p of the excesses: exact where the sums split them.
   lse_p, lse_q = log_sum(sum_p, excess_p), log_sum(sum_q, excess_q)
   mean = dot / jnp.where(sum_p != 0, sum_p, 1) * classes
@@ -120,14 +199,17 @@ def _pair_value(kind, axis_name, p_logits, q_logits, mask):
   # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
   value = mean + lse_q - (lse_p if kind == "kl" else 0)
   value = jnp.where(sum_p != 0, value, 0)
-  exps = (ep, eq) if keep else (None, None)
   return value, (shift_p, lse_p, sum_p), (shift_q, lse_q), exps
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def pair_rows(kind, axis_name, p_logits, q_logits, mask):
-  """H(P, Q) (kind "cross_entropy") or D_KL(P || Q) (kind "kl") per row."""
-  return _pair_value(kind, axis_name, p_logits, q_logits, mask)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def pair_rows(kind, axis_name, implementation, p_logits, q_logits, mask):
+  """H(P, Q) (kind "cross_entropy") or D_KL(P || Q) (kind "kl") per row.
+
+  `implementation` as for `entropy_rows`.
+  """
+  return _pair_value(kind, axis_name, implementation, p_logits, q_logits,
+                     mask)[0]
 
 
 def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
@@ -156,11 +238,11 @@ def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
 
 
 @functools.partial(pair_rows.defjvp, symbolic_zeros=True)
-def _pair_rows_jvp(kind, axis_name, primals, tangents):
+def _pair_rows_jvp(kind, axis_name, implementation, primals, tangents):
   p_logits, q_logits, mask = primals
   dp, dq, _ = tangents
-  value, p, q, (p_exps, q_exps) = _pair_value(kind, axis_name, p_logits,
-                                              q_logits, mask)
+  value, p, q, (p_exps, q_exps) = _pair_value(
+      kind, axis_name, implementation, p_logits, q_logits, mask)
   tangent = jnp.zeros_like(value)
   # Without kept exps (see keeps_exp), under jax.checkpoint: reverse mode
   # then saves the logits and per-row numbers only.
@@ -189,6 +271,7 @@ def entropy_from_logits(
     *,
     where: jax.typing.ArrayLike | None = None,
     base: float | None = None,
+    implementation: _api.Implementation = None,
 ) -> jax.Array:
   r"""Entropy of the categorical distribution `softmax(logits)`.
 
@@ -204,6 +287,12 @@ def entropy_from_logits(
     axis: The class axis, or tuple of axes.
     where: Boolean mask; excluded classes get no probability.
     base: Logarithm base; None gives nats, 2 gives bits.
+    implementation: None (the default) chooses per platform when the
+      function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
+      computes the forward pass's per-row sums in one read of the logits;
+      elsewhere, XLA. "xla" forces XLA; "triton" forces the kernel and
+      raises a `ValueError` where it cannot run. The derivatives are XLA's
+      custom JVP in every case, so every differentiation mode works.
 
   Returns:
     Array of `logits.shape` without `axis`. A row with every class masked
@@ -220,7 +309,8 @@ def entropy_from_logits(
   axes = _checks.canonical_axes(axis, logits.ndim)
   mask = _checks.broadcast_where(where, logits.shape)
   mask = None if mask is None else _softmax_rows.classes_last(mask, axes)
-  value = entropy_rows(None, _softmax_rows.classes_last(logits, axes), mask)
+  value = entropy_rows(None, implementation,
+                       _softmax_rows.classes_last(logits, axes), mask)
   return in_base(value, log_base)
 
 
@@ -246,6 +336,7 @@ def cross_entropy_from_logits(
     *,
     where: jax.typing.ArrayLike | None = None,
     base: float | None = None,
+    implementation: _api.Implementation = None,
 ) -> jax.Array:
   r"""Cross-entropy H(P, Q) with P and Q given by logits.
 
@@ -261,6 +352,12 @@ def cross_entropy_from_logits(
     where: Boolean mask applied to both; excluded classes get no
       probability in either.
     base: Logarithm base; None gives nats, 2 gives bits.
+    implementation: None (the default) chooses per platform when the
+      function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
+      computes the forward pass's per-row sums in one read of the logits;
+      elsewhere, XLA. "xla" forces XLA; "triton" forces the kernel and
+      raises a `ValueError` where it cannot run. The derivatives are XLA's
+      custom JVP in every case, so every differentiation mode works.
 
   Returns:
     Array of the broadcast shape without `axis`.
@@ -275,7 +372,8 @@ def cross_entropy_from_logits(
   """
   log_base = _checks.check_base(base)
   p, q, mask = _logits_pair(p_logits, q_logits, axis, where)
-  return in_base(pair_rows("cross_entropy", None, p, q, mask), log_base)
+  return in_base(pair_rows("cross_entropy", None, implementation, p, q,
+                           mask), log_base)
 
 
 def kl_divergence_from_logits(
@@ -285,6 +383,7 @@ def kl_divergence_from_logits(
     *,
     where: jax.typing.ArrayLike | None = None,
     base: float | None = None,
+    implementation: _api.Implementation = None,
 ) -> jax.Array:
   r"""KL divergence D_KL(P || Q) with P and Q given by logits.
 
@@ -304,6 +403,12 @@ def kl_divergence_from_logits(
     axis: The class axis, or tuple of axes.
     where: Boolean mask applied to both.
     base: Logarithm base; None gives nats, 2 gives bits.
+    implementation: None (the default) chooses per platform when the
+      function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
+      computes the forward pass's per-row sums in one read of the logits;
+      elsewhere, XLA. "xla" forces XLA; "triton" forces the kernel and
+      raises a `ValueError` where it cannot run. The derivatives are XLA's
+      custom JVP in every case, so every differentiation mode works.
 
   Returns:
     Array of the broadcast shape without `axis`: 0 where P is empty,
@@ -318,4 +423,5 @@ def kl_divergence_from_logits(
   """
   log_base = _checks.check_base(base)
   p, q, mask = _logits_pair(p_logits, q_logits, axis, where)
-  return in_base(pair_rows("kl", None, p, q, mask), log_base)
+  return in_base(pair_rows("kl", None, implementation, p, q, mask),
+                 log_base)

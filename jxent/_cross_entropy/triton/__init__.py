@@ -5,13 +5,18 @@ it (never the reverse): `row_stats` the forward pass's per-row numbers
 (`jxent._cross_entropy.rows.dense_row_stats`), `logits_gradient` the
 backward pass's element-wise gradient (`rows.logits_gradient`).
 `cross_entropy_rows` puts both in one custom VJP; `stats_kernel` serves
-the default path. `jxent._cross_entropy.api` registers them as "triton".
+the default path. `information` holds the forward kernels of the entropy,
+KL and cross-entropy of logits (`information_kernel`), whose derivatives
+stay XLA's. `jxent._cross_entropy.api` registers them as "triton".
 """
 
 from jxent._cross_entropy.triton.config import KernelConfig as KernelConfig
 from jxent._cross_entropy.triton.config import default_config as default_config
 from jxent._cross_entropy.triton.cross_entropy import (
     cross_entropy_rows as cross_entropy_rows,
+)
+from jxent._cross_entropy.triton.cross_entropy import (
+    information_kernel as information_kernel,
 )
 from jxent._cross_entropy.triton.cross_entropy import (
     softmax_cross_entropy_rows as softmax_cross_entropy_rows,

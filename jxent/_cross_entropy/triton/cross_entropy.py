@@ -13,6 +13,7 @@ import functools
 import jax
 
 from jxent._cross_entropy import rows as _rows
+from jxent._cross_entropy.triton import information as _information
 from jxent._cross_entropy.triton.config import KernelConfig, default_config
 from jxent._cross_entropy.triton.gradient import logits_gradient
 from jxent._cross_entropy.triton.row_stats import row_stats
@@ -109,3 +110,33 @@ def cross_entropy_rows(num_classes: int, dtype, logits, mask, target, opts,
              _configured(num_classes, dtype, "logits_gradient", config))
   return softmax_cross_entropy_rows(num_classes, configs, logits, mask,
                                     target, opts)
+
+
+def information_kernel(kind: str, num_classes: int, dtype, **config
+                       ) -> _rows.StatsKernel:
+  """The forward kernel of the entropy, KL or cross-entropy of logits.
+
+  Its `compute(*arrays, config)` gives the per-row numbers of
+  `jxent._information.logits` (`information.entropy_stats`, or
+  `information.pair_stats` of `kind`). The tiles are the forward
+  cross-entropy kernel's (half as wide for a pair, which reads two rows):
+  the sweep has not tuned these kernels yet.
+
+  Args:
+    kind: "entropy", "kl" or "cross_entropy".
+    num_classes: C.
+    dtype: The logits' dtype.
+    **config: `KernelConfig` fields to use instead of the tuned defaults.
+  """
+  chosen = _configured(num_classes, dtype, "row_stats", config)
+  if kind == "entropy":
+    compute = _information.entropy_stats
+  elif kind in ("kl", "cross_entropy"):
+    compute = functools.partial(_information.pair_stats, kind)
+    if "block" not in config:
+      # Two rows' tiles per step: half the width holds as many values in
+      # registers as the forward kernel's one.
+      chosen = dataclasses.replace(chosen, block=max(chosen.block // 2, 1))
+  else:
+    raise ValueError(f"Unknown kind {kind!r}.")
+  return _rows.StatsKernel("cuda", compute, chosen)
