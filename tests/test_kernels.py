@@ -447,6 +447,42 @@ def test_information_kernels_match_the_xla_path(rng, kind, masked, dtype):
   _compare(got, want, dtype)
 
 
+def _extreme_rows(rng, rows, classes):
+  """Logits at every scale up to the float limit, with -inf, jumping maxima
+  (exp's range and the float range both exceeded between tiles)."""
+  scales = 10.0 ** rng.uniform(0, 38.4, size=(rows, 1))
+  z = np.clip(rng.normal(size=(rows, classes)) * scales, -3.3e38, 3.3e38)
+  z[rng.uniform(size=z.shape) < 0.1] = -np.inf
+  z[0] = [-3e38] * 8 + [3e38] + [0.0] * (classes - 9)
+  return z
+
+
+@pytest.mark.parametrize("kind", list(INFORMATION))
+def test_information_kernels_match_the_xla_path_at_the_float_limits(rng,
+                                                                    kind):
+  # The running sums rebase through jumps past exp's range (an old scale of
+  # 0, where an infinite old term must not make 0 * inf = NaN), and P's
+  # mass on a class that Q rules out counts (inf) only if it survives the
+  # final shift, as on the XLA path, whatever the tiles' order.
+  rows, classes = 64, 16
+  p = _extreme_rows(rng, rows, classes)
+  q = _extreme_rows(rng, rows, classes)
+  q[1:, 0] = -np.inf
+  p[1] = 0.0
+  p[1, 12] = 200.0
+  p[2], q[2] = p[1, ::-1], q[1, ::-1]
+  p, q = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
+  fn = INFORMATION[kind]
+  want = jax.jit(lambda p, q: fn(p, q))(p, q)
+  with api.kernels_anywhere(interpret=True, block=8):
+    got = jax.jit(lambda p, q: fn(p, q))(p, q)
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+  np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+  finite = np.isfinite(want)
+  np.testing.assert_allclose(np.asarray(got)[finite],
+                             np.asarray(want)[finite], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["entropy", "kl"])
 def test_information_kernels_keep_second_derivatives_and_vmap(rng, kind):
   # The kernels give the numbers; every derivative is the XLA path's.
@@ -470,17 +506,46 @@ def test_information_kernels_keep_second_derivatives_and_vmap(rng, kind):
 
 def test_information_kernels_keep_tiny_values_near_certainty(rng):
   # The kernels sum the terms at the max apart, as the Triton cross-entropy
-  # does: a tiny entropy keeps its digits against float64.
+  # does: a tiny entropy, KL and cross-entropy keep their digits against
+  # float64 (Q: P with its top class 2 nats surer).
   rows, classes = 4, 40
-  z = -rng.uniform(25, 30, size=(rows, classes))
-  z[np.arange(rows), [3, 17, 29, 39]] = 0.0
-  z64 = z - np.log(np.sum(np.exp(z), -1, keepdims=True))
-  want = -np.sum(np.exp(z64) * z64, -1)
+  top = [3, 17, 29, 39]
+  zp = -rng.uniform(25, 30, size=(rows, classes))
+  zp[np.arange(rows), top] = 0.0
+  zq = zp.copy()
+  zq[np.arange(rows), top] = 2.0
+
+  def log_softmax64(z):
+    return z - np.log(np.sum(np.exp(z), -1, keepdims=True))
+
+  log_p, log_q = log_softmax64(zp), log_softmax64(zq)
+  entropy = -np.sum(np.exp(log_p) * log_p, -1)
+  kl = np.sum(np.exp(log_p) * (log_p - log_q), -1)
+  p32, q32 = jnp.asarray(zp, jnp.float32), jnp.asarray(zq, jnp.float32)
   with api.kernels_anywhere(interpret=True, block=8):
-    got = jax.jit(lambda z: jxent.entropy_from_logits(z))(
-        jnp.asarray(z, jnp.float32))
-  assert want.max() < 1e-8
-  np.testing.assert_allclose(got, want, rtol=1e-3)
+    got = jax.jit(lambda p, q: (
+        jxent.entropy_from_logits(p), jxent.kl_divergence_from_logits(p, q),
+        jxent.cross_entropy_from_logits(p, q)))(p32, q32)
+  for value, want in zip(got, (entropy, kl, entropy + kl), strict=True):
+    assert want.max() < 1e-8
+    np.testing.assert_allclose(value, want, rtol=1e-3)
+
+
+@pytest.mark.parametrize("implementation", [None, *KERNELS])
+def test_a_batch_of_no_rows_runs_no_kernel(implementation):
+  # No rows, no programs: the losses of an empty batch are empty (or 0),
+  # as on the XLA path, on the default path and the kernels' alike.
+  x, labels = jnp.zeros((0, 40)), jnp.zeros((0,), jnp.int32)
+  with api.kernels_anywhere(interpret=True, block=8):
+    outs = jax.jit(lambda x, y: (
+        int_ce(x, y, implementation=implementation),
+        int_ce(x, y, reduction="mean", implementation=implementation),
+        jxent.entropy_from_logits(x, implementation=implementation),
+        jxent.kl_divergence_from_logits(x, x,
+                                        implementation=implementation)))(
+            x, labels)
+  assert [o.shape for o in outs] == [(0,), (), (0,), (0,)]
+  assert float(outs[1]) == 0.0
 
 
 @pytest.mark.parametrize("shape", [BENCH_SHAPES[0], BENCH_SHAPES[1],
@@ -524,3 +589,19 @@ def test_information_implementations_are_chosen_or_refused_clearly(rng, kind):
     fn(p, q, implementation="triton")
   with pytest.raises(ValueError, match="`implementation` must be None"):
     fn(p, q, implementation="pallas")
+
+
+def test_eager_calls_compile_nothing_new(caplog):
+  # Un-jitted, the per-platform choice runs its platform's branch op by op:
+  # a second call compiles nothing (a jit of the branches' fresh closures
+  # compiled them again on every call, some 100 times slower).
+  x, labels = jnp.ones((4, 50)), jnp.zeros((4,), jnp.int32)
+  calls = (lambda: jxent.entropy_from_logits(x),
+           lambda: jxent.kl_divergence_from_logits(x, 2 * x),
+           lambda: int_ce(x, labels))
+  for call in calls:
+    jax.block_until_ready(call())
+  with jax.log_compiles(True), caplog.at_level("DEBUG", logger="jax"):
+    for call in calls:
+      jax.block_until_ready(call())
+  assert not [r for r in caplog.records if "ompil" in r.getMessage()]

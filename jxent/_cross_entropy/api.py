@@ -22,6 +22,7 @@ when a function is traced with them, so `import jxent` loads no Pallas.
 import contextlib
 import dataclasses
 import importlib
+import math
 from typing import Literal
 
 import jax
@@ -225,6 +226,10 @@ def cross_entropy_rows(implementation: Implementation, num_classes: int,
   if why is not None:
     raise ValueError(
         f"implementation={implementation!r} cannot run: {why}.")
+  if not math.prod(logits.shape[:-1]):
+    # No rows: nothing for a kernel grid to do (it would have no programs).
+    return _xla.softmax_cross_entropy_rows(None, num_classes, (), logits,
+                                           mask, target, opts)
   return kernel.load().cross_entropy_rows(
       num_classes, logits.dtype, logits, mask, target, opts, **_config())
 

@@ -29,6 +29,7 @@ sharded; XLA today, a GPU kernel later) shares the last two:
 """
 
 import functools
+import math
 from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
@@ -354,9 +355,10 @@ def row_statistics(
   function runs XLA on a CPU and the kernel on a GPU, and `jax.export` for
   several platforms carries both. Their derivatives (which second-order
   differentiation of a loss takes) are XLA's everywhere. The arguments are
-  as for `dense_row_stats`; `kernels` never run inside `shard_map`.
+  as for `dense_row_stats`; `kernels` never run inside `shard_map`, nor
+  on a batch of no rows (a kernel grid of no programs).
   """
-  if not kernels:
+  if not kernels or not math.prod(logits.shape[:-1]):
     return dense_row_stats(
         logits, mask, opts, num_classes, label_index=label_index,
         targets=targets, axis_name=axis_name, offset=offset,

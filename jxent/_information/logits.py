@@ -56,7 +56,7 @@ def _entropy_parts(axis_name, implementation, logits, mask):
   # Inside shard_map (axis_name) the sums are combined over the mesh: XLA.
   kernels = () if axis_name is not None else _api.information_kernels(
       implementation, "entropy", (logits.dtype,), logits.shape[-1])
-  if kernels:
+  if kernels and logits.size:  # (No rows: a kernel grid of no programs.)
     stats, e = _on_platforms(_entropy_stats, kernels, (None, keep), logits,
                              mask)
   else:
@@ -177,7 +177,7 @@ def _pair_value(kind, axis_name, implementation, p_logits, q_logits, mask):
   kernels = () if axis_name is not None else _api.information_kernels(
       implementation, kind, (p_logits.dtype, q_logits.dtype),
       p_logits.shape[-1])
-  if kernels:
+  if kernels and p_logits.size:  # (No rows: no kernel grid.)
     stats, exps = _on_platforms(_pair_stats, kernels, (kind, None, keep),
                                 p_logits, q_logits, mask)
   else:
@@ -290,9 +290,9 @@ def entropy_from_logits(
     implementation: None (the default) chooses per platform when the
       function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
       computes the forward pass's per-row sums in one read of the logits;
-      elsewhere, XLA. "xla" forces XLA; "triton" forces the kernel and
-      raises a `ValueError` where it cannot run. The derivatives are XLA's
-      custom JVP in every case, so every differentiation mode works.
+      elsewhere, XLA. "xla" forces XLA; "triton" asks for the kernel and
+      raises a `ValueError` without an NVIDIA GPU. The derivatives are
+      XLA's custom JVP in every case, so every differentiation mode works.
 
   Returns:
     Array of `logits.shape` without `axis`. A row with every class masked
@@ -355,9 +355,9 @@ def cross_entropy_from_logits(
     implementation: None (the default) chooses per platform when the
       function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
       computes the forward pass's per-row sums in one read of the logits;
-      elsewhere, XLA. "xla" forces XLA; "triton" forces the kernel and
-      raises a `ValueError` where it cannot run. The derivatives are XLA's
-      custom JVP in every case, so every differentiation mode works.
+      elsewhere, XLA. "xla" forces XLA; "triton" asks for the kernel and
+      raises a `ValueError` without an NVIDIA GPU. The derivatives are
+      XLA's custom JVP in every case, so every differentiation mode works.
 
   Returns:
     Array of the broadcast shape without `axis`.
@@ -406,9 +406,9 @@ def kl_divergence_from_logits(
     implementation: None (the default) chooses per platform when the
       function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
       computes the forward pass's per-row sums in one read of the logits;
-      elsewhere, XLA. "xla" forces XLA; "triton" forces the kernel and
-      raises a `ValueError` where it cannot run. The derivatives are XLA's
-      custom JVP in every case, so every differentiation mode works.
+      elsewhere, XLA. "xla" forces XLA; "triton" asks for the kernel and
+      raises a `ValueError` without an NVIDIA GPU. The derivatives are
+      XLA's custom JVP in every case, so every differentiation mode works.
 
   Returns:
     Array of the broadcast shape without `axis`: 0 where P is empty,

@@ -98,8 +98,8 @@ def split_exp(shifted: jax.Array, e: jax.Array | None = None
   Returns `(rest, ties)`, each of `shifted`'s shape: `ties` is 1 where
   `shifted` is 0 (the max), `rest` is exp(shifted) elsewhere. Summed over a
   row they give the sum and its excess over 1 (`sum_and_excess`). `rest`
-  carries every term's derivative, the ties' included (e - stop_gradient(e)
-  is 0 with e's derivative), so its sum differentiates like the whole sum;
+  carries every term's derivative, the ties' included (e - tie is 0 at a
+  tie, with e's derivative), so its sum differentiates like the whole sum;
   `ties` is a count, with no derivative. `e`, if given, is exp(shifted).
   """
   if e is None:
@@ -110,7 +110,10 @@ def split_exp(shifted: jax.Array, e: jax.Array | None = None
   # recomputed in another fusion (say, divided by a temperature) may round
   # a hair above the max they gave, and such a term still counts once.
   tie = lax.stop_gradient(1 - jnp.clip(-shifted * 1e30, 0, 1))
-  return e - lax.stop_gradient(e) * tie, tie
+  # A tie takes its count out of the rest, not its own e: a term a hair
+  # above 1 keeps its excess, and a +inf term (a +inf logit) stays inf, not
+  # inf - inf = NaN.
+  return e - tie, tie
 
 
 def sum_and_excess(rest: jax.Array, ties: jax.Array

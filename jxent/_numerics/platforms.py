@@ -66,8 +66,23 @@ def _abstract_eval(*avals, default, branches):
 
 
 def _impl(*args, default, branches):
-  return jax.jit(lambda *a: _primitive().bind(
-      *a, default=default, branches=branches))(*args)
+  # Eager: the branch of the platform the arguments live on, op by op, as
+  # any eager JAX runs (a `jit` of the primitive would compile its fresh
+  # closures again on every call).
+  fn = dict(branches).get(_eager_platform(args), default)
+  return fn(*args)
+
+
+def _eager_platform(args) -> str:
+  """The platform of the first argument on a device (else the default
+  device's), as the lowering rules name platforms ("cuda", not "gpu")."""
+  device = next((next(iter(a.devices())) for a in args
+                 if isinstance(a, jax.Array)), None) or jax.devices()[0]
+  if device.platform != "gpu":
+    return device.platform
+  client = device.client
+  names = f"{client.platform} {client.platform_version}".lower()
+  return "rocm" if "rocm" in names else "cuda"
 
 
 def _lowering(platform: str | None):

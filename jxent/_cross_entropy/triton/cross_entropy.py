@@ -126,7 +126,8 @@ def information_kernel(kind: str, num_classes: int, dtype, **config
     kind: "entropy", "kl" or "cross_entropy".
     num_classes: C.
     dtype: The logits' dtype.
-    **config: `KernelConfig` fields to use instead of the tuned defaults.
+    **config: `KernelConfig` fields to use instead of the tuned defaults
+      (`lane_sums` does not apply: these kernels reduce each tile).
   """
   chosen = _configured(num_classes, dtype, "row_stats", config)
   if kind == "entropy":

@@ -101,9 +101,12 @@ def _entropy_kernel(*refs, block, masked):
     run_max, old, new, scale, shifted, rest, ties = _online(
         run_max, rest, ties, x)
     # sum e (z - shift), rebased: e scales by `scale`, and each z - shift
-    # gains old - new. Before any mass both sums are 0.
-    dot = scale * (dot + (old - new) * sum_old) + jnp.sum(
-        _times_finite(jnp.exp(shifted), shifted))
+    # gains old - new. Before any mass both sums are 0. A scale of 0 (a
+    # jump past exp's range) leaves no old term at all, as XLA's final
+    # shift leaves them 0: the where keeps 0 * inf out (logits spanning
+    # more than the float range make (old - new) * sum_old infinite).
+    dot = jnp.where(scale == 0, 0.0, scale * (dot + (old - new) * sum_old))
+    dot = dot + jnp.sum(_times_finite(jnp.exp(shifted), shifted))
     return run_max, rest, ties, dot
 
   zero = jnp.float32(0)
@@ -123,7 +126,7 @@ def _pair_kernel(*refs, block, masked, kind, num_classes):
   walk = _Walk(p_ref.shape[0], block, m_ref)
 
   def body(i, carry):
-    p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot = carry
+    p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot, ruled_max = carry
     keep = walk.keep(i)
     zp, zq = walk.logits(p_ref, i, keep), walk.logits(q_ref, i, keep)
     p_sum_old = p_rest + p_ties
@@ -133,21 +136,34 @@ def _pair_kernel(*refs, block, masked, kind, num_classes):
         q_max, q_rest, q_ties, zq)
     # sum p (per_class) / C, rebased: p's terms scale by p_scale; for the
     # KL each shifted_p gains p_old - p_new; for both each -shifted_q gains
-    # q_new - q_old.
+    # q_new - q_old. A p_scale of 0 leaves no old term (the where keeps
+    # 0 * inf out), as XLA's final shift leaves them 0.
     if kind == "kl":
       dot = dot + (p_old - p_new) / num_classes * p_sum_old
-    dot = p_scale * dot
-    dot = dot + (q_new - q_old) / num_classes * (p_scale * p_sum_old)
+    dot = jnp.where(p_scale == 0, 0.0, p_scale * dot)
+    old_mass = p_scale * p_sum_old  # The old P mass at the new shift.
+    dot = dot + jnp.where(old_mass == 0, 0.0,
+                          (q_new - q_old) / num_classes * old_mass)
+    # A class that Q rules out (-inf) has per_class +inf: its term is inf
+    # if p is not 0 at the final shift, which only the end knows. Its
+    # largest p logit is kept apart, and its terms left out here.
+    ruled_out = zq == -jnp.inf
+    ruled_max = jnp.maximum(ruled_max,
+                            jnp.max(jnp.where(ruled_out, zp, -jnp.inf)))
     per_class = sp - sq if kind == "kl" else -sq
-    ep = jnp.exp(sp)
-    dot = dot + jnp.sum(_times_finite(ep, per_class / num_classes))
-    return p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot
+    terms = _times_finite(jnp.exp(sp), per_class / num_classes)
+    dot = dot + jnp.sum(jnp.where(ruled_out, 0.0, terms))
+    return (p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot, ruled_max)
 
-  zero = jnp.float32(0)
-  start = (jnp.float32(-jnp.inf), zero, zero) * 2 + (zero,)
-  p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot = lax.fori_loop(
-      0, walk.tiles(), body, start)
-  values = (_shift_of(p_max), p_rest + p_ties, p_rest + (p_ties - 1.0),
+  zero, none = jnp.float32(0), jnp.float32(-jnp.inf)
+  start = (none, zero, zero) * 2 + (zero, none)
+  (p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot,
+   ruled_max) = lax.fori_loop(0, walk.tiles(), body, start)
+  p_shift = _shift_of(p_max)
+  # P's mass on a class that Q rules out, at the final shift: inf then.
+  # (A select between two literals fails Triton's lowering: one is dot.)
+  dot = jnp.where(jnp.exp(ruled_max - p_shift) != 0, dot + jnp.inf, dot)
+  values = (p_shift, p_rest + p_ties, p_rest + (p_ties - 1.0),
             _shift_of(q_max), q_rest + q_ties, q_rest + (q_ties - 1.0), dot)
   for ref, value in zip(outs, values, strict=True):
     ref[...] = value
