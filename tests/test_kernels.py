@@ -605,3 +605,21 @@ def test_eager_calls_compile_nothing_new(caplog):
     for call in calls:
       jax.block_until_ready(call())
   assert not [r for r in caplog.records if "ompil" in r.getMessage()]
+
+
+def test_a_cpu_and_cuda_export_of_the_information_functions_runs_xla(rng):
+  # One export carries both: the kernels for CUDA, XLA for the CPU, where
+  # it runs and matches the jitted function (values and gradients).
+  p, q, _ = _pair_problem(rng, 4, 64, jnp.float32)
+  p, q = jnp.nan_to_num(p, neginf=-9.0), jnp.nan_to_num(q, neginf=-9.0)
+
+  def step(p, q):
+    return jax.value_and_grad(lambda p, q: jnp.mean(
+        jxent.kl_divergence_from_logits(p, q)
+        + jxent.cross_entropy_from_logits(q, p)
+        + jxent.entropy_from_logits(q)), (0, 1))(p, q)
+
+  exported = jax.export.export(jax.jit(step), platforms=["cpu", "cuda"],
+                               disabled_checks=[TRITON])(p, q)
+  assert exported.mlir_module().count(TRITON_CALL) == 3
+  _compare(exported.call(p, q), jax.jit(step)(p, q), jnp.float32)
