@@ -24,11 +24,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jxent._numerics.logsumexp import split_exp
-
-
-def _shift_of(row_max):
-  return jnp.where(jnp.isinf(row_max), 0.0, row_max)
+from jxent._cross_entropy.triton.row_stats import online_step, shift_of
 
 
 def _times_finite(e, value):
@@ -66,28 +62,6 @@ class _Walk:
     return x if keep is None else jnp.where(keep != 0, x, -jnp.inf)
 
 
-def _online(run_max, rest, ties, x):
-  """One tile's step of the online max and split sum of exponentials.
-
-  Returns the new max, the old and new shifts, the old sums' scale, the
-  shifted tile, its exponentials, and the rescaled sums with the tile's.
-  """
-  new_max = jnp.maximum(run_max, jnp.max(x))
-  old, new = _shift_of(run_max), _shift_of(new_max)
-  # Before any mass (max -inf) the sums are 0 and need no rescaling (and
-  # exp(0 - new) could overflow).
-  scale = jnp.where(jnp.isinf(run_max), 1.0, jnp.exp(old - new))
-  shifted = x - new
-  # The terms at the shift are counted apart from the rest; when the shift
-  # moves, the old ties fall below it and join the rest.
-  moved = new != old
-  block_rest, block_ties = split_exp(shifted)
-  new_rest = (rest + jnp.where(moved, ties, 0.0)) * scale + jnp.sum(
-      block_rest)
-  new_ties = jnp.where(moved, 0.0, ties) + jnp.sum(block_ties)
-  return new_max, old, new, scale, shifted, new_rest, new_ties
-
-
 def _entropy_kernel(*refs, block, masked):
   x_ref = refs[0]
   m_ref = refs[1] if masked else None
@@ -98,7 +72,7 @@ def _entropy_kernel(*refs, block, masked):
     run_max, rest, ties, dot = carry
     x = walk.logits(x_ref, i, walk.keep(i))
     sum_old = rest + ties
-    run_max, old, new, scale, shifted, rest, ties = _online(
+    run_max, old, new, scale, shifted, rest, ties = online_step(
         run_max, rest, ties, x)
     # sum e (z - shift), rebased: e scales by `scale`, and each z - shift
     # gains old - new. Before any mass both sums are 0. A scale of 0 (a
@@ -113,7 +87,7 @@ def _entropy_kernel(*refs, block, masked):
   run_max, rest, ties, dot = lax.fori_loop(
       0, walk.tiles(), body, (jnp.float32(-jnp.inf), zero, zero, zero))
   # A NaN anywhere unmasked has made the sums NaN, as in the XLA path.
-  shift_ref[...] = _shift_of(run_max)
+  shift_ref[...] = shift_of(run_max)
   sum_ref[...] = rest + ties
   excess_ref[...] = rest + (ties - 1.0)
   dot_ref[...] = dot
@@ -130,9 +104,9 @@ def _pair_kernel(*refs, block, masked, kind, num_classes):
     keep = walk.keep(i)
     zp, zq = walk.logits(p_ref, i, keep), walk.logits(q_ref, i, keep)
     p_sum_old = p_rest + p_ties
-    p_max, p_old, p_new, p_scale, sp, p_rest, p_ties = _online(
+    p_max, p_old, p_new, p_scale, sp, p_rest, p_ties = online_step(
         p_max, p_rest, p_ties, zp)
-    q_max, q_old, q_new, _, sq, q_rest, q_ties = _online(
+    q_max, q_old, q_new, _, sq, q_rest, q_ties = online_step(
         q_max, q_rest, q_ties, zq)
     # sum p (per_class) / C, rebased: p's terms scale by p_scale; for the
     # KL each shifted_p gains p_old - p_new; for both each -shifted_q gains
@@ -159,12 +133,12 @@ def _pair_kernel(*refs, block, masked, kind, num_classes):
   start = (none, zero, zero) * 2 + (zero, none)
   (p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot,
    ruled_max) = lax.fori_loop(0, walk.tiles(), body, start)
-  p_shift = _shift_of(p_max)
+  p_shift = shift_of(p_max)
   # P's mass on a class that Q rules out, at the final shift: inf then.
   # (A select between two literals fails Triton's lowering: one is dot.)
   dot = jnp.where(jnp.exp(ruled_max - p_shift) != 0, dot + jnp.inf, dot)
   values = (p_shift, p_rest + p_ties, p_rest + (p_ties - 1.0),
-            _shift_of(q_max), q_rest + q_ties, q_rest + (q_ties - 1.0), dot)
+            shift_of(q_max), q_rest + q_ties, q_rest + (q_ties - 1.0), dot)
   for ref, value in zip(outs, values, strict=True):
     ref[...] = value
 

@@ -36,8 +36,31 @@ from jxent._numerics.logsumexp import split_exp
 from jxent._numerics.options import CrossEntropyOptions
 
 
-def _shift_of(row_max):
+def shift_of(row_max):
   return jnp.where(jnp.isinf(row_max), 0.0, row_max)
+
+
+def online_step(run_max, rest, ties, x, part=jnp.sum):
+  """One tile's step of the online max and split sum of exponentials.
+
+  `part` reduces a tile's terms (a sum, or per lane). Returns the new max,
+  the old and new shifts, the old sums' scale, the shifted tile, and the
+  rescaled sums with the tile's.
+  """
+  new_max = jnp.maximum(run_max, jnp.max(x))
+  old, new = shift_of(run_max), shift_of(new_max)
+  # Rescale the running sums to the new shift. Before any mass (max -inf)
+  # the sums are 0 and need no rescaling (and exp(0 - new) could overflow).
+  scale = jnp.where(jnp.isinf(run_max), 1.0, jnp.exp(old - new))
+  shifted = x - new
+  # The terms at the shift (each 1) are counted apart from the rest, so
+  # the sum's excess over 1 keeps its digits (`RowStats.excess`). When
+  # the shift moves, the old ties fall below it and join the rest.
+  moved = new != old
+  block_rest, block_ties = split_exp(shifted)
+  rest = (rest + jnp.where(moved, ties, 0.0)) * scale + part(block_rest)
+  ties = jnp.where(moved, 0.0, ties) + part(block_ties)
+  return new_max, old, new, scale, shifted, rest, ties
 
 
 def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
@@ -72,19 +95,8 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
     if masked:
       keep = load(m_ref, cols, inside, 0)
       x = jnp.where(keep != 0, x, -jnp.inf)
-    new_max = jnp.maximum(run_max, jnp.max(x))
-    old, new = _shift_of(run_max), _shift_of(new_max)
-    # Rescale the running sums to the new shift. Before any mass (max -inf)
-    # the sums are 0 and need no rescaling (and exp(0 - new) could overflow).
-    scale = jnp.where(jnp.isinf(run_max), 1.0, jnp.exp(old - new))
-    shifted = x - new
-    # The terms at the shift (each 1) are counted apart from the rest, so
-    # the sum's excess over 1 keeps its digits (`RowStats.excess`). When
-    # the shift moves, the old ties fall below it and join the rest.
-    moved = new != old
-    block_rest, block_ties = split_exp(shifted)
-    rest = (rest + jnp.where(moved, ties, 0.0)) * scale + part(block_rest)
-    ties = jnp.where(moved, 0.0, ties) + part(block_ties)
+    run_max, old, new, scale, shifted, rest, ties = online_step(
+        run_max, rest, ties, x, part)
     weights = None
     if weighted:
       weights = load(w_ref, cols, inside, 0.0).astype(jnp.float32)
@@ -107,7 +119,7 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
           part(jnp.where(valid, w_valid * shifted / num_classes, 0.0)))
       count = count + part(valid.astype(jnp.float32))
       weight_sum = weight_sum + part(w_valid)
-    return new_max, rest, ties, picked, mass, count, weight_sum, valid_mean
+    return run_max, rest, ties, picked, mass, count, weight_sum, valid_mean
 
   zero = jnp.float32(0)
   # Running sums the options use start per lane; the others stay scalars.
@@ -122,7 +134,7 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
     rest, ties, picked, mass, count, weight_sum, valid_mean = (
         jnp.sum(v) for v in (rest, ties, picked, mass, count, weight_sum,
                              valid_mean))
-  shift = _shift_of(run_max)
+  shift = shift_of(run_max)
   if kind == "integer":
     # The label's raw logit, one scalar load (masked: -inf). A label out of
     # range reads column 0, as the XLA path does; its row is NaN anyway.
