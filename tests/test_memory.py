@@ -258,3 +258,57 @@ def test_small_16_bit_logits_on_a_cpu_take_the_float32_path(name):
   np.testing.assert_allclose(fast[0], lean[0], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(fast[1], np.float32),
                              np.asarray(lean[1], np.float32), atol=2e-3)
+
+
+def _loop_bodies(jaxpr):
+  """Every loop's (body jaxpr, number of its consts), nested ones too: a
+  `fori_loop` with static bounds is a scan."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "while":
+      yield eqn.params["body_jaxpr"].jaxpr, eqn.params["body_nconsts"]
+    if eqn.primitive.name == "scan":
+      yield eqn.params["jaxpr"].jaxpr, eqn.params["num_consts"]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _loop_bodies(inner)
+
+
+def _reads_carried(body, nconsts, shape):
+  """Whether the loop body slices a carried array of this shape (in it, or
+  in a `jit` it calls with that array)."""
+  carried = {v for v in body.invars[nconsts:] if v.aval.shape == shape}
+
+  def reads(jaxpr, carried):
+    for eqn in jaxpr.eqns:
+      # (A literal, which has a `val`, is never carried, nor hashable.)
+      operand = eqn.invars[0] if eqn.invars else None
+      if (eqn.primitive.name == "dynamic_slice"
+          and not hasattr(operand, "val") and operand in carried):
+        return True
+      inner = eqn.params.get("jaxpr")
+      if eqn.primitive.name in ("jit", "pjit") and inner is not None:
+        passed = {v for v, a in zip(inner.jaxpr.invars, eqn.invars,
+                                    strict=True)
+                  if not hasattr(a, "val") and a in carried}
+        if passed and reads(inner.jaxpr, passed):
+          return True
+    return False
+  return reads(body, carried)
+
+
+@pytest.mark.parametrize("block", [1024, 1000])
+def test_backward_walk_writes_dw_without_reading_it(block):
+  # A block that divides V writes its columns of dw; one that does not
+  # leaves a shifted last block, and every block adds to its columns.
+  tokens, dim, vocab = 64, 16, 4096
+  x, w = jnp.zeros((tokens, dim)), jnp.zeros((dim, vocab))
+  labels = jnp.zeros((tokens,), jnp.int32)
+  grad = jax.grad(lambda x, w: jxent.linear_softmax_cross_entropy(
+      x, w, labels, mode="low_memory", block_size=block), (0, 1))
+  bodies = list(_loop_bodies(jax.make_jaxpr(grad)(x, w).jaxpr))
+  reads = [_reads_carried(body, n, w.shape) for body, n in bodies]
+  # The backward walk carries dw: the last loop of the two.
+  assert len(bodies) == 2, len(bodies)
+  assert reads == [False, vocab % block != 0], reads

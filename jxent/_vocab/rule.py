@@ -130,6 +130,12 @@ def _head_loss_bwd(op, residuals, cotangents):
       heads = tuple(h._replace(x=jnp.where(tokens[:, None], h.x, 0))
                     for h in heads)
 
+    # When the block size divides V no block is shifted, so each writes its
+    # columns of dw without reading them; else every block adds to them
+    # (peeling the shifted last block off the loop would cost a block's
+    # buffers more memory).
+    fresh = heads[0].w.shape[1] % cfg.block == 0
+
     def body(i, grads):
       blocks = tuple(
           Block(*_blocks.block_logits(*h, i, cfg, offset), offset, i)
@@ -140,7 +146,7 @@ def _head_loss_bwd(op, residuals, cotangents):
       return tuple(
           _blocks.accumulate(grads_h, h.x, h.w, _blocks.raw_gradient(
               jnp.where(live, dz, 0), block.logits, cfg),
-              block.start, cfg) if wanted else grads_h
+              block.start, cfg, fresh) if wanted else grads_h
           for grads_h, h, dz, block, wanted in zip(
               grads, heads, dzs, blocks, want, strict=True))
 
