@@ -415,6 +415,9 @@ def test_default_token_chunk_depends_on_shapes_and_platform():
   assert default_token_chunk(8, 32768, "cpu") == 8  # All the tokens.
   assert default_token_chunk(4096, 10**7, "cpu") == 16  # At least 16.
   assert default_token_chunk(0, 10, "cpu") == 1
+  # Two heads (KL, JS) share the budget.
+  assert default_token_chunk(2048, 32768, "cpu", heads=2) == 128
+  assert default_token_chunk(8192, 256000, "gpu", heads=2) == 512
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8,

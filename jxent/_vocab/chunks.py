@@ -54,17 +54,18 @@ _MIN_AUTO_TOKENS = 4 * _MIN_CHUNK
 
 
 def default_token_chunk(tokens: int, vocab: int,
-                        platform: str | None = None) -> int:
+                        platform: str | None = None, heads: int = 1) -> int:
   """Picks the fast mode's tokens per chunk from the shapes and platform.
 
   A power of two, at most a quarter of the tokens (so that at most about a
   quarter of the rows' logits are alive at once) and with one float32
-  [chunk, V] buffer of at most 1 GiB on a GPU, 32 MiB elsewhere; at least
-  16 tokens, and at most all of them (at least 1). `platform` defaults to
-  `jax.default_backend()`.
+  [chunk, V] buffer per head (two for KL and JS, whose chunks make both
+  heads' logits) of at most 1 GiB in all on a GPU, 32 MiB elsewhere; at
+  least 16 tokens, and at most all of them (at least 1). `platform`
+  defaults to `jax.default_backend()`.
   """
   platform = jax.default_backend() if platform is None else platform
-  budget = _CHUNK_BYTES.get(platform, _DEFAULT_CHUNK_BYTES)
+  budget = _CHUNK_BYTES.get(platform, _DEFAULT_CHUNK_BYTES) // max(heads, 1)
   chunk = max(min(budget // (4 * max(vocab, 1)), tokens // 4), _MIN_CHUNK)
   # A power of two: whole tiles for the matmuls, and no shifted last chunk
   # when the tokens are one too.
@@ -72,8 +73,12 @@ def default_token_chunk(tokens: int, vocab: int,
   return int(max(min(chunk, tokens), 1))
 
 
-def plan(walk: Walk, reduction: str, head: Head) -> int | None:
+def plan(walk: Walk, reduction: str, head: Head,
+         heads: int = 1) -> int | None:
   """Validates the walk's mode; returns the fast mode's chunk, or None.
+
+  `head` is the first of the loss's `heads` output layers (they share the
+  tokens and the vocabulary).
 
   "auto" is the fast mode for a reduction inside the loss ("mean", "sum")
   over at least 64 tokens, and the low-memory walk for "none" (per-token
@@ -116,7 +121,7 @@ def plan(walk: Walk, reduction: str, head: Head) -> int | None:
   if not tokens:
     return None  # Nothing to walk: the walk's empty loss and gradients.
   if token_chunk is None:
-    return default_token_chunk(tokens, local_vocab)
+    return default_token_chunk(tokens, local_vocab, heads=heads)
   return max(min(_blocks.positive_int("token_chunk", token_chunk), tokens), 1)
 
 

@@ -99,7 +99,7 @@ def kl_divergence(p_x, p_w, q_x, q_w, walk: Walk, *, p_bias=None,
   reduction = _checks.check_reduction(reduction)
   keep = _walks.token_mask(where, batch)
   loss, _ = _chunks.reduce(_KL(cfg), (p, q), (keep,), reduction,
-                           _chunks.plan(walk, reduction, p), batch,
+                           _chunks.plan(walk, reduction, p, heads=2), batch,
                            batch_axis_name)
   return loss
 
@@ -195,7 +195,7 @@ def js_divergence(p_x, p_w, q_x, q_w, walk: Walk, *, beta=0.5, p_bias=None,
   reduction = _checks.check_reduction(reduction)
   keep = _walks.token_mask(where, batch)
   loss, _ = _chunks.reduce(_JS(cfg, beta), (p, q), (keep,), reduction,
-                           _chunks.plan(walk, reduction, p), batch,
+                           _chunks.plan(walk, reduction, p, heads=2), batch,
                            batch_axis_name)
   return loss
 
@@ -249,7 +249,9 @@ def linear_kl_divergence(
     mode: "auto" (default), "fast" (token chunks, the gradients made in
       the forward pass) or "low_memory" (the vocabulary walk), as for
       `linear_softmax_cross_entropy`; "fast" needs reduction "mean" or "sum".
-    token_chunk: The fast mode's tokens per chunk, or None to choose.
+    token_chunk: The fast mode's tokens per chunk, or None to choose (one
+      float32 [chunk, V] buffer per head, both near 32 MiB in all on a CPU,
+      1 GiB on a GPU).
 
   Returns:
     Float32 (or float64) divergences of shape `p_x.shape[:-1]`, or a
@@ -322,7 +324,9 @@ def linear_js_divergence(
     mode: "auto" (default), "fast" (token chunks, the gradients made in
       the forward pass) or "low_memory" (the vocabulary walk), as for
       `linear_softmax_cross_entropy`; "fast" needs reduction "mean" or "sum".
-    token_chunk: The fast mode's tokens per chunk, or None to choose.
+    token_chunk: The fast mode's tokens per chunk, or None to choose (one
+      float32 [chunk, V] buffer per head, both near 32 MiB in all on a CPU,
+      1 GiB on a GPU).
 
   Returns:
     Float32 (or float64) divergences of the tokens' shape, or a scalar.
