@@ -312,3 +312,28 @@ def test_backward_walk_writes_dw_without_reading_it(block):
   # The backward walk carries dw: the last loop of the two.
   assert len(bodies) == 2, len(bodies)
   assert reads == [False, vocab % block != 0], reads
+
+
+@pytest.mark.parametrize("tail, more", [("renormalize", 0), ("bin", 2)])
+def test_top_k_fast_mode_keeps_few_chunk_buffers(tail, more):
+  # The teacher's probabilities are added into the gradient of the logits
+  # in place, and its top k ruled out of the tail in place: no [chunk, V]
+  # buffer of their own. The renormalised head then keeps what the
+  # cross-entropy keeps; the tail bin two more (its share of the tail).
+  tokens, dim, vocab, k, chunk = 512, 32, 8192, 8, 128
+  x, w = jnp.zeros((tokens, dim)), jnp.zeros((dim, vocab))
+  indices = jnp.zeros((tokens, k), jnp.int32)
+  teacher = jnp.zeros((tokens, k))
+
+  def temp(loss, *data):
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    return step.lower(x, w, *data).compile().memory_analysis(
+        ).temp_size_in_bytes
+
+  top_k = temp(lambda x, w, i, t: jxent.linear_kl_divergence_from_top_k(
+      i, t, x, w, tail=tail, reduction="mean", token_chunk=chunk),
+               indices, teacher)
+  ce = temp(lambda x, w, y: jxent.linear_softmax_cross_entropy(
+      x, w, y, token_chunk=chunk), indices[:, 0])
+  buffer = chunk * vocab * 4
+  assert top_k <= ce + more * buffer + buffer // 8, (top_k - ce) / buffer

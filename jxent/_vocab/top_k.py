@@ -27,11 +27,18 @@ def _in_block(indices, columns_start, i, cfg, offset):
   return jnp.clip(local, 0, cfg.block - 1), inside
 
 
-def _scatter(values, local, inside, block):
-  """[tokens, k] values at their local columns of a [tokens, block] array."""
+def _add_at(target, values, local, inside):
+  """`target` [tokens, block] plus [tokens, k] values at their local
+  columns (those `inside` the block); in place, with no buffer of its own."""
   rows = lax.broadcasted_iota(jnp.int32, local.shape, 0)
-  out = jnp.zeros((local.shape[0], block), values.dtype)
-  return out.at[rows, local].add(jnp.where(inside, values, 0))
+  return target.at[rows, local].add(jnp.where(inside, values, 0))
+
+
+def _rule_out_top(logits, local, inside):
+  """The logits with the top k's columns at -inf, in place (a min with -inf
+  there, +inf, which changes nothing, elsewhere)."""
+  rows = lax.broadcasted_iota(jnp.int32, local.shape, 0)
+  return logits.at[rows, local].min(jnp.where(inside, -jnp.inf, jnp.inf))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +68,8 @@ class _TopK(_rule.Op):
         # The student's mass outside the teacher's top k, as a log-sum-exp
         # of its own (not 1 - the top k's, which would cancel when it is
         # small, nor relative to the row's max, where it could underflow).
-        in_top = _scatter(jnp.ones_like(found), local, inside, cfg.block) > 0
         tail_max, tail_sum, _, _ = _blocks.online_lse(
-            tail_max, tail_sum, jnp.where(in_top, -jnp.inf, logits))
+            tail_max, tail_sum, _rule_out_top(logits, local, inside))
       return new_max, rest, ties, picked, tail_max, tail_sum
 
     zeros = jnp.zeros((tokens,), cfg.acc)
@@ -146,12 +152,14 @@ class _TopK(_rule.Op):
     # mass (1, unless the top k sum to more than 1); with a tail bin, minus
     # r q_c / q_tail = r exp(z_c - lse_tail) outside it.
     mass = jnp.sum(probs_p, 1) + tail_mass
-    dlogits = mass[:, None] * q - _scatter(probs_p, local, inside, cfg.block)
+    dlogits = mass[:, None] * q
     if self.tail == "bin":
-      in_top = _scatter(jnp.ones_like(probs_p), local, inside, cfg.block) > 0
-      share = jnp.exp(norm_tail.log_probs(
-          jnp.where(live & ~in_top, logits, -jnp.inf)))
+      share = jnp.exp(norm_tail.log_probs(_rule_out_top(
+          jnp.where(live, logits, -jnp.inf), local, inside)))
       dlogits = dlogits - _walks.times_finite(tail_mass[:, None], share)
+    # - p_c on the top k, added in place: no [tokens, block] buffer of its
+    # own.
+    dlogits = _add_at(dlogits, -probs_p, local, inside)
     # Rows that do not count are skipped outright: an empty row's q is
     # exp(-inf + inf) = NaN, and 0 * NaN is NaN.
     return (jnp.where(counts[:, None], g[:, None] * dlogits, 0),)
