@@ -492,3 +492,39 @@ def test_float64_inputs_run_in_float64(rng):
     assert fast[0].dtype == fast[1].dtype == jnp.float64
     np.testing.assert_allclose(fast[0], want[0], rtol=1e-12)
     np.testing.assert_allclose(fast[1], want[1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["fast", "low_memory"])
+def test_heads_lower_for_cuda_at_the_gpu_bench_shape(mode):
+  # Gemma 2 2B's output layer, in bfloat16, with the sizes a GPU would pick
+  # (the defaults follow the backend that traces, here a CPU). Lowering
+  # needs no memory: the shapes are abstract.
+  from jxent._vocab.blocks import default_block_size
+  from jxent._vocab.chunks import default_token_chunk
+  tokens, dim, vocab, k = 8192, 2304, 256000, 64
+  if mode == "fast":
+    sizes = {"token_chunk": default_token_chunk(tokens, vocab, "gpu")}
+    pair = {"token_chunk": default_token_chunk(tokens, vocab, "gpu", 2)}
+  else:
+    sizes = pair = {"block_size": default_block_size(tokens, vocab, "gpu")}
+  spec = jax.ShapeDtypeStruct
+  head = (spec((tokens, dim), jnp.bfloat16), spec((dim, vocab), jnp.bfloat16))
+  labels = spec((tokens,), jnp.int32)
+  indices = spec((tokens, k), jnp.int32)
+  teacher = spec((tokens, k), jnp.float32)
+  losses = {
+      "ce": (lambda x, w, y: jxent.linear_softmax_cross_entropy(
+          x, w, y, mode=mode, **sizes), (labels,)),
+      "kl": (lambda x, w, tx, tw: jxent.linear_kl_divergence(
+          tx, tw, x, w, reduction="mean", mode=mode, **pair), head),
+      "js": (lambda x, w, tx, tw: jxent.linear_js_divergence(
+          tx, tw, x, w, reduction="mean", mode=mode, **pair), head),
+      "top_k": (lambda x, w, i, t: jxent.linear_kl_divergence_from_top_k(
+          i, t, x, w, tail="bin", reduction="mean", mode=mode, **sizes),
+                (indices, teacher)),
+  }
+  for name, (loss, data) in losses.items():
+    step = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    exported = jax.export.export(step, platforms=["cuda"])(*head, *data)
+    assert exported.platforms == ("cuda",), name
+    assert "while" in exported.mlir_module(), name  # The walk, not unrolled.
