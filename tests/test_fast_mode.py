@@ -420,6 +420,42 @@ def test_default_token_chunk_depends_on_shapes_and_platform():
   assert default_token_chunk(8192, 256000, "gpu", heads=2) == 512
 
 
+def _chunk_loop_lengths(jaxpr):
+  """The lengths of the scans (static `fori_loop`s) in a jaxpr, nested too."""
+  lengths = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      lengths.append(eqn.params["length"])
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          lengths += _chunk_loop_lengths(inner)
+  return lengths
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU budget")
+def test_two_head_losses_take_half_the_default_chunk():
+  # 4096 tokens, V = 32768: one head's chunk is 256 tokens on a CPU (16
+  # chunks), two heads' 128 (32 chunks).
+  tokens, dim, vocab = 4096, 8, 32768
+  x = jax.ShapeDtypeStruct((tokens, dim), jnp.float32)
+  w = jax.ShapeDtypeStruct((dim, vocab), jnp.float32)
+  labels = jax.ShapeDtypeStruct((tokens,), jnp.int32)
+  cases = [
+      (16, lambda x, w, y: jxent.linear_softmax_cross_entropy(x, w, y),
+       (x, w, labels), (0, 1)),
+      (32, lambda tx, tw, x, w: jxent.linear_kl_divergence(
+          tx, tw, x, w, reduction="mean"), (x, w, x, w), (2, 3)),
+      (32, lambda tx, tw, x, w: jxent.linear_js_divergence(
+          tx, tw, x, w, reduction="mean"), (x, w, x, w), (2, 3)),
+  ]
+  for chunks, loss, args, argnums in cases:
+    grad = jax.grad(loss, argnums)
+    lengths = _chunk_loop_lengths(jax.make_jaxpr(grad)(*args).jaxpr)
+    assert lengths == [chunks], (chunks, lengths)
+
+
 @pytest.mark.skipif(len(jax.devices()) < 8,
                     reason="needs 8 devices (see conftest.py)")
 @pytest.mark.parametrize("mode", ["fast", "low_memory"])
