@@ -298,20 +298,29 @@ def _reads_carried(body, nconsts, shape):
   return reads(body, carried)
 
 
+@pytest.mark.parametrize("head", ["ce", "kl"])
 @pytest.mark.parametrize("block", [1024, 1000])
-def test_backward_walk_writes_dw_without_reading_it(block):
-  # A block that divides V writes its columns of dw; one that does not
-  # leaves a shifted last block, and every block adds to its columns.
+def test_backward_walk_writes_dw_without_reading_it(block, head):
+  # A block that divides V writes its columns of dw (and dbias); one that
+  # does not leaves a shifted last block, and every block adds to them.
   tokens, dim, vocab = 64, 16, 4096
   x, w = jnp.zeros((tokens, dim)), jnp.zeros((dim, vocab))
+  bias = jnp.zeros((vocab,))
   labels = jnp.zeros((tokens,), jnp.int32)
-  grad = jax.grad(lambda x, w: jxent.linear_softmax_cross_entropy(
-      x, w, labels, mode="low_memory", block_size=block), (0, 1))
-  bodies = list(_loop_bodies(jax.make_jaxpr(grad)(x, w).jaxpr))
-  reads = [_reads_carried(body, n, w.shape) for body, n in bodies]
-  # The backward walk carries dw: the last loop of the two.
+  if head == "ce":
+    loss = lambda x, w, bias: jxent.linear_softmax_cross_entropy(  # noqa
+        x, w, labels, bias=bias, mode="low_memory", block_size=block)
+  else:  # A frozen teacher: the student's dw and dbias are carried.
+    loss = lambda x, w, bias: jxent.linear_kl_divergence(  # noqa
+        x + 1, w + 1, x, w, q_bias=bias, reduction="mean",
+        mode="low_memory", block_size=block)
+  grad = jax.grad(loss, (0, 1, 2))
+  bodies = list(_loop_bodies(jax.make_jaxpr(grad)(x, w, bias).jaxpr))
+  # The backward walk carries dw and dbias: the last loop.
   assert len(bodies) == 2, len(bodies)
-  assert reads == [False, vocab % block != 0], reads
+  for shape in (w.shape, bias.shape):
+    reads = [_reads_carried(body, n, shape) for body, n in bodies]
+    assert reads == [False, vocab % block != 0], (shape, reads)
 
 
 @pytest.mark.parametrize("tail, more", [("renormalize", 0), ("bin", 2)])
