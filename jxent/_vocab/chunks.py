@@ -65,7 +65,7 @@ def default_token_chunk(tokens: int, vocab: int,
   defaults to `jax.default_backend()`.
   """
   platform = jax.default_backend() if platform is None else platform
-  budget = _CHUNK_BYTES.get(platform, _DEFAULT_CHUNK_BYTES) // max(heads, 1)
+  budget = _CHUNK_BYTES.get(platform, _DEFAULT_CHUNK_BYTES) // heads
   chunk = max(min(budget // (4 * max(vocab, 1)), tokens // 4), _MIN_CHUNK)
   # A power of two: whole tiles for the matmuls, and no shifted last chunk
   # when the tokens are one too.

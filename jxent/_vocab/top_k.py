@@ -27,18 +27,18 @@ def _in_block(indices, columns_start, i, cfg, offset):
   return jnp.clip(local, 0, cfg.block - 1), inside
 
 
-def _add_at(target, values, local, inside):
-  """`target` [tokens, block] plus [tokens, k] values at their local
-  columns (those `inside` the block); in place, with no buffer of its own."""
+def _at_top(array, local):
+  """`array.at[...]` of each row's top-k local columns ([tokens, k]), for
+  an in-place update of a [tokens, block] array (no buffer of its own)."""
   rows = lax.broadcasted_iota(jnp.int32, local.shape, 0)
-  return target.at[rows, local].add(jnp.where(inside, values, 0))
+  return array.at[rows, local]
 
 
 def _rule_out_top(logits, local, inside):
   """The logits with the top k's columns at -inf, in place (a min with -inf
-  there, +inf, which changes nothing, elsewhere)."""
-  rows = lax.broadcasted_iota(jnp.int32, local.shape, 0)
-  return logits.at[rows, local].min(jnp.where(inside, -jnp.inf, jnp.inf))
+  there, and with +inf, which changes nothing, for an index outside the
+  block)."""
+  return _at_top(logits, local).min(jnp.where(inside, -jnp.inf, jnp.inf))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +159,7 @@ class _TopK(_rule.Op):
       dlogits = dlogits - _walks.times_finite(tail_mass[:, None], share)
     # - p_c on the top k, added in place: no [tokens, block] buffer of its
     # own.
-    dlogits = _add_at(dlogits, -probs_p, local, inside)
+    dlogits = _at_top(dlogits, local).add(jnp.where(inside, -probs_p, 0))
     # Rows that do not count are skipped outright: an empty row's q is
     # exp(-inf + inf) = NaN, and 0 * NaN is NaN.
     return (jnp.where(counts[:, None], g[:, None] * dlogits, 0),)

@@ -24,7 +24,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jxent._cross_entropy.triton.row_stats import online_step, shift_of
+from jxent._cross_entropy.triton.row_stats import online_step
+from jxent._numerics.logsumexp import shift_of
 
 
 def _times_finite(e, value):

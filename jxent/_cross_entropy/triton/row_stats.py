@@ -32,12 +32,8 @@ from jax.experimental.pallas import triton as plgpu
 from jxent._cross_entropy import rows as _rows
 from jxent._cross_entropy.triton.config import KernelConfig
 from jxent._cross_entropy.triton.inputs import row_inputs
-from jxent._numerics.logsumexp import split_exp
+from jxent._numerics.logsumexp import shift_of, split_exp
 from jxent._numerics.options import CrossEntropyOptions
-
-
-def shift_of(row_max):
-  return jnp.where(jnp.isinf(row_max), 0.0, row_max)
 
 
 def online_step(run_max, rest, ties, x, part=jnp.sum):
