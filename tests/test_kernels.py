@@ -11,6 +11,8 @@ platform when it is lowered: the tests export it for CUDA, CPU, TPU and
 CPU with CUDA together.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,7 @@ import pytest
 import jxent
 from jxent._cross_entropy import api
 from jxent._cross_entropy import triton as _kernels
+from jxent._numerics import softmax_rows
 
 KERNELS = sorted(api.KERNELS)
 
@@ -27,6 +30,16 @@ soft_ce = jxent.softmax_cross_entropy
 
 TOL = {jnp.float32: (2e-5, 2e-6), jnp.bfloat16: (1e-2, 1e-3),
        jnp.float16: (2e-3, 1e-4)}
+
+
+@contextlib.contextmanager
+def _as_on_a_gpu(**config):
+  """The kernels in interpret mode, on the path a GPU traces: the default
+  path's backward then runs the backward kernel too (a CPU's float32 path
+  keeps exp for XLA's)."""
+  with api.kernels_anywhere(interpret=True, **config), (
+      softmax_rows.recompute_everywhere()):
+    yield
 
 
 def _problem(rng, rows, classes, dtype):
@@ -103,7 +116,7 @@ def test_kernels_match_the_xla_path(rng, implementation, options, kind):
     target, fn = soft, soft_ce
   want = _loss_and_grads(lambda x, t: fn(x, t, implementation="xla", **kw),
                          x, target)
-  with api.kernels_anywhere(interpret=True, block=128):
+  with _as_on_a_gpu(block=128):
     got = _loss_and_grads(
         lambda x, t: fn(x, t, implementation=implementation, **kw), x,
         target)
@@ -125,7 +138,7 @@ def test_kernels_on_every_dtype_and_awkward_shapes(rng, implementation,
   for fn, target in ((int_ce, labels), (soft_ce, soft.astype(dtype))):
     want = _loss_and_grads(
         lambda x, t, fn=fn: fn(x, t, implementation="xla", **kw), x, target)
-    with api.kernels_anywhere(interpret=True, block=256):
+    with _as_on_a_gpu(block=256):
       got = _loss_and_grads(
           lambda x, t, fn=fn: fn(x, t, implementation=implementation,
                                  **kw), x, target)
@@ -145,7 +158,7 @@ def test_lane_sums_match_the_xla_path(rng, options, kind):
     kw["ignore_index"] = -100
   want = _loss_and_grads(lambda x, t: fn(x, t, implementation="xla", **kw),
                          x, target)
-  with api.kernels_anywhere(interpret=True, block=128, lane_sums=True):
+  with _as_on_a_gpu(block=128, lane_sums=True):
     got = _loss_and_grads(lambda x, t: fn(x, t, implementation="triton",
                                           **kw), x, target)
   _compare(got, want, jnp.float32)
@@ -174,7 +187,7 @@ def test_the_default_keeps_every_differentiation_mode(rng):
                     static_argnums=0)
   want = jvp(xla, x, tangent)
   want_hessian = hessian(xla, x)
-  with api.kernels_anywhere(interpret=True, block=16):
+  with _as_on_a_gpu(block=16):
     got = jvp(loss, x, tangent)
     got_hessian = hessian(loss, x)
     assert _runs_a_loop(loss, x)
@@ -190,7 +203,7 @@ def test_the_default_under_vmap_runs_the_kernel(rng):
   per_batch = jax.vmap(lambda x, y: int_ce(x, y, reduction="mean"))
   want = jax.vmap(lambda x, y: int_ce(x, y, reduction="mean",
                                       implementation="xla"))(x, labels)
-  with api.kernels_anywhere(interpret=True, block=16):
+  with _as_on_a_gpu(block=16):
     got = per_batch(x, labels)
     assert _runs_a_loop(per_batch, x, labels)
   _compare(got, want, jnp.float32)
@@ -217,7 +230,7 @@ def test_a_computation_on_a_cpu_device_runs_xla():
   x = jax.device_put(jnp.linspace(-3, 3, 2 * 40).reshape(2, 40), cpu)
   labels = jax.device_put(jnp.array([3, 39]), cpu)
   fn = lambda x, y: int_ce(x, y, reduction="mean")  # noqa: E731
-  with api.kernels_anywhere(interpret=True, platforms=(), block=16):
+  with _as_on_a_gpu(platforms=(), block=16):
     value = jax.jit(fn)(x, labels)
     assert not _runs_a_loop(fn, x, labels)
     cuda = jax.export.export(jax.jit(fn), platforms=["cuda"])(x, labels)
@@ -342,13 +355,15 @@ def test_the_default_is_chosen_per_platform_when_lowered(shape, grad):
   # No test override: the default as users trace it, on this CPU machine.
   for step, args in zip(_steps(None, grad), _bench_inputs(shape),
                         strict=True):
-    assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 1
+    # The forward kernel, and with the gradient the backward one too.
+    calls = 2 if grad else 1
+    assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == calls
     for platforms in (["cpu"], ["tpu"]):
       assert TRITON_CALL not in _lower_for(platforms, step, *args)
     both = jax.export.export(jax.jit(step), platforms=["cpu", "cuda"],
                              disabled_checks=[TRITON])(*args)
     assert both.platforms == ("cpu", "cuda")
-    assert both.mlir_module().count(TRITON_CALL) == 1
+    assert both.mlir_module().count(TRITON_CALL) == calls
 
 
 def test_a_cpu_and_cuda_export_runs_xla_on_the_cpu(rng):
@@ -368,9 +383,8 @@ def test_every_dispatched_kernel_lowers_for_cuda(shape, implementation):
   with api.kernels_anywhere(interpret=False):
     for step, args in zip(_steps(implementation, True), _bench_inputs(shape),
                           strict=True):
-      # Triton's custom call, once (forward) or twice (both passes).
-      assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == (
-          1 if implementation is None else 2)
+      # Triton's custom call twice: both passes, the default's included.
+      assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 2
 
 
 @pytest.mark.parametrize("shape", BENCH_SHAPES)
@@ -440,7 +454,7 @@ def test_information_kernels_match_the_xla_path(rng, kind, masked, dtype):
   mask = mask if masked else None
   fn = INFORMATION[kind]
   want = _information_values_and_grads(fn, p, q, mask)
-  with api.kernels_anywhere(interpret=True, block=8):
+  with _as_on_a_gpu(block=8):
     # The kernel runs (not XLA's branch), over several tiles a row.
     assert _runs_a_loop(lambda p, q: fn(p, q, where=mask), p, q)
     got = _information_values_and_grads(fn, p, q, mask)
@@ -474,7 +488,7 @@ def test_information_kernels_match_the_xla_path_at_the_float_limits(rng,
   p, q = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
   fn = INFORMATION[kind]
   want = jax.jit(lambda p, q: fn(p, q))(p, q)
-  with api.kernels_anywhere(interpret=True, block=8):
+  with _as_on_a_gpu(block=8):
     got = jax.jit(lambda p, q: fn(p, q))(p, q)
   np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
   np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
@@ -498,7 +512,7 @@ def test_information_kernels_keep_second_derivatives_and_vmap(rng, kind):
     return hvp, jax.vmap(lambda p, q: fn(p, q))
 
   want = tuple(jax.jit(step)(p, q) for step in steps())
-  with api.kernels_anywhere(interpret=True, block=8):
+  with _as_on_a_gpu(block=8):
     assert all(_runs_a_loop(step, p, q) for step in steps())
     got = tuple(jax.jit(step)(p, q) for step in steps())
   _compare(got, want, jnp.float32)
@@ -522,7 +536,7 @@ def test_information_kernels_keep_tiny_values_near_certainty(rng):
   entropy = -np.sum(np.exp(log_p) * log_p, -1)
   kl = np.sum(np.exp(log_p) * (log_p - log_q), -1)
   p32, q32 = jnp.asarray(zp, jnp.float32), jnp.asarray(zq, jnp.float32)
-  with api.kernels_anywhere(interpret=True, block=8):
+  with _as_on_a_gpu(block=8):
     got = jax.jit(lambda p, q: (
         jxent.entropy_from_logits(p), jxent.kl_divergence_from_logits(p, q),
         jxent.cross_entropy_from_logits(p, q)))(p32, q32)
@@ -536,7 +550,7 @@ def test_a_batch_of_no_rows_runs_no_kernel(implementation):
   # No rows, no programs: the losses of an empty batch are empty (or 0),
   # as on the XLA path, on the default path and the kernels' alike.
   x, labels = jnp.zeros((0, 40)), jnp.zeros((0,), jnp.int32)
-  with api.kernels_anywhere(interpret=True, block=8):
+  with _as_on_a_gpu(block=8):
     outs = jax.jit(lambda x, y: (
         int_ce(x, y, implementation=implementation),
         int_ce(x, y, reduction="mean", implementation=implementation),
@@ -579,7 +593,7 @@ def test_information_implementations_are_chosen_or_refused_clearly(rng, kind):
   p, q, _ = _pair_problem(rng, 4, 24, jnp.float32)
   fn = INFORMATION[kind]
   # "xla" never runs the kernel, even where the default would.
-  with api.kernels_anywhere(interpret=True, block=8):
+  with _as_on_a_gpu(block=8):
     assert not _runs_a_loop(
         lambda p, q: fn(p, q, implementation="xla"), p, q)
     assert _runs_a_loop(

@@ -326,11 +326,27 @@ class StatsKernel(NamedTuple):
       label_index, targets) -> RowStats``, giving what `dense_row_stats`
       gives.
     config: Its static configuration (tile sizes).
+    gradient: The backward kernel beside it, or None:
+      ``gradient(g, *residuals, config=gradient_config)`` gives ``g[...,
+      None]`` times the XLA gradient that its caller computes from the
+      same residuals, in the logits' dtype (see
+      `jxent._numerics.kernel_tangent`); for the cross-entropy the
+      residuals are those of `logits_gradient`.
+    gradient_config: The backward kernel's static configuration.
   """
 
   platform: str
   compute: Callable[..., RowStats]
   config: Hashable
+  gradient: Callable[..., jax.Array] | None = None
+  gradient_config: Hashable = None
+
+  def gradients(self) -> dict[str, Callable[..., jax.Array]]:
+    """{platform: backward kernel}, for `kernel_tangent.row_tangent`."""
+    if self.gradient is None:
+      return {}
+    return {self.platform: functools.partial(self.gradient,
+                                             config=self.gradient_config)}
 
 
 def row_statistics(

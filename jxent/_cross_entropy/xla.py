@@ -10,10 +10,12 @@ then saves only the inputs and a few numbers per row, never a float32
 [batch, classes] array, whatever the dtype.
 
 The forward pass's row statistics may come from a kernel on the platforms
-that have one (`rows.StatsKernel`); the derivative stays XLA's.
+that have one (`rows.StatsKernel`), and so may the reverse-mode gradient
+(`kernel_tangent.row_tangent`); every other derivative stays XLA's.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from jax import lax
 
 from jxent._cross_entropy import rows as _rows
 from jxent._numerics import checks as _checks
+from jxent._numerics import kernel_tangent
 from jxent._numerics import softmax_rows as _softmax_rows
 from jxent._numerics.options import CrossEntropyOptions
 
@@ -71,7 +74,8 @@ def softmax_cross_entropy_rows(
     axis_name: The mesh axis the classes are split over (inside
       `shard_map`), or None.
     num_classes: The number of classes in all.
-    kernels: Kernels for the row statistics on their platforms (see
+    kernels: Kernels for the row statistics, and for the reverse-mode
+      gradient where they have one, on their platforms (see
       `rows.row_statistics`); XLA computes them everywhere else.
     logits: Floating logits, classes last.
     mask: Boolean mask of the logits' shape, or None.
@@ -97,6 +101,21 @@ def _logits_tangent(axis_name, logits, mask, shift, log_sumexp,
   return _softmax_rows.row_tangent(axis_name, grad, dlogits)
 
 
+def _xla_gradient(logits, mask, shift, log_sumexp, coefficients, opts,
+                  label_index, targets):
+  return _rows.logits_gradient(
+      logits, mask, shift, log_sumexp, coefficients, opts,
+      label_index=label_index, targets=targets)
+
+
+def _gradient_kernels(kernels, logits) -> dict:
+  """{platform: backward kernel} of `kernels`; none for a batch of no rows
+  (a kernel grid of no programs)."""
+  if not math.prod(logits.shape[:-1]):
+    return {}
+  return {p: fn for k in kernels for p, fn in k.gradients().items()}
+
+
 def _targets_tangent(axis_name, logits, mask, shift, log_sumexp,
                      coefficients, opts, offset, dtargets):
   grad = _rows.targets_gradient(logits, mask, shift, log_sumexp,
@@ -119,6 +138,15 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, kernels, primals,
         axis_name, logits, mask, stats.shift, result.log_sumexp,
         result.coefficients, opts, label_index, targets, offset, dlogits,
         exps)
+  elif not _softmax_rows.is_zero_tangent(dlogits) and (
+      gradients := _gradient_kernels(kernels, logits)):
+    # The same tangent, whose reverse mode runs the backward kernel on its
+    # platform (XLA elsewhere); it keeps only these inputs and the per-row
+    # numbers too.
+    tangent = tangent + kernel_tangent.row_tangent(
+        dlogits, (logits, mask, stats.shift, result.log_sumexp,
+                  result.coefficients, opts, label_index, targets),
+        gradient=_xla_gradient, kernels=gradients)
   elif not _softmax_rows.is_zero_tangent(dlogits):
     # Under jax.checkpoint, reverse mode saves only these inputs and the
     # per-row numbers, and recomputes the softmax in the backward pass. It

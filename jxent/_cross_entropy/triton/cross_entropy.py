@@ -15,7 +15,10 @@ import jax
 from jxent._cross_entropy import rows as _rows
 from jxent._cross_entropy.triton import information as _information
 from jxent._cross_entropy.triton.config import KernelConfig, default_config
-from jxent._cross_entropy.triton.gradient import logits_gradient
+from jxent._cross_entropy.triton.gradient import (
+    logits_gradient,
+    scaled_logits_gradient,
+)
 from jxent._cross_entropy.triton.row_stats import row_stats
 from jxent._numerics import checks as _checks
 from jxent._numerics.options import CrossEntropyOptions
@@ -91,7 +94,7 @@ def _configured(num_classes, dtype, kernel, config) -> KernelConfig:
 
 
 def stats_kernel(num_classes: int, dtype, **config) -> _rows.StatsKernel:
-  """The forward kernel, for the default path on CUDA.
+  """The forward kernel and the backward one, for the default path on CUDA.
 
   Args:
     num_classes: C.
@@ -100,7 +103,10 @@ def stats_kernel(num_classes: int, dtype, **config) -> _rows.StatsKernel:
   """
   return _rows.StatsKernel(
       "cuda", row_stats,
-      _configured(num_classes, dtype, "row_stats", config))
+      _configured(num_classes, dtype, "row_stats", config),
+      gradient=scaled_logits_gradient,
+      gradient_config=_configured(num_classes, dtype, "logits_gradient",
+                                  config))
 
 
 def cross_entropy_rows(num_classes: int, dtype, logits, mask, target, opts,

@@ -122,3 +122,27 @@ def logits_gradient(
       interpret=config.interpret, name="jxent_logits_gradient")
   grad = jax.vmap(call, in_axes=tuple(axes))(*inputs)
   return grad.reshape(logits.shape)
+
+
+def scaled_logits_gradient(
+    g: jax.Array,
+    logits: jax.Array,
+    mask: jax.Array | None,
+    shift: jax.Array,
+    log_sumexp: jax.Array,
+    coefficients: _rows.Coefficients,
+    opts: CrossEntropyOptions,
+    label_index: jax.Array | None,
+    targets: jax.Array | None,
+    *,
+    config: KernelConfig,
+) -> jax.Array:
+  """g times d loss / d logits, per row g: the default path's backward.
+
+  The residuals are those of `jxent._cross_entropy.rows.logits_gradient`
+  (which `jxent._numerics.kernel_tangent` transposes); the gradient is
+  linear in the coefficients, so they carry the cotangent.
+  """
+  coefficients = jax.tree.map(lambda c: g * c, coefficients)
+  return logits_gradient(logits, mask, shift, log_sumexp, coefficients, opts,
+                         config, label_index=label_index, targets=targets)
