@@ -82,13 +82,20 @@ def _kwargs(options, weights, mask):
   return kw
 
 
+def _row_weights(value):
+  return jnp.linspace(0.5, 2.0, value.size).reshape(value.shape)
+
+
 def _loss_and_grads(loss, x, labels):
-  """Per-row losses, and gradients of their sum over finite rows.
+  """Per-row losses, and gradients of their weighted sum over finite rows
+  (a cotangent that differs from row to row).
 
   Under jit: an interpreted kernel run op by op is slow to test.
   """
   value = jax.jit(loss)(x, labels)
-  total = lambda x, y: jnp.sum(jnp.where(jnp.isnan(value), 0, loss(x, y)))  # noqa
+  weights = _row_weights(value)
+  total = lambda x, y: jnp.sum(  # noqa: E731
+      weights * jnp.where(jnp.isnan(value), 0, loss(x, y)))
   argnums = (0,) if jnp.issubdtype(labels.dtype, jnp.integer) else (0, 1)
   grads = jax.jit(jax.grad(total, argnums))(x, labels)
   return value, grads
@@ -441,7 +448,8 @@ def _pair_problem(rng, rows, classes, dtype):
 
 def _information_values_and_grads(fn, p, q, mask):
   value = jax.jit(lambda p, q: fn(p, q, where=mask))(p, q)
-  total = lambda p, q: jnp.sum(jnp.where(  # noqa: E731
+  weights = _row_weights(value)
+  total = lambda p, q: jnp.sum(weights * jnp.where(  # noqa: E731
       jnp.isfinite(value), fn(p, q, where=mask), 0))
   return value, jax.jit(jax.grad(total, (0, 1)))(p, q)
 
@@ -566,26 +574,34 @@ def test_a_batch_of_no_rows_runs_no_kernel(implementation):
                                    (256, 50257)])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_information_kernels_lower_for_cuda(shape, dtype):
-  # The default path, as users trace it: the kernel on CUDA (forward; the
-  # gradient is XLA's), none for a CPU or a TPU.
+  # The default path, as users trace it: on CUDA, the forward kernel and a
+  # backward kernel per differentiated side; none for a CPU or a TPU.
   logits = jax.ShapeDtypeStruct(shape, dtype)
   mask = jax.ShapeDtypeStruct(shape, jnp.bool_)
 
   def entropy_step(p, q, m):
     return jax.value_and_grad(
-        lambda p: jnp.mean(jxent.entropy_from_logits(p)))(p)
+        lambda p: jnp.mean(jxent.entropy_from_logits(p, where=m)))(p)
 
   def kl_step(p, q, m):
     return jax.value_and_grad(lambda p, q: jnp.mean(
         jxent.kl_divergence_from_logits(p, q, where=m)), (0, 1))(p, q)
 
+  def cross_entropy_step(p, q, m):
+    return jax.value_and_grad(lambda q: jnp.mean(
+        jxent.cross_entropy_from_logits(p, q)))(q)
+
   def cross_entropy_forward(p, q, m):
     return jxent.cross_entropy_from_logits(p, q)
 
-  for step in (entropy_step, kl_step, cross_entropy_forward):
+  for step, calls in ((entropy_step, 2), (kl_step, 3),
+                      (cross_entropy_step, 2), (cross_entropy_forward, 1)):
     args = (logits, logits, mask)
-    assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 1
-    assert TRITON_CALL not in _lower_for(["cpu"], step, *args)
+    # Traced as on a GPU: traced here, float32 keeps a CPU's exp for XLA.
+    with softmax_rows.recompute_everywhere():
+      assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == calls
+    for platforms in (["cpu"], ["tpu"]):
+      assert TRITON_CALL not in _lower_for(platforms, step, *args)
 
 
 @pytest.mark.parametrize("kind", list(INFORMATION))

@@ -21,6 +21,7 @@ from jax import lax
 from jxent._cross_entropy import api as _api
 from jxent._information.probabilities import in_base
 from jxent._numerics import checks as _checks
+from jxent._numerics import kernel_tangent
 from jxent._numerics import softmax_rows as _softmax_rows
 from jxent._numerics.logsumexp import exp_sum_terms, log_sum, sum_and_excess_of
 from jxent._numerics.platforms import per_platform
@@ -60,13 +61,19 @@ def _entropy_parts(axis_name, implementation, logits, mask):
     stats, e = _on_platforms(_entropy_stats, kernels, (None, keep), logits,
                              mask)
   else:
+    kernels = ()
     stats, e = _entropy_stats(axis_name, keep, logits, mask)
   shift, sumexp, excess, dot = stats
   # log1p of the excess: exact near certainty where the sums split it.
   log_sumexp = log_sum(sumexp, excess)
   # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
   entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
-  return entropy, shift, log_sumexp, e
+  return entropy, shift, log_sumexp, e, _gradient_kernels(kernels)
+
+
+def _gradient_kernels(kernels) -> dict:
+  """{platform: backward kernel} of the forward kernels that ran."""
+  return {p: fn for k in kernels for p, fn in k.gradients().items()}
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -111,13 +118,17 @@ def entropy_rows(axis_name, implementation, logits, mask):
   return _entropy_parts(axis_name, implementation, logits, mask)[0]
 
 
-def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
-                     dlogits, exps=None):
+def _entropy_gradient(logits, mask, shift, log_sumexp, entropy, exps=None):
   shifted, probs = _softmax_rows.recompute(logits, mask, shift, log_sumexp,
                                            exps)
   # dH/dz_c = -p_c (log p_c + H), 0 where p_c = 0.
-  grad = -_softmax_rows.times_finite(
+  return -_softmax_rows.times_finite(
       probs, shifted - log_sumexp[..., None] + entropy[..., None])
+
+
+def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
+                     dlogits, exps=None):
+  grad = _entropy_gradient(logits, mask, shift, log_sumexp, entropy, exps)
   return _softmax_rows.row_tangent(axis_name, grad, dlogits)
 
 
@@ -125,11 +136,17 @@ def _entropy_tangent(axis_name, logits, mask, shift, log_sumexp, entropy,
 def _entropy_rows_jvp(axis_name, implementation, primals, tangents):
   logits, mask = primals
   dlogits, _ = tangents
-  entropy, shift, log_sumexp, exps = _entropy_parts(
+  entropy, shift, log_sumexp, exps, gradients = _entropy_parts(
       axis_name, implementation, logits, mask)
   if exps is not None:  # Kept by the forward pass (see keeps_exp).
     tangent = _entropy_tangent(axis_name, logits, mask, shift, log_sumexp,
                                entropy, dlogits, exps)
+  elif gradients:
+    # Reverse mode runs the backward kernel on its platform (XLA
+    # elsewhere), and saves the logits and per-row numbers only.
+    tangent = kernel_tangent.row_tangent(
+        dlogits, (logits, mask, shift, log_sumexp, entropy),
+        gradient=_entropy_gradient, kernels=gradients)
   else:
     # jax.checkpoint: reverse mode saves the logits and per-row numbers.
     tangent = jax.checkpoint(_entropy_tangent, static_argnums=(0,))(
@@ -181,6 +198,7 @@ def _pair_value(kind, axis_name, implementation, p_logits, q_logits, mask):
     stats, exps = _on_platforms(_pair_stats, kernels, (kind, None, keep),
                                 p_logits, q_logits, mask)
   else:
+    kernels = ()
     stats, exps = _pair_stats(kind, axis_name, keep, p_logits, q_logits,
                               mask)
   shift_p, sum_p, excess_p, shift_q, sum_q, excess_q, dot = stats
@@ -199,7 +217,8 @@ def _pair_value(kind, axis_name, implementation, p_logits, q_logits, mask):
   # E_p[-shifted_q] + lse_q, for a P with any mass; an empty P gives 0.
   value = mean + lse_q - (lse_p if kind == "kl" else 0)
   value = jnp.where(sum_p != 0, value, 0)
-  return value, (shift_p, lse_p, sum_p), (shift_q, lse_q), exps
+  return (value, (shift_p, lse_p, sum_p), (shift_q, lse_q), exps,
+          _gradient_kernels(kernels))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -212,8 +231,9 @@ def pair_rows(kind, axis_name, implementation, p_logits, q_logits, mask):
                      mask)[0]
 
 
-def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
-               q_shift, q_lse, value, dlogits, p_exps=None):
+def _p_gradient(kind, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
+                q_shift, q_lse, value, p_exps=None):
+  del p_sum
   sp, probs_p = _softmax_rows.recompute(p_logits, mask, p_shift, p_lse, p_exps)
   sq, _ = _softmax_rows.recompute(q_logits, mask, q_shift, q_lse)
   log_q = sq - q_lse[..., None]
@@ -223,17 +243,28 @@ def _p_tangent(kind, axis_name, p_logits, q_logits, mask, p_shift, p_lse,
   else:
     # dH/dz_p,c = p_c (-log q_c - H).
     per_class = -log_q - value[..., None]
-  return _softmax_rows.row_tangent(
-      axis_name, _softmax_rows.times_finite(probs_p, per_class), dlogits)
+  return _softmax_rows.times_finite(probs_p, per_class)
 
 
-def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
-               q_shift, q_lse, dlogits, p_exps=None, q_exps=None):
+def _q_gradient(p_logits, q_logits, mask, p_shift, p_lse, p_sum, q_shift,
+                q_lse, value, p_exps=None, q_exps=None):
   # d/dz_q,c of both H(P, Q) and D_KL(P || Q) is q_c - p_c (0 for an
   # empty P).
+  del value
   _, probs_p = _softmax_rows.recompute(p_logits, mask, p_shift, p_lse, p_exps)
   _, probs_q = _softmax_rows.recompute(q_logits, mask, q_shift, q_lse, q_exps)
-  grad = jnp.where((p_sum != 0)[..., None], probs_q - probs_p, 0)
+  return jnp.where((p_sum != 0)[..., None], probs_q - probs_p, 0)
+
+
+def _p_tangent(kind, axis_name, *residuals_and_tangent, p_exps=None):
+  *residuals, dlogits = residuals_and_tangent
+  grad = _p_gradient(kind, *residuals, p_exps=p_exps)
+  return _softmax_rows.row_tangent(axis_name, grad, dlogits)
+
+
+def _q_tangent(axis_name, *residuals_and_tangent, p_exps=None, q_exps=None):
+  *residuals, dlogits = residuals_and_tangent
+  grad = _q_gradient(*residuals, p_exps=p_exps, q_exps=q_exps)
   return _softmax_rows.row_tangent(axis_name, grad, dlogits)
 
 
@@ -241,24 +272,36 @@ def _q_tangent(axis_name, p_logits, q_logits, mask, p_shift, p_lse, p_sum,
 def _pair_rows_jvp(kind, axis_name, implementation, primals, tangents):
   p_logits, q_logits, mask = primals
   dp, dq, _ = tangents
-  value, p, q, (p_exps, q_exps) = _pair_value(
+  value, p, q, (p_exps, q_exps), gradients = _pair_value(
       kind, axis_name, implementation, p_logits, q_logits, mask)
+  residuals = (p_logits, q_logits, mask, *p, *q, value)
   tangent = jnp.zeros_like(value)
-  # Without kept exps (see keeps_exp), under jax.checkpoint: reverse mode
-  # then saves the logits and per-row numbers only.
   kept = p_exps is not None
-  if not _softmax_rows.is_zero_tangent(dp):
-    p_rule = _p_tangent if kept else jax.checkpoint(_p_tangent,
-                                                    static_argnums=(0, 1))
-    tangent = tangent + p_rule(
-        kind, axis_name, p_logits, q_logits, mask, p[0], p[1], q[0], q[1],
-        value, dp, *((p_exps,) if kept else ()))
-  if not _softmax_rows.is_zero_tangent(dq):
-    q_rule = _q_tangent if kept else jax.checkpoint(_q_tangent,
-                                                    static_argnums=(0,))
-    tangent = tangent + q_rule(
-        axis_name, p_logits, q_logits, mask, p[0], p[1], p[2], q[0], q[1],
-        dq, *((p_exps, q_exps) if kept else ()))
+  for side, d in (("p", dp), ("q", dq)):
+    if _softmax_rows.is_zero_tangent(d):
+      continue
+    if kept:  # The forward pass's exps (see keeps_exp).
+      exps = dict(p_exps=p_exps) if side == "p" else dict(
+          p_exps=p_exps, q_exps=q_exps)
+      part = (functools.partial(_p_tangent, kind) if side == "p"
+              else _q_tangent)(axis_name, *residuals, d, **exps)
+    elif gradients:
+      # Reverse mode runs the side's backward kernel on its platform (XLA
+      # elsewhere), and saves the logits and per-row numbers only.
+      part = kernel_tangent.row_tangent(
+          d, residuals,
+          gradient=(functools.partial(_p_gradient, kind) if side == "p"
+                    else _q_gradient),
+          kernels={platform: functools.partial(fn, side)
+                   for platform, fn in gradients.items()})
+    else:
+      # Under jax.checkpoint: reverse mode saves the logits and per-row
+      # numbers only.
+      rule = (functools.partial(_p_tangent, kind) if side == "p"
+              else _q_tangent)
+      part = jax.checkpoint(rule, static_argnums=(0,))(
+          axis_name, *residuals, d)
+    tangent = tangent + part
   return value, tangent
 
 

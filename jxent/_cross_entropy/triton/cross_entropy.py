@@ -14,6 +14,9 @@ import jax
 
 from jxent._cross_entropy import rows as _rows
 from jxent._cross_entropy.triton import information as _information
+from jxent._cross_entropy.triton import (
+    information_gradient as _information_gradient,
+)
 from jxent._cross_entropy.triton.config import KernelConfig, default_config
 from jxent._cross_entropy.triton.gradient import (
     logits_gradient,
@@ -120,13 +123,15 @@ def cross_entropy_rows(num_classes: int, dtype, logits, mask, target, opts,
 
 def information_kernel(kind: str, num_classes: int, dtype, **config
                        ) -> _rows.StatsKernel:
-  """The forward kernel of the entropy, KL or cross-entropy of logits.
+  """The kernels of the entropy, KL or cross-entropy of logits.
 
   Its `compute(*arrays, config)` gives the per-row numbers of
   `jxent._information.logits` (`information.entropy_stats`, or
-  `information.pair_stats` of `kind`). The tiles are the forward
-  cross-entropy kernel's (half as wide for a pair, which reads two rows):
-  the sweep has not tuned these kernels yet.
+  `information.pair_stats` of `kind`); its `gradient` is the backward
+  kernel (`information_gradient.entropy_gradient`, or
+  `information_gradient.pair_gradient` of `kind`, which takes the side
+  first). The tiles are the cross-entropy kernels' (half as wide for a
+  pair, which reads two rows): the sweep has not tuned these kernels yet.
 
   Args:
     kind: "entropy", "kl" or "cross_entropy".
@@ -135,15 +140,21 @@ def information_kernel(kind: str, num_classes: int, dtype, **config
     **config: `KernelConfig` fields to use instead of the tuned defaults
       (`lane_sums` does not apply: these kernels reduce each tile).
   """
-  chosen = _configured(num_classes, dtype, "row_stats", config)
+  forward = _configured(num_classes, dtype, "row_stats", config)
+  backward = _configured(num_classes, dtype, "logits_gradient", config)
   if kind == "entropy":
     compute = _information.entropy_stats
+    gradient = _information_gradient.entropy_gradient
   elif kind in ("kl", "cross_entropy"):
     compute = functools.partial(_information.pair_stats, kind)
+    gradient = functools.partial(_information_gradient.pair_gradient, kind)
     if "block" not in config:
       # Two rows' tiles per step: half the width holds as many values in
-      # registers as the forward kernel's one.
-      chosen = dataclasses.replace(chosen, block=max(chosen.block // 2, 1))
+      # registers as the cross-entropy kernels' one.
+      forward, backward = (
+          dataclasses.replace(c, block=max(c.block // 2, 1))
+          for c in (forward, backward))
   else:
     raise ValueError(f"Unknown kind {kind!r}.")
-  return _rows.StatsKernel("cuda", compute, chosen)
+  return _rows.StatsKernel("cuda", compute, forward, gradient=gradient,
+                           gradient_config=backward)

@@ -28,12 +28,12 @@ from jxent._cross_entropy.triton.row_stats import online_step
 from jxent._numerics.logsumexp import shift_of
 
 
-def _times_finite(e, value):
+def times_finite(e, value):
   # e * value with 0 where e is 0, even if value is infinite (0 log 0 = 0).
   return jnp.where(e != 0, e * value, 0.0)
 
 
-class _Walk:
+class Walk:
   """A row's tiles: masked loads only where the tiles do not divide it."""
 
   def __init__(self, width, block, m_ref):
@@ -62,12 +62,20 @@ class _Walk:
     x = self._load(ref, cols, -jnp.inf).astype(jnp.float32)
     return x if keep is None else jnp.where(keep != 0, x, -jnp.inf)
 
+  def store(self, ref, i, values):
+    """Writes tile i of a row (its columns inside the row only)."""
+    cols = i * self.block + jnp.arange(self.block)
+    if self.ragged:
+      plgpu.store(ref.at[cols], values, mask=cols < self.width)
+    else:
+      plgpu.store(ref.at[cols], values)
+
 
 def _entropy_kernel(*refs, block, masked):
   x_ref = refs[0]
   m_ref = refs[1] if masked else None
   shift_ref, sum_ref, excess_ref, dot_ref = refs[-4:]
-  walk = _Walk(x_ref.shape[0], block, m_ref)
+  walk = Walk(x_ref.shape[0], block, m_ref)
 
   def body(i, carry):
     run_max, rest, ties, dot = carry
@@ -81,7 +89,7 @@ def _entropy_kernel(*refs, block, masked):
     # shift leaves them 0: the where keeps 0 * inf out (logits spanning
     # more than the float range make (old - new) * sum_old infinite).
     dot = jnp.where(scale == 0, 0.0, scale * (dot + (old - new) * sum_old))
-    dot = dot + jnp.sum(_times_finite(jnp.exp(shifted), shifted))
+    dot = dot + jnp.sum(times_finite(jnp.exp(shifted), shifted))
     return run_max, rest, ties, dot
 
   zero = jnp.float32(0)
@@ -98,7 +106,7 @@ def _pair_kernel(*refs, block, masked, kind, num_classes):
   p_ref, q_ref = refs[0], refs[1]
   m_ref = refs[2] if masked else None
   outs = refs[-7:]
-  walk = _Walk(p_ref.shape[0], block, m_ref)
+  walk = Walk(p_ref.shape[0], block, m_ref)
 
   def body(i, carry):
     p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot, ruled_max = carry
@@ -126,7 +134,7 @@ def _pair_kernel(*refs, block, masked, kind, num_classes):
     ruled_max = jnp.maximum(ruled_max,
                             jnp.max(jnp.where(ruled_out, zp, -jnp.inf)))
     per_class = sp - sq if kind == "kl" else -sq
-    terms = _times_finite(jnp.exp(sp), per_class / num_classes)
+    terms = times_finite(jnp.exp(sp), per_class / num_classes)
     dot = dot + jnp.sum(jnp.where(ruled_out, 0.0, terms))
     return (p_max, p_rest, p_ties, q_max, q_rest, q_ties, dot, ruled_max)
 
