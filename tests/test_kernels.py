@@ -653,3 +653,63 @@ def test_a_cpu_and_cuda_export_of_the_information_functions_runs_xla(rng):
                                disabled_checks=[TRITON])(p, q)
   assert exported.mlir_module().count(TRITON_CALL) == 3
   _compare(exported.call(p, q), jax.jit(step)(p, q), jnp.float32)
+
+
+# --- the default path's backward kernels, in every differentiation mode -----
+
+DIFFERENTIATED = {
+    "int_ce": lambda x, y: int_ce(x, y[0], label_smoothing=0.1, **y[1]),
+    "soft_ce": lambda x, y: soft_ce(x, y[2], z_loss=1e-3, **y[1]),
+    **{k: (lambda x, y, fn=fn: fn(x, y[3], **y[1]))
+       for k, fn in INFORMATION.items()},
+}
+
+
+def _modes(loss):
+  """Every way JAX differentiates, each of a scalar of the loss's rows."""
+  def total(x):
+    value = loss(x)
+    return jnp.sum(jnp.linspace(0.5, 2.0, value.size) * value.ravel())
+
+  def transposed(x):
+    _, linear = jax.linearize(total, x)
+    return jax.linear_transpose(linear, x)(1.0)[0]
+
+  return {
+      "grad": jax.grad(total),
+      "remat": jax.grad(jax.checkpoint(total)),
+      "transposed": transposed,
+      "jacrev": jax.jacrev(loss),
+      "jacfwd": jax.jacfwd(loss),
+      "hessian": jax.hessian(total),
+      "hessian_rev": jax.jacrev(jax.grad(total)),
+      "vmap": lambda x: jax.vmap(jax.grad(total), in_axes=1, out_axes=1)(
+          jnp.stack([x, 2 * x], axis=1)),
+  }
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(DIFFERENTIATED))
+def test_the_backward_kernels_keep_every_differentiation_mode(rng, name,
+                                                              masked):
+  # The reverse-mode gradient comes from the backward kernel; every other
+  # derivative (forward mode, second order, through the per-row numbers)
+  # is XLA's. Each mode gives what the XLA path gives.
+  x, labels, soft, _, mask = _problem(rng, 3, 20, jnp.float32)
+  x = jnp.nan_to_num(x, neginf=-9.0)
+  q = jnp.asarray(rng.normal(size=(3, 20)), jnp.float32)
+  kw = dict(where=mask) if masked else {}
+  target = (jnp.abs(labels) % 20, kw, soft, q)
+  fn = DIFFERENTIATED[name]
+
+  def run(implementation):
+    # New functions each time: jit's cache does not see the override.
+    modes = _modes(lambda x: fn(x, (*target[:1], dict(
+        kw, implementation=implementation), *target[2:])))
+    return {mode: jax.jit(f)(x) for mode, f in modes.items()}
+
+  want = run("xla")
+  with _as_on_a_gpu(block=8):
+    got = run(None)
+  for mode in want:
+    _compare(got[mode], want[mode], jnp.float32)

@@ -9,7 +9,9 @@ Implementations are named by backend, as tokamax names them:
 * ``None`` (the default): XLA's custom JVP everywhere, with the row
   statistics of the forward pass computed by each kernel implementation's
   forward kernel on that implementation's platform (the Triton kernel on
-  CUDA). The choice is made per platform when the function is lowered
+  CUDA), and the reverse-mode gradient by its backward kernel
+  (`jxent._numerics.kernel_tangent`); forward mode and second derivatives
+  stay XLA's. The choice is made per platform when the function is lowered
   (`lax.platform_dependent`), not when it is traced: one jitted function
   runs XLA on the CPU of a GPU machine and the kernel on its GPU, and
   `jax.export` for ``["cpu", "cuda"]`` carries both.
@@ -40,12 +42,13 @@ class KernelImplementation:
   """A registered kernel implementation of the softmax cross-entropies.
 
   Its module provides ``stats_kernel(num_classes, dtype, **config)``, a
-  `rows.StatsKernel` for the default path, ``cross_entropy_rows(
+  `rows.StatsKernel` (forward and backward kernels) for the default path, ``cross_entropy_rows(
   num_classes, dtype, logits, mask, target, opts, **config)``, the per-row
   loss and weight with both passes on its kernels, and
   ``information_kernel(kind, num_classes, dtype, **config)``, the forward
   kernel of the entropy ("entropy"), KL ("kl") or cross-entropy
-  ("cross_entropy") of logits, for their default path.
+  ("cross_entropy") of logits with their backward kernels, for their
+  default path.
 
   Attributes:
     module: The module, imported when first used.
@@ -144,13 +147,14 @@ def _stats_kernels(dtype, num_classes: int) -> tuple[_rows.StatsKernel, ...]:
 
 def information_kernels(implementation: Implementation, kind: str, dtypes,
                         num_classes: int) -> tuple[_rows.StatsKernel, ...]:
-  """The forward kernels for the entropy of logits (`kind` "entropy") or a
-  pair of them ("kl", "cross_entropy"), for the implementation asked for.
+  """The kernels for the entropy of logits (`kind` "entropy") or a pair of
+  them ("kl", "cross_entropy"), for the implementation asked for.
 
   None: every registered kernel that suits logits of these dtypes, each
   run on its platform by `jxent._information.logits` (XLA elsewhere).
-  "xla": none. A kernel's name: that kernel alone, where it can run. The
-  derivatives are XLA's custom JVPs in every case.
+  "xla": none. A kernel's name: that kernel alone, where it can run.
+  Reverse mode runs their backward kernels; every other derivative is
+  XLA's.
 
   Raises:
     ValueError: If `implementation` is unknown, or a kernel implementation

@@ -7,7 +7,9 @@ log-sum-exp and are never exponentiated raw. Results are in nats unless
 The functions have custom derivatives (`jax.custom_jvp`), built on the row
 mechanics the cross-entropies use (`jxent._numerics.softmax_rows`): one
 pass of row sums forward, and a tangent recomputed element-wise from the
-logits and a few numbers per row, under `jax.checkpoint`. Every
+logits and a few numbers per row, under `jax.checkpoint` (on a platform
+with a backward kernel, `jxent._numerics.kernel_tangent.row_tangent`,
+whose reverse mode runs the kernel). Every
 differentiation mode works, and reverse mode keeps no float32
 [batch, classes] array, which distillation over a large vocabulary needs.
 """
@@ -334,8 +336,9 @@ def entropy_from_logits(
       function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
       computes the forward pass's per-row sums in one read of the logits;
       elsewhere, XLA. "xla" forces XLA; "triton" asks for the kernel and
-      raises a `ValueError` without an NVIDIA GPU. The derivatives are
-      XLA's custom JVP in every case, so every differentiation mode works.
+      raises a `ValueError` without an NVIDIA GPU. The reverse-mode
+      gradient runs the kernel's backward kernel there too; forward mode
+      and second derivatives are XLA's custom JVP, so every mode works.
 
   Returns:
     Array of `logits.shape` without `axis`. A row with every class masked
@@ -399,8 +402,9 @@ def cross_entropy_from_logits(
       function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
       computes the forward pass's per-row sums in one read of the logits;
       elsewhere, XLA. "xla" forces XLA; "triton" asks for the kernel and
-      raises a `ValueError` without an NVIDIA GPU. The derivatives are
-      XLA's custom JVP in every case, so every differentiation mode works.
+      raises a `ValueError` without an NVIDIA GPU. The reverse-mode
+      gradient runs the kernel's backward kernel there too; forward mode
+      and second derivatives are XLA's custom JVP, so every mode works.
 
   Returns:
     Array of the broadcast shape without `axis`.
@@ -450,8 +454,9 @@ def kl_divergence_from_logits(
       function is lowered: on an NVIDIA GPU (CUDA), a Pallas Triton kernel
       computes the forward pass's per-row sums in one read of the logits;
       elsewhere, XLA. "xla" forces XLA; "triton" asks for the kernel and
-      raises a `ValueError` without an NVIDIA GPU. The derivatives are
-      XLA's custom JVP in every case, so every differentiation mode works.
+      raises a `ValueError` without an NVIDIA GPU. The reverse-mode
+      gradient runs the kernel's backward kernel there too; forward mode
+      and second derivatives are XLA's custom JVP, so every mode works.
 
   Returns:
     Array of the broadcast shape without `axis`: 0 where P is empty,

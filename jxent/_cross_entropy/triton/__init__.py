@@ -5,9 +5,11 @@ it (never the reverse): `row_stats` the forward pass's per-row numbers
 (`jxent._cross_entropy.rows.dense_row_stats`), `logits_gradient` the
 backward pass's element-wise gradient (`rows.logits_gradient`).
 `cross_entropy_rows` puts both in one custom VJP; `stats_kernel` serves
-the default path. `information` holds the forward kernels of the entropy,
-KL and cross-entropy of logits (`information_kernel`), whose derivatives
-stay XLA's. `jxent._cross_entropy.api` registers them as "triton".
+both to the default path. `information` holds the forward kernels of the
+entropy, KL and cross-entropy of logits, `information_gradient` their
+backward kernels (`information_kernel` serves both). Forward mode and
+second derivatives stay XLA's. `jxent._cross_entropy.api` registers them
+as "triton".
 """
 
 from jxent._cross_entropy.triton.config import KernelConfig as KernelConfig

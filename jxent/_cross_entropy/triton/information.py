@@ -12,7 +12,8 @@ each logit once, where XLA reads the logits twice (a max, then the sums):
 
 They compute what `jxent._information.logits` computes with XLA (-inf,
 masks and NaN included); the tests compare the two in Pallas' interpret
-mode. The derivatives stay XLA's (the custom JVPs recompute the softmax
+mode. Their backward kernels are in `information_gradient`; forward mode
+and second derivatives stay XLA's (the custom JVPs recompute the softmax
 from the logits and these per-row numbers).
 """
 
