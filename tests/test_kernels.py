@@ -660,8 +660,10 @@ def test_a_cpu_and_cuda_export_of_the_information_functions_runs_xla(rng):
 DIFFERENTIATED = {
     "int_ce": lambda x, y: int_ce(x, y[0], label_smoothing=0.1, **y[1]),
     "soft_ce": lambda x, y: soft_ce(x, y[2], z_loss=1e-3, **y[1]),
+    # (kl_reversed differentiates the KL's sides the other way round: the
+    # same code as kl's, so the suite's time goes elsewhere.)
     **{k: (lambda x, y, fn=fn: fn(x, y[3], **y[1]))
-       for k, fn in INFORMATION.items()},
+       for k, fn in INFORMATION.items() if k != "kl_reversed"},
 }
 
 
@@ -688,17 +690,15 @@ def _modes(loss):
   }
 
 
-@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("name", list(DIFFERENTIATED))
-def test_the_backward_kernels_keep_every_differentiation_mode(rng, name,
-                                                              masked):
+def test_the_backward_kernels_keep_every_differentiation_mode(rng, name):
   # The reverse-mode gradient comes from the backward kernel; every other
   # derivative (forward mode, second order, through the per-row numbers)
-  # is XLA's. Each mode gives what the XLA path gives.
+  # is XLA's. Each mode gives what the XLA path gives, with a mask.
   x, labels, soft, _, mask = _problem(rng, 3, 20, jnp.float32)
   x = jnp.nan_to_num(x, neginf=-9.0)
   q = jnp.asarray(rng.normal(size=(3, 20)), jnp.float32)
-  kw = dict(where=mask) if masked else {}
+  kw = dict(where=mask)
   target = (jnp.abs(labels) % 20, kw, soft, q)
   fn = DIFFERENTIATED[name]
 

@@ -96,8 +96,8 @@ def _jvp(primals, tangents, *, gradient, kernels):
         lambda *r: _forward(dlogits, *r, gradient=gradient),
         tuple(residuals), tuple(d_residuals))
     parts.append(part)
-  if not parts:
-    return out, ad.Zero.from_primal_value(out)
+  if not parts:  # (JAX skips the rule then; kept for completeness.)
+    return out, jnp.zeros_like(out)
   return out, functools.reduce(jnp.add, parts)
 
 
