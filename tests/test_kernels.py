@@ -109,11 +109,15 @@ def _compare(got, want, dtype):
                                atol=atol)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("implementation", [None, *KERNELS])
 @pytest.mark.parametrize("options", list(OPTIONS))
 @pytest.mark.parametrize("kind", ["integer", "soft"])
-def test_kernels_match_the_xla_path(rng, implementation, options, kind):
-  # 5 rows of 300 classes in tiles of 128: two full tiles and a partial one.
+def test_kernels_match_the_xla_path(rng, implementation, options, kind,
+                                    splits):
+  # 5 rows of 300 classes in tiles of 64: four full tiles and a partial one,
+  # walked by one program per row, or by three (two tiles each, the last
+  # split's second tile past the row).
   x, labels, soft, weights, mask = _problem(rng, 5, 300, jnp.float32)
   kw = _kwargs(OPTIONS[options], weights, mask)
   if kind == "integer":
@@ -123,7 +127,7 @@ def test_kernels_match_the_xla_path(rng, implementation, options, kind):
     target, fn = soft, soft_ce
   want = _loss_and_grads(lambda x, t: fn(x, t, implementation="xla", **kw),
                          x, target)
-  with _as_on_a_gpu(block=128):
+  with _as_on_a_gpu(block=64, splits=splits):
     got = _loss_and_grads(
         lambda x, t: fn(x, t, implementation=implementation, **kw), x,
         target)
@@ -170,6 +174,56 @@ def test_lane_sums_match_the_xla_path(rng, options, kind):
                                           **kw), x, target)
   _compare(got, want, jnp.float32)
   assert np.isnan(got[0][1]) and got[0][3] == 0
+
+
+def test_split_rows_match_the_xla_path_at_ties_jumps_and_empty_splits(rng):
+  # Few rows: the forward kernel splits each (by default, `splits_for`)
+  # and combines the splits' sums. A max shared by two splits (its ties
+  # stay ties), a max that jumps in the last split, a split that is all
+  # -inf or masked, a +inf logit, a NaN: each as the XLA path gives it.
+  x = rng.normal(size=(6, 200)) * 3
+  x[0, [5, 150]] = 9.0               # The max in two splits.
+  x[1, -1] = 40.0                    # A jump in the last split.
+  x[2, :100] = -np.inf               # The first splits empty.
+  x[3, 60] = np.inf
+  x[4, 7] = np.nan
+  mask = np.ones((6, 200), bool)
+  mask[5, 100:] = False              # The last splits masked.
+  x, mask = jnp.asarray(x, jnp.float32), jnp.asarray(mask)
+  labels = jnp.array([150, 199, 120, 60, 3, 50])
+  soft = jnp.asarray(rng.dirichlet(np.ones(200), size=6), jnp.float32)
+  from jxent._cross_entropy.triton import config
+  assert config.splits_for(6, 200 // 8) > 1
+  for fn, target in ((int_ce, labels), (soft_ce, soft)):
+    kw = dict(where=mask, label_smoothing=0.1)
+    want = _loss_and_grads(
+        lambda x, t, fn=fn: fn(x, t, implementation="xla", **kw), x, target)
+    with _as_on_a_gpu(block=8):
+      got = _loss_and_grads(lambda x, t, fn=fn: fn(x, t, **kw), x, target)
+    _compare(got, want, jnp.float32)
+    # (Soft labels with mass on row 2's impossible classes: an inf loss.)
+    finite = [0, 1, 2, 5] if fn is int_ce else [0, 1, 5]
+    loss = np.asarray(got[0])
+    assert np.isnan(loss[4]) and np.isfinite(loss[finite]).all()
+
+
+def test_splits_per_row_follow_the_number_of_rows():
+  from jxent._cross_entropy.triton.config import (
+      MIN_PROGRAMS,
+      MIN_SPLIT_TILES,
+      splits_for,
+  )
+  assert splits_for(MIN_PROGRAMS, 64) == 1       # Enough rows: one each.
+  assert splits_for(8192, 64) == 1
+  assert splits_for(1, 64) == 64 // MIN_SPLIT_TILES
+  assert splits_for(8, 64) == MIN_PROGRAMS // 8  # Enough programs in all.
+  assert splits_for(8, 3) == 1                   # Too few tiles to split.
+  for rows in (1, 3, 100, 255):
+    for tiles in (1, 2, 7, 64, 1000):
+      splits = splits_for(rows, tiles)
+      assert 1 <= splits <= max(1, tiles // MIN_SPLIT_TILES)
+  with pytest.raises(ValueError, match="splits"):
+    _kernels.KernelConfig(splits=0)
 
 
 def _runs_a_loop(fn, *args) -> bool:
@@ -391,6 +445,18 @@ def test_every_dispatched_kernel_lowers_for_cuda(shape, implementation):
     for step, args in zip(_steps(implementation, True), _bench_inputs(shape),
                           strict=True):
       # Triton's custom call twice: both passes, the default's included.
+      assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_split_rows_lower_for_cuda(dtype):
+  # Eight rows of 262144 classes: the forward kernel splits each row.
+  shape = (8, 262144)
+  for step, args in zip(_steps(None, True), _bench_inputs(shape),
+                        strict=True):
+    args = tuple(jax.ShapeDtypeStruct(a.shape, dtype)
+                 if a.dtype == jnp.bfloat16 else a for a in args)
+    with softmax_rows.recompute_everywhere():
       assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 2
 
 

@@ -64,12 +64,15 @@ def _assert_relative(got, want):
   np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("implementation", sorted(api.KERNELS))
-def test_the_kernels_keep_tiny_losses(rng, implementation):
+def test_the_kernels_keep_tiny_losses(rng, implementation, splits):
+  # With three splits per row, the top logit sits in one split, and the
+  # others' sums join its rest without touching its ties.
   z, labels = _confident_logits(rng)
   want = _ce64(z, labels)
   assert want.min() < 1e-10
-  with api.kernels_anywhere(interpret=True, block=8):
+  with api.kernels_anywhere(interpret=True, block=8, splits=splits):
     integer = jxent.softmax_cross_entropy_with_integer_labels(
         z, labels, implementation=implementation)
     soft = jxent.softmax_cross_entropy(

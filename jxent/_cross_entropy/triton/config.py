@@ -26,6 +26,11 @@ class KernelConfig:
       each sum's lanes; else (the default, the design the committed sweep
       measured) it reduces each tile's sums as it goes. Not yet timed on a
       GPU: the sweep tries both.
+    splits: Programs per row in the forward kernel (`row_stats`): each
+      walks an equal share of the row's tiles, and XLA combines their
+      partial sums. None (the default) chooses from the number of rows
+      (`splits_for`): one per row, unless the rows are too few to keep
+      the GPU busy. Not yet timed on a GPU.
     interpret: Run with Pallas' interpreter instead of Triton (for tests on
       a CPU; slow).
   """
@@ -34,6 +39,7 @@ class KernelConfig:
   num_warps: int = 8
   num_stages: int = 2
   lane_sums: bool = False
+  splits: int | None = None
   interpret: bool = False
 
   def __post_init__(self):
@@ -44,6 +50,29 @@ class KernelConfig:
     if self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
       raise ValueError(
           f"`num_warps` must be a power of two, got {self.num_warps}.")
+    if self.splits is not None and self.splits < 1:
+      raise ValueError(f"`splits` must be None or >= 1, got {self.splits}.")
+
+
+# A grid of fewer programs than this leaves a GPU idle (an H100 has 132
+# SMs, an H200 as many): the forward kernel then splits its rows.
+MIN_PROGRAMS = 256
+# The fewest tiles a split walks: fewer, and the combine costs more than
+# the parallelism brings.
+MIN_SPLIT_TILES = 2
+
+
+def splits_for(rows: int, tiles: int) -> int:
+  """Programs per row for `rows` rows of `tiles` tiles each.
+
+  One per row when there are at least `MIN_PROGRAMS` rows; else enough to
+  make `MIN_PROGRAMS` programs in all, each walking at least
+  `MIN_SPLIT_TILES` tiles. A starting point, not yet timed on a GPU.
+  """
+  if rows >= MIN_PROGRAMS:
+    return 1
+  wanted = -(-MIN_PROGRAMS // max(rows, 1))
+  return max(1, min(wanted, tiles // MIN_SPLIT_TILES))
 
 
 KERNELS = ("row_stats", "logits_gradient")

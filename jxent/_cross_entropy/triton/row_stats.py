@@ -19,9 +19,15 @@ per tile; a NaN reaches the sum
 of exponentials whether or not Triton's max propagates it (exp(NaN - shift)
 is NaN, and so is every shift after a NaN max), so it needs no count; and
 the loads are masked only where the tiles do not divide the row.
+
+When the rows are too few to keep a GPU busy (`config.splits_for`), each
+row is split: several programs walk its tiles, a share each, and XLA
+combines their maxima and sums (`_combine_splits`) as the kernel combines
+its tiles.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from jxent._cross_entropy import rows as _rows
-from jxent._cross_entropy.triton.config import KernelConfig
+from jxent._cross_entropy.triton.config import KernelConfig, splits_for
 from jxent._cross_entropy.triton.inputs import row_inputs
 from jxent._numerics.logsumexp import shift_of, split_exp
 from jxent._numerics.options import CrossEntropyOptions
@@ -60,18 +66,23 @@ def online_step(run_max, rest, ties, x, part=jnp.sum):
 
 
 def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
-            lane_sums):
-  """One row: the refs are its logits, then the optional inputs, then outs."""
+            lane_sums, split_tiles=None):
+  """One row, or one split of it: the refs are its logits, then the
+  optional inputs, then (with `split_tiles`, the tiles a split walks) the
+  split's index, then outs."""
   refs = list(refs)
   x_ref = refs.pop(0)
   l_ref = refs.pop(0) if kind == "integer" else None
   t_ref = refs.pop(0) if kind == "soft" else None
   m_ref = refs.pop(0) if masked else None
   w_ref = refs.pop(0) if weighted else None
+  first = 0 if split_tiles is None else refs.pop(0)[...] * split_tiles
   out = refs
   width = x_ref.shape[0]
-  # Static: whether the last tile runs past the row and loads need a mask.
-  ragged = width % block != 0
+  tiles = pl.cdiv(width, block) if split_tiles is None else split_tiles
+  # Static: whether the last tile runs past the row and loads need a mask
+  # (a split's tiles may all lie past it).
+  ragged = width % block != 0 or split_tiles is not None
 
   def load(ref, cols, inside, other):
     if not ragged:
@@ -85,7 +96,7 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
 
   def body(i, carry):
     run_max, rest, ties, picked, mass, count, weight_sum, valid_mean = carry
-    cols = i * block + jnp.arange(block)
+    cols = (first + i) * block + jnp.arange(block)
     inside = cols < width if ragged else None
     x = load(x_ref, cols, inside, -jnp.inf).astype(jnp.float32)
     if masked:
@@ -125,7 +136,7 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
           summed if kind == "soft" else zero,
           *((summed if smoothing else zero),) * 3)
   (run_max, rest, ties, picked, mass, count, weight_sum,
-   valid_mean) = lax.fori_loop(0, pl.cdiv(width, block), body, init)
+   valid_mean) = lax.fori_loop(0, tiles, body, init)
   if lane_sums:  # Across the lanes, once.
     rest, ties, picked, mass, count, weight_sum, valid_mean = (
         jnp.sum(v) for v in (rest, ties, picked, mass, count, weight_sum,
@@ -139,15 +150,52 @@ def _kernel(*refs, num_classes, block, kind, smoothing, weighted, masked,
     picked = x_ref[at].astype(jnp.float32)
     if masked:
       picked = jnp.where(m_ref[at] != 0, picked, -jnp.inf)
-    picked = picked - shift
+    # A split's numbers are combined first (`_combine_splits`).
+    picked = picked if split_tiles is not None else picked - shift
   # A NaN anywhere unmasked has made the sums NaN, as in the XLA path.
-  values = [shift, rest + ties, rest + (ties - 1.0), picked]
+  if split_tiles is not None:
+    values = [run_max, rest, ties, picked]
+  else:
+    values = [shift, rest + ties, rest + (ties - 1.0), picked]
   if kind == "soft":
     values.append(mass)
   if smoothing:
     values += [count, weight_sum, valid_mean]
   for ref, value in zip(out, values, strict=True):
     ref[...] = value
+
+
+def _combine_splits(outs, kind, smoothing, num_classes):
+  """The splits' numbers [rows, splits] to the rows' [rows], as one program
+  per row gives them: `(shift, sumexp, excess, target_dot, ...)`.
+
+  Each split's sums are rescaled (exp(local shift - row shift)) and its
+  sums of w (z - shift) rebased (plus their weight times the shifts'
+  difference), as the kernel does when its running max moves. A split
+  with no mass (max -inf) has sums of 0 and adds nothing; its ties (the
+  terms at its max, each 1) stay ties only where its max is the row's.
+  """
+  run_max, rest, ties, picked, *more = outs
+  shift = shift_of(jnp.max(run_max, axis=-1))
+  empty = run_max == -jnp.inf
+  delta = jnp.where(empty, 0.0, shift_of(run_max) - shift[:, None])
+  scale = jnp.where(empty, 0.0, jnp.exp(delta))
+  at_max = ~empty & (delta == 0)
+  rest = jnp.sum((rest + jnp.where(at_max, 0.0, ties)) * scale, axis=-1)
+  ties = jnp.sum(jnp.where(at_max, ties, 0.0), axis=-1)
+  combined = [shift, rest + ties, rest + (ties - 1.0)]
+  if kind == "integer":
+    combined.append(picked[:, 0] - shift)  # Every split read the label.
+  else:
+    mass = more.pop(0)
+    combined += [jnp.sum(picked + mass * delta, axis=-1),
+                 jnp.sum(mass, axis=-1)]
+  if smoothing:
+    count, weight_sum, valid_mean = more
+    combined += [jnp.sum(count, axis=-1), jnp.sum(weight_sum, axis=-1),
+                 jnp.sum(valid_mean + weight_sum * delta / num_classes,
+                         axis=-1)]
+  return combined
 
 
 def row_stats(
@@ -180,17 +228,31 @@ def row_stats(
   kind, inputs, axes = row_inputs(logits, mask, opts.class_weights,
                                   label_index, targets)
   n_out = 4 + (kind == "soft") + 3 * opts.smoothing
+  tiles = pl.cdiv(logits.shape[-1], config.block)
+  splits = config.splits
+  if splits is None:
+    splits = splits_for(math.prod(batch), tiles)
+  # Each split walks as many tiles, and none walks only tiles past the row.
+  split_tiles = pl.cdiv(tiles, min(splits, tiles))
+  splits = pl.cdiv(tiles, split_tiles)
   kernel = functools.partial(
       _kernel, num_classes=num_classes, block=config.block, kind=kind,
       smoothing=opts.smoothing, weighted=weighted, masked=mask is not None,
-      lane_sums=config.lane_sums)
+      lane_sums=config.lane_sums,
+      split_tiles=split_tiles if splits > 1 else None)
   call = pl.pallas_call(
       kernel,
       out_shape=[jax.ShapeDtypeStruct((), jnp.float32)] * n_out,
       compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
                                            num_stages=config.num_stages),
       interpret=config.interpret, name="jxent_row_stats")
+  if splits > 1:
+    # Programs (row, split): the row's inputs are shared by its splits.
+    per_split = jax.vmap(call, in_axes=(None,) * len(inputs) + (0,))
+    call = lambda *a: per_split(*a, jnp.arange(splits))  # noqa: E731
   outs = list(jax.vmap(call, in_axes=tuple(axes))(*inputs))
+  if splits > 1:
+    outs = _combine_splits(outs, kind, opts.smoothing, num_classes)
   outs = [o.reshape(batch) for o in outs]
   shift, sumexp, excess, target_dot = outs[:4]
   rest = outs[4:]
