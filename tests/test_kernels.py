@@ -45,7 +45,8 @@ def _as_on_a_gpu(**config):
 def _problem(rng, rows, classes, dtype):
   x = rng.normal(size=(rows, classes)) * 3
   if rows >= 3:
-    x[1, classes // 2] = np.nan          # A NaN row.
+    x[1, classes // 2] = np.nan          # A NaN row,
+    x[1, 0] = -np.inf                    # whose -inf class stays NaN too.
     x[2, : classes // 2] = -np.inf       # Half the classes impossible.
   if rows >= 4:
     x[3] = -np.inf                       # An empty row.

@@ -46,7 +46,10 @@ def _kernel(*refs, block, kind, smoothing, weighted, masked):
     if masked:
       keep = plgpu.load(m_ref.at[cols], mask=inside, other=0) != 0
       x = jnp.where(keep, x, -jnp.inf)
-    grad = prob * jnp.exp(x - shift - log_sumexp)
+    # Shifted, as the XLA path tests it: a NaN shift keeps the whole row
+    # NaN, and a row spanning more than the float range tests the overflow.
+    shifted = x - shift
+    grad = prob * jnp.exp(shifted - log_sumexp)
     weights = None
     if weighted:
       weights = plgpu.load(w_ref.at[cols], mask=inside,
@@ -63,10 +66,10 @@ def _kernel(*refs, block, kind, smoothing, weighted, masked):
       grad = grad - label_coef * u
     if smoothing:
       per_class = smooth if weights is None else smooth * weights
-      grad = grad - jnp.where(x > -jnp.inf, per_class, 0.0)
+      grad = grad - jnp.where(shifted > -jnp.inf, per_class, 0.0)
     # An impossible class (logit -inf) gets 0 whatever its label mass, as
     # on the XLA path.
-    grad = jnp.where(x == -jnp.inf, 0.0, grad)
+    grad = jnp.where(shifted == -jnp.inf, 0.0, grad)
     if masked:
       grad = jnp.where(keep, grad, 0.0)
     plgpu.store(out_ref.at[cols], grad.astype(out_ref.dtype), mask=inside)
