@@ -148,7 +148,8 @@ def linear_suite(name, title, *, extra, jxent_fn, jxent_code, loss,
                f32=True),
           Impl("materialised_bf16", materialised_in_dtype(loss, heads),
                f"{loss_code} on logits = (x @ w{per_head}).astype(float32),"
-               " the matmul in the inputs' dtype", upcasts=True),
+               " the matmul in the inputs' dtype", upcasts=True,
+               rounded=True),
           Impl("chunked", chunked(loss, heads),
                f"the same over {TOKEN_CHUNK}-token chunks under "
                "jax.checkpoint in lax.map", f32=True),

@@ -45,6 +45,10 @@ class Impl:
     upcasts: It converts its inputs to float32 first. It is skipped on
       float32 inputs, where it is the peer it upcasts for.
     f32: It computes in float32 whatever the inputs' dtype.
+    rounded: Its intermediate values (say, logits from a matmul in the
+      inputs' dtype) are rounded to the inputs' dtype before it upcasts:
+      its arithmetic is float32 after that, but its results carry that
+      rounding, so they are held to the 16-bit tolerances.
     mean: ``mean(*inputs)``: the loss averaged over the rows inside the
       call (``reduction="mean"``), for ``vjp_mean``; None: ``fn(...)``'s
       mean, taken outside.
@@ -57,10 +61,14 @@ class Impl:
   needs: str | None = None
   upcasts: bool = False
   f32: bool = False
+  rounded: bool = False
   mean: Callable[..., Any] | None = None
 
   def accumulates_f32(self, dtype: str) -> bool:
-    """Whether its arithmetic is float32 for inputs of `dtype`."""
+    """Whether its arithmetic is float32 for inputs of `dtype`, with no
+    rounding to 16 bits on the way."""
+    if self.rounded and dtype != "float32":
+      return False
     return self.upcasts or self.f32 or dtype == "float32"
 
 

@@ -453,12 +453,38 @@ def test_every_dispatched_kernel_lowers_for_cuda(shape, implementation):
 def test_split_rows_lower_for_cuda(dtype):
   # Eight rows of 262144 classes: the forward kernel splits each row.
   shape = (8, 262144)
-  for step, args in zip(_steps(None, True), _bench_inputs(shape),
+  for step, args in zip(_steps("triton", True), _bench_inputs(shape),
                         strict=True):
     args = tuple(jax.ShapeDtypeStruct(a.shape, dtype)
                  if a.dtype == jnp.bfloat16 else a for a in args)
-    with softmax_rows.recompute_everywhere():
+    with api.kernels_anywhere(interpret=False), (
+        softmax_rows.recompute_everywhere()):
       assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == 2
+
+
+@pytest.mark.parametrize("rows, calls", [(64, 0), (256, 2)])
+def test_the_default_leaves_few_rows_to_xla(rows, calls):
+  # Below `min_rows` (256) the default path runs XLA on a GPU too (the
+  # kernels measured slower there); an explicit implementation still runs
+  # them.
+  assert api.KERNELS["triton"].min_rows == 256
+  logits = jax.ShapeDtypeStruct((rows, 32768), jnp.bfloat16)
+  for step, args in zip(_steps(None, True), _bench_inputs(logits.shape),
+                        strict=True):
+    assert _lower_for(["cuda"], step, *args).count(TRITON_CALL) == calls
+
+  def entropy_step(p):
+    return jax.value_and_grad(
+        lambda p: jnp.mean(jxent.entropy_from_logits(p)))(p)
+
+  def kl_step(p, q):
+    return jax.value_and_grad(lambda q: jnp.mean(
+        jxent.kl_divergence_from_logits(p, q)))(q)
+
+  assert _lower_for(["cuda"], entropy_step, logits).count(
+      TRITON_CALL) == calls
+  assert _lower_for(["cuda"], kl_step, logits, logits).count(
+      TRITON_CALL) == calls
 
 
 @pytest.mark.parametrize("shape", BENCH_SHAPES)
@@ -706,8 +732,9 @@ def test_eager_calls_compile_nothing_new(caplog):
 
 def test_a_cpu_and_cuda_export_of_the_information_functions_runs_xla(rng):
   # One export carries both: the kernels for CUDA, XLA for the CPU, where
-  # it runs and matches the jitted function (values and gradients).
-  p, q, _ = _pair_problem(rng, 4, 64, jnp.float32)
+  # it runs and matches the jitted function (values and gradients). (256
+  # rows: the default leaves fewer to XLA.)
+  p, q, _ = _pair_problem(rng, 256, 64, jnp.float32)
   p, q = jnp.nan_to_num(p, neginf=-9.0), jnp.nan_to_num(q, neginf=-9.0)
 
   def step(p, q):

@@ -55,12 +55,16 @@ class KernelImplementation:
     platform: The platform it runs on, as `lax.platform_dependent` names it.
     device: The hardware in words, for error messages.
     dtypes: The logits' dtypes it takes.
+    min_rows: The fewest rows for which the default path runs it; with
+      fewer, the default runs XLA (an explicit `implementation=` still
+      runs the kernel).
   """
 
   module: str
   platform: str
   device: str
   dtypes: tuple[str, ...]
+  min_rows: int = 1
 
   def load(self):
     return importlib.import_module(self.module)
@@ -78,7 +82,12 @@ class KernelImplementation:
 KERNELS: dict[str, KernelImplementation] = {
     "triton": KernelImplementation(
         module="jxent._cross_entropy.triton", platform="cuda",
-        device="an NVIDIA GPU", dtypes=("float32", "bfloat16", "float16")),
+        device="an NVIDIA GPU", dtypes=("float32", "bfloat16", "float16"),
+        # On an H200 (bench/results/nvidia-h200-2026-12-04-split), 8 and 64
+        # rows of 262144 bfloat16 classes took 1.01 to 1.87 times XLA's time
+        # on the kernels, split rows and all: too few programs, and launch
+        # costs as large as the work.
+        min_rows=256),
 }
 NAMES = ("xla", *KERNELS)
 
@@ -90,7 +99,7 @@ _test_override: dict | None = None
 
 @contextlib.contextmanager
 def kernels_anywhere(interpret: bool, platforms: tuple[str, ...] | None = None,
-                     **config):
+                     min_rows: int = 1, **config):
   """Runs the kernels on any backend, for tests.
 
   Args:
@@ -98,6 +107,9 @@ def kernels_anywhere(interpret: bool, platforms: tuple[str, ...] | None = None,
     platforms: The platforms, besides each kernel's own, on which the
       default path runs the kernels; by default "cpu" in interpret mode,
       none otherwise.
+    min_rows: The fewest rows for which the default path runs the kernels
+      (in place of each kernel's `min_rows`), so that tests of a few rows
+      run them.
     **config: Configuration fields to use instead of the defaults (say, a
       small `block`, so that short rows take several tiles).
 
@@ -108,7 +120,7 @@ def kernels_anywhere(interpret: bool, platforms: tuple[str, ...] | None = None,
   if platforms is None:
     platforms = ("cpu",) if interpret else ()
   saved = _test_override
-  _test_override = dict(platforms=tuple(platforms),
+  _test_override = dict(platforms=tuple(platforms), min_rows=min_rows,
                         config=dict(interpret=interpret, **config))
   try:
     yield
@@ -131,11 +143,21 @@ def _has_device(kernel: KernelImplementation) -> bool:
     return False
 
 
-def _stats_kernels(dtype, num_classes: int) -> tuple[_rows.StatsKernel, ...]:
-  """Every registered kernel's forward kernel that suits these logits."""
+def _too_few_rows(kernel: KernelImplementation, rows: int) -> bool:
+  """Whether the default path leaves `rows` rows to XLA (`min_rows`)."""
+  if _test_override is not None:
+    return rows < _test_override["min_rows"]
+  return rows < kernel.min_rows
+
+
+def _stats_kernels(dtype, num_classes: int, rows: int
+                   ) -> tuple[_rows.StatsKernel, ...]:
+  """Every registered kernel's forward kernel that suits these logits (with
+  its backward kernel), for the default path."""
   kernels = []
   for kernel in KERNELS.values():
-    if kernel.unsuitable(dtype, num_classes) is not None:
+    if kernel.unsuitable(dtype, num_classes) is not None or _too_few_rows(
+        kernel, rows):
       continue
     stats = kernel.load().stats_kernel(num_classes, dtype, **_config())
     kernels.append(stats)
@@ -146,12 +168,14 @@ def _stats_kernels(dtype, num_classes: int) -> tuple[_rows.StatsKernel, ...]:
 
 
 def information_kernels(implementation: Implementation, kind: str, dtypes,
-                        num_classes: int) -> tuple[_rows.StatsKernel, ...]:
+                        num_classes: int, rows: int
+                        ) -> tuple[_rows.StatsKernel, ...]:
   """The kernels for the entropy of logits (`kind` "entropy") or a pair of
   them ("kl", "cross_entropy"), for the implementation asked for.
 
-  None: every registered kernel that suits logits of these dtypes, each
-  run on its platform by `jxent._information.logits` (XLA elsewhere).
+  None: every registered kernel that suits logits of these dtypes and
+  `rows` (at least its `min_rows`), each run on its platform by
+  `jxent._information.logits` (XLA elsewhere).
   "xla": none. A kernel's name: that kernel alone, where it can run.
   Reverse mode runs their backward kernels; every other derivative is
   XLA's.
@@ -169,7 +193,7 @@ def information_kernels(implementation: Implementation, kind: str, dtypes,
     why = next((w for w in (kernel.unsuitable(d, num_classes)
                             for d in dtypes) if w is not None), None)
     if implementation is None:
-      if why is not None:
+      if why is not None or _too_few_rows(kernel, rows):
         continue
     else:
       _require_device(implementation, kernel)
@@ -222,7 +246,9 @@ def cross_entropy_rows(implementation: Implementation, num_classes: int,
                                            mask, target, opts)
   if implementation is None:
     return _xla.softmax_cross_entropy_rows(
-        None, num_classes, _stats_kernels(logits.dtype, num_classes),
+        None, num_classes,
+        _stats_kernels(logits.dtype, num_classes,
+                       math.prod(logits.shape[:-1])),
         logits, mask, target, opts)
   kernel = KERNELS[implementation]
   _require_device(implementation, kernel)

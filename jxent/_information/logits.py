@@ -15,6 +15,7 @@ differentiation mode works, and reverse mode keeps no float32
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,8 @@ def _entropy_parts(axis_name, implementation, logits, mask):
   keep = _softmax_rows.keeps_exp(logits.dtype)
   # Inside shard_map (axis_name) the sums are combined over the mesh: XLA.
   kernels = () if axis_name is not None else _api.information_kernels(
-      implementation, "entropy", (logits.dtype,), logits.shape[-1])
+      implementation, "entropy", (logits.dtype,), logits.shape[-1],
+      math.prod(logits.shape[:-1]))
   if kernels and logits.size:  # (No rows: a kernel grid of no programs.)
     stats, e = _on_platforms(_entropy_stats, kernels, (None, keep), logits,
                              mask)
@@ -195,7 +197,7 @@ def _pair_value(kind, axis_name, implementation, p_logits, q_logits, mask):
   # Inside shard_map (axis_name) the sums are combined over the mesh: XLA.
   kernels = () if axis_name is not None else _api.information_kernels(
       implementation, kind, (p_logits.dtype, q_logits.dtype),
-      p_logits.shape[-1])
+      p_logits.shape[-1], math.prod(p_logits.shape[:-1]))
   if kernels and p_logits.size:  # (No rows: no kernel grid.)
     stats, exps = _on_platforms(_pair_stats, kernels, (kind, None, keep),
                                 p_logits, q_logits, mask)
