@@ -42,9 +42,10 @@ class KernelImplementation:
   """A registered kernel implementation of the softmax cross-entropies.
 
   Its module provides ``stats_kernel(num_classes, dtype, **config)``, a
-  `rows.StatsKernel` (forward and backward kernels) for the default path, ``cross_entropy_rows(
-  num_classes, dtype, logits, mask, target, opts, **config)``, the per-row
-  loss and weight with both passes on its kernels, and
+  `rows.StatsKernel` (forward and backward kernels) for the default path,
+  ``cross_entropy_rows(num_classes, dtype, logits, mask, target, opts,
+  **config)``, the per-row loss and weight with both passes on its
+  kernels, and
   ``information_kernel(kind, num_classes, dtype, **config)``, the forward
   kernel of the entropy ("entropy"), KL ("kl") or cross-entropy
   ("cross_entropy") of logits with their backward kernels, for their
@@ -83,7 +84,8 @@ KERNELS: dict[str, KernelImplementation] = {
     "triton": KernelImplementation(
         module="jxent._cross_entropy.triton", platform="cuda",
         device="an NVIDIA GPU", dtypes=("float32", "bfloat16", "float16"),
-        # On an H200 (bench/results/nvidia-h200-2026-12-04-split), 8 and 64
+        # On an H200 (bench/results/nvidia-h200-2026-12-04-b-backward/
+        # few-rows), 8 and 64
         # rows of 262144 bfloat16 classes took 1.01 to 1.87 times XLA's time
         # on the kernels, split rows and all: too few programs, and launch
         # costs as large as the work.
@@ -144,10 +146,11 @@ def _has_device(kernel: KernelImplementation) -> bool:
 
 
 def _too_few_rows(kernel: KernelImplementation, rows: int) -> bool:
-  """Whether the default path leaves `rows` rows to XLA (`min_rows`)."""
+  """Whether the default path leaves `rows` rows to XLA (`min_rows`, at
+  least 1: a batch of no rows would be a kernel grid of no programs)."""
   if _test_override is not None:
-    return rows < _test_override["min_rows"]
-  return rows < kernel.min_rows
+    return rows < max(_test_override["min_rows"], 1)
+  return rows < max(kernel.min_rows, 1)
 
 
 def _stats_kernels(dtype, num_classes: int, rows: int

@@ -341,12 +341,13 @@ class StatsKernel(NamedTuple):
   gradient: Callable[..., jax.Array] | None = None
   gradient_config: Hashable = None
 
-  def gradients(self) -> dict[str, Callable[..., jax.Array]]:
-    """{platform: backward kernel}, for `kernel_tangent.row_tangent`."""
-    if self.gradient is None:
-      return {}
-    return {self.platform: functools.partial(self.gradient,
-                                             config=self.gradient_config)}
+
+def backward_kernels(kernels: tuple[StatsKernel, ...]
+                     ) -> dict[str, Callable[..., jax.Array]]:
+  """{platform: backward kernel} of `kernels` that have one, configured,
+  for `jxent._numerics.kernel_tangent.row_tangent`."""
+  return {k.platform: functools.partial(k.gradient, config=k.gradient_config)
+          for k in kernels if k.gradient is not None}
 
 
 def row_statistics(

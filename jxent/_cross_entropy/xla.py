@@ -15,7 +15,6 @@ that have one (`rows.StatsKernel`), and so may the reverse-mode gradient
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -108,14 +107,6 @@ def _xla_gradient(logits, mask, shift, log_sumexp, coefficients, opts,
       label_index=label_index, targets=targets)
 
 
-def _gradient_kernels(kernels, logits) -> dict:
-  """{platform: backward kernel} of `kernels`; none for a batch of no rows
-  (a kernel grid of no programs)."""
-  if not math.prod(logits.shape[:-1]):
-    return {}
-  return {p: fn for k in kernels for p, fn in k.gradients().items()}
-
-
 def _targets_tangent(axis_name, logits, mask, shift, log_sumexp,
                      coefficients, opts, offset, dtargets):
   grad = _rows.targets_gradient(logits, mask, shift, log_sumexp,
@@ -139,7 +130,7 @@ def _softmax_cross_entropy_rows_jvp(axis_name, num_classes, kernels, primals,
         result.coefficients, opts, label_index, targets, offset, dlogits,
         exps)
   elif not _softmax_rows.is_zero_tangent(dlogits) and (
-      gradients := _gradient_kernels(kernels, logits)):
+      gradients := _rows.backward_kernels(kernels)):
     # The same tangent, whose reverse mode runs the backward kernel on its
     # platform (XLA elsewhere); it keeps only these inputs and the per-row
     # numbers too.

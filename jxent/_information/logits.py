@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jxent._cross_entropy import api as _api
+from jxent._cross_entropy import rows as _rows
 from jxent._information.probabilities import in_base
 from jxent._numerics import checks as _checks
 from jxent._numerics import kernel_tangent
@@ -72,12 +73,7 @@ def _entropy_parts(axis_name, implementation, logits, mask):
   log_sumexp = log_sum(sumexp, excess)
   # H = -sum p log p = log_sumexp - E_p[shifted]; an empty row has H = 0.
   entropy = jnp.where(sumexp != 0, log_sumexp - dot / sumexp, 0)
-  return entropy, shift, log_sumexp, e, _gradient_kernels(kernels)
-
-
-def _gradient_kernels(kernels) -> dict:
-  """{platform: backward kernel} of the forward kernels that ran."""
-  return {p: fn for k in kernels for p, fn in k.gradients().items()}
+  return entropy, shift, log_sumexp, e, _rows.backward_kernels(kernels)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -222,7 +218,7 @@ def _pair_value(kind, axis_name, implementation, p_logits, q_logits, mask):
   value = mean + lse_q - (lse_p if kind == "kl" else 0)
   value = jnp.where(sum_p != 0, value, 0)
   return (value, (shift_p, lse_p, sum_p), (shift_q, lse_q), exps,
-          _gradient_kernels(kernels))
+          _rows.backward_kernels(kernels))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))

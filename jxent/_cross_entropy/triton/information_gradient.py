@@ -26,8 +26,6 @@ from jax.experimental.pallas import triton as plgpu
 from jxent._cross_entropy.triton.config import KernelConfig
 from jxent._cross_entropy.triton.information import Walk, times_finite
 
-SIDES = ("entropy", "p", "q")
-
 
 def _kernel(*refs, block, side, kind, masked):
   refs = list(refs)
