@@ -818,3 +818,50 @@ def test_soft_label_sum_after_the_log_sum_exp_keeps_every_edge(jit):
   assert loss[1] == inf and loss[2] == -inf
   assert loss[3] == 0 and np.isnan(loss[4])
   np.testing.assert_allclose(loss[5], want_last, rtol=1e-6)
+
+
+def test_soft_label_forward_pass_falls_back_where_the_plain_sum_is_nan():
+  # On a CPU the forward pass first takes optax's plain sum, and computes a
+  # batch again the careful way only where that gives NaN (an edge row).
+  # Each edge row gives the same loss alone, beside plain rows, and under
+  # vmap, whose batched calls are one call with one condition: a `cond`
+  # stays in the program, not a select that computes both branches.
+  inf = np.inf
+  edges = jnp.array([[0.0, -inf, 1.0], [-inf, -inf, -inf], [0.0, inf, 1.0],
+                     [0.0, np.nan, 1.0]])
+  edge_labels = jnp.array([[0.5, 0.0, 0.5], [0.3, 0.3, 0.4],
+                           [0.2, 0.3, 0.5], [0.5, 0.0, 0.5]])
+  plain = jnp.array([[2.0, 0.5, 1.0], [0.1, -3.0, 4.0]])
+  plain_labels = jnp.array([[0.2, 0.3, 0.5], [0.0, 0.5, 0.5]])
+  weights = jnp.array([0.5, 2.0, 1.5])
+  loss = jax.jit(lambda x, t, w: jxent.softmax_cross_entropy(
+      x, t, class_weights=w))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    log_q = scipy.special.log_softmax(np.asarray(plain, np.float64), -1)
+  want_plain = -np.sum(np.asarray(weights)[None] * np.asarray(plain_labels)
+                       * log_q,
+                       axis=-1)
+  np.testing.assert_allclose(loss(plain, plain_labels, weights), want_plain,
+                             rtol=1e-6)
+  alone = np.concatenate([loss(edges[i:i + 1], edge_labels[i:i + 1], weights)
+                          for i in range(len(edges))])
+  np.testing.assert_allclose(alone[0], -0.5 * 0.5 * np.log(1 / (1 + np.e))
+                             - 0.5 * 1.5 * np.log(np.e / (1 + np.e)),
+                             rtol=1e-6)
+  assert alone[1] == 0 and np.isnan(alone[2:]).all()
+  x = jnp.concatenate([plain, edges])
+  t = jnp.concatenate([plain_labels, edge_labels])
+  together = np.asarray(loss(x, t, weights))
+  np.testing.assert_array_equal(together[2:], alone)
+  np.testing.assert_allclose(together[:2], want_plain, rtol=1e-6)
+  # vmap over the rows, over the labels only, and over the class weights.
+  per_row = jax.vmap(lambda x, t: loss(x[None], t[None], weights)[0])
+  np.testing.assert_array_equal(per_row(x, t), together)
+  over_labels = jax.vmap(loss, in_axes=(None, 0, None))(
+      x, jnp.stack([t, t]), weights)
+  np.testing.assert_array_equal(over_labels, np.stack([together] * 2))
+  over_weights = jax.vmap(loss, in_axes=(None, None, 0))(
+      x, t, jnp.stack([weights, 2 * weights]))
+  np.testing.assert_allclose(over_weights[1][:2], 2 * want_plain, rtol=1e-6)
+  np.testing.assert_array_equal(over_weights[0], together)
+  assert "cond[" in str(jax.make_jaxpr(per_row)(x, t))

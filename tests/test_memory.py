@@ -8,6 +8,8 @@ that it sees such a buffer when one exists, and the accelerators' path is
 checked on the CPU too, by forcing it (`jxent._numerics.softmax_rows.recompute_everywhere`).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -347,3 +349,34 @@ def test_top_k_fast_mode_keeps_few_chunk_buffers(tail, more):
       x, w, y, token_chunk=chunk), indices[:, 0])
   buffer = chunk * vocab * 4
   assert top_k <= ce + more * buffer + buffer // 8, (top_k - ce) / buffer
+
+
+def _fusions_reading_the_first_input(loss, *args):
+  """How many fused passes of the compiled entry computation read args[0]."""
+  text = jax.jit(loss).lower(*args).compile().as_text()
+  entry = text[text.index("\nENTRY"):]
+  name = re.search(r"(%\S+) = \S+ parameter\(0\)", entry).group(1)
+  operand = re.compile(re.escape(name) + r"[,)]")
+  return sum(1 for line in entry.splitlines()
+             if " fusion(" in line
+             and operand.search(line.split(" fusion(", 1)[1]))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's path")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(4096, 1024), (BATCH, CLASSES)])
+def test_cpu_soft_label_forward_pass_reads_the_logits_once_as_optax(
+    shape, dtype):
+  # Without a gradient, a CPU first takes the plain sum that optax takes,
+  # which XLA fuses with the max and the sum of exponentials into one pass
+  # over the logits; the careful sum runs only for a batch where the plain
+  # one gives NaN (tests/test_classification.py checks those batches).
+  # Before, the max was a pass of its own, and 16-bit logits above the
+  # upcast limit took several slower passes.
+  logits = jnp.zeros(shape, dtype)
+  labels = jnp.full(shape, 1 / shape[1], dtype)
+  ours = _fusions_reading_the_first_input(jxent.softmax_cross_entropy,
+                                          logits, labels)
+  theirs = _fusions_reading_the_first_input(optax.softmax_cross_entropy,
+                                            logits, labels)
+  assert ours <= theirs, (ours, theirs)

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 
 from jxent._cross_entropy import rows as _rows
 from jxent._cross_entropy import xla as _xla
-from jxent._numerics import softmax_rows as _softmax_rows
 
 Implementation = Literal["xla", "triton"] | None
 
@@ -240,10 +239,6 @@ def cross_entropy_rows(implementation: Implementation, num_classes: int,
       cannot run here, with the reason.
   """
   _check_name(implementation)
-  if implementation in (None, "xla") and _softmax_rows.upcasts_on_cpu(
-      logits.dtype, logits.size):
-    # Small 16-bit logits on a CPU: the float32 path is faster there.
-    logits = logits.astype(jnp.float32)
   if implementation == "xla":
     return _xla.softmax_cross_entropy_rows(None, num_classes, (), logits,
                                            mask, target, opts)

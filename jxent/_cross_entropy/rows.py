@@ -45,6 +45,7 @@ from jxent._numerics.logsumexp import (
   is_nonempty,
   log_sum,
   sum_and_excess_of,
+  takes_cpu_path,
 )
 from jxent._numerics.options import CrossEntropyOptions
 from jxent._numerics.platforms import per_platform
@@ -191,9 +192,10 @@ def dense_row_stats(
     keep_exp: Return exp(logits - shift) too (see `keeps_exp`), and take
       the sums one by one from it; else take every sum in one pass that
       keeps nothing.
-    loss_only: The stats feed a loss that is not differentiated: with
-      `keep_exp` and soft labels, the loss is then summed after the
-      log-sum-exp (`target_cross`), which a CPU runs faster.
+    loss_only: The stats feed a loss that is not differentiated: on a CPU,
+      with soft labels, the loss is then summed after the log-sum-exp
+      (`target_cross`), first the plain way where nothing is masked, which
+      a CPU runs faster.
 
   Returns:
     `(stats, exps)`: a `RowStats`, the same on every shard of `axis_name`,
@@ -208,7 +210,15 @@ def dense_row_stats(
   # The sum of exponentials, or on accelerators its split parts.
   terms = list(exp_sum_terms(e, shifted))
   n_exp = len(terms)
-  target_cross = None
+  # On a CPU, without a gradient, the soft-label loss's own sum comes
+  # after the log-sum-exp, as optax's does (`_soft_label_part`), and first
+  # the plain way where nothing is masked (`_soft_label_part_plain_first`).
+  # With a gradient the dot product in one pass with the mass is faster.
+  plain_first = (targets is not None and loss_only and mask is None
+                 and axis_name is None and takes_cpu_path())
+  cross_after = targets is not None and loss_only and (keep_exp
+                                                       or plain_first)
+  target_cross = target_mass = None
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
     # 0 log 0 = 0: a class without label mass adds nothing, even at -inf.
@@ -216,12 +226,9 @@ def dense_row_stats(
     # logit makes the loss inf through the dot product, and its gradient is
     # 0 (see `targets_gradient`), so the mass must not depend on it either.
     mass_term = jnp.where(shifted == -jnp.inf, 0, u)
-    if keep_exp and loss_only:
-      # On a CPU, without a gradient, the loss's own sum comes after the
-      # log-sum-exp (below), as optax's does; the mass is then a sum of its
-      # own, which XLA drops, as the loss does not use it. With a gradient
-      # the dot product in one pass with the mass is faster.
-      terms.append(mass_term)
+    if cross_after:
+      # A sum of its own, which XLA drops, as the loss does not use it.
+      target_mass = _softmax_rows.sums(axis_name, True, mass_term)[0]
     else:
       terms += [mass_term, u * jnp.where(u != 0, shifted, 0)]
   if opts.smoothing:
@@ -239,7 +246,7 @@ def dense_row_stats(
     # XLA materialises exp (the one kept buffer) and sums it on its own;
     # the label mass is a sum of an input. The rest, which would each need
     # a float32 array of their own, go in one pass that keeps nothing.
-    plain = n_exp + (targets is not None)
+    plain = n_exp + (targets is not None and not cross_after)
     sums = [*_softmax_rows.sums(axis_name, True, *terms[:plain])]
     if terms[plain:]:
       sums += _softmax_rows.sums(axis_name, False, *terms[plain:])
@@ -248,15 +255,18 @@ def dense_row_stats(
     sums = list(_softmax_rows.sums(axis_name, False, *terms))
   sumexp, excess = sum_and_excess_of(tuple(sums[:n_exp]))
   del sums[:n_exp]
-  target_mass = target_dot = None
-  if targets is not None:
-    target_mass = sums.pop(0)
-    if keep_exp and loss_only:
+  target_dot = None
+  if cross_after:
+    if plain_first:
+      target_cross, nonempty = _soft_label_part_plain_first(
+          logits, targets, opts.class_weights)
+    else:
       target_cross = _soft_label_part(shifted, u, sumexp, nonempty,
                                       axis_name)
-      target_dot = target_mass * log_sum(sumexp, excess) - target_cross
-    else:
-      target_dot = sums.pop(0)
+    assert target_mass is not None
+    target_dot = target_mass * log_sum(sumexp, excess) - target_cross
+  elif targets is not None:
+    target_mass, target_dot = sums.pop(0), sums.pop(0)
   valid_count = valid_weight = valid_mean = None
   if opts.smoothing:
     valid_count = sums.pop(0)
@@ -269,6 +279,82 @@ def dense_row_stats(
   stats = RowStats(shift, sumexp, target_dot, target_mass, valid_count,
                    valid_weight, valid_mean, excess, target_cross, nonempty)
   return stats, e if keep_exp else None
+
+
+def _soft_label_part_plain_first(logits, targets, class_weights):
+  """`_soft_label_part` and the rows' `nonempty`, first the plain way.
+
+  On a CPU the 2 cores are compute-bound in this pass, and the plain
+  sum_c u_c (log sum_c' exp(z_c' - m) - (z_c - m)), which optax takes, does
+  a fraction of `_soft_label_part`'s work per class; XLA fuses it with the
+  max and the sum of exponentials into one pass, when nothing else reads
+  them. It is wrong only where it gives NaN: 0 * inf for a class without
+  label mass at a -inf logit, an empty row (m = -inf), an infinite logit,
+  or a NaN input. If any row of the batch has a NaN, the whole batch is
+  computed again the careful way, from the inputs alone (so XLA writes no
+  array of its own for the conditional). Under `vmap` the batched calls
+  are one call over the stacked batch (`_plain_first_vmap`), so the
+  condition stays one for all and the conditional does not become a select
+  that computes both.
+  """
+  if class_weights is None:
+    return _plain_first(logits, targets)
+  return _plain_first_weighted(logits, targets, class_weights)
+
+
+def _plain_first_cond(logits, targets, class_weights=None):
+  dtype = _checks.compute_dtype(logits.dtype)
+  weights = () if class_weights is None else (class_weights,)
+
+  def label_mass(targets, weights):
+    u = targets.astype(dtype)
+    if not weights:
+      return u
+    return u * jnp.broadcast_to(weights[0].astype(dtype), u.shape)
+
+  row_max = jnp.max(logits, axis=-1, keepdims=True, initial=-jnp.inf)
+  shifted = logits.astype(dtype) - row_max.astype(dtype)
+  log_sumexp = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+  plain = jnp.sum(label_mass(targets, weights) * (log_sumexp - shifted),
+                  axis=-1)
+
+  def careful(logits, targets, plain, *weights):
+    del plain
+    _, shifted, _, row_max = _softmax_rows.shifted_and_max(logits, None)
+    sumexp = jnp.sum(jnp.exp(shifted), axis=-1)
+    nonempty = row_max != -jnp.inf
+    return _soft_label_part(shifted, label_mass(targets, weights), sumexp,
+                            nonempty, None), nonempty
+
+  def as_is(logits, targets, plain, *weights):
+    # Without a NaN every row has mass (an empty row's plain sum is NaN),
+    # unless there are no classes at all.
+    return plain, jnp.full(plain.shape, logits.shape[-1] > 0)
+
+  return lax.cond(jnp.any(jnp.isnan(plain)), careful, as_is, logits, targets,
+                  plain, *weights)
+
+
+def _plain_first_vmap(function, axis_size, in_batched, *args):
+  """One call over the stacked batch: every argument is per-row but the
+  class weights, which broadcast over the rows."""
+  rows = args[0].ndim if in_batched[0] else args[0].ndim + 1
+  stacked = []
+  for index, (arg, batched) in enumerate(zip(args, in_batched, strict=True)):
+    if index == 2:  # the class weights, [C] (or [B, C] when batched)
+      if batched:
+        arg = arg.reshape(arg.shape[:1] + (1,) * (rows - 2) + arg.shape[1:])
+    elif not batched:
+      arg = jnp.broadcast_to(arg, (axis_size, *arg.shape))
+    stacked.append(arg)
+  return function(*stacked), (True, True)
+
+
+_plain_first = jax.custom_batching.custom_vmap(_plain_first_cond)
+_plain_first.def_vmap(functools.partial(_plain_first_vmap, _plain_first))
+_plain_first_weighted = jax.custom_batching.custom_vmap(_plain_first_cond)
+_plain_first_weighted.def_vmap(
+    functools.partial(_plain_first_vmap, _plain_first_weighted))
 
 
 def _soft_label_part(shifted, u, sumexp, nonempty, axis_name):

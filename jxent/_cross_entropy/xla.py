@@ -43,6 +43,11 @@ def _split_target(target):
 
 def _forward(axis_name, num_classes, kernels, logits, mask, target, opts,
              loss_only=False):
+  if (not loss_only and axis_name is None
+      and _softmax_rows.upcasts_on_cpu(logits.dtype, logits.size)):
+    # Small 16-bit logits on a CPU, differentiated: the float32 path, which
+    # keeps exp, is faster there. The loss alone reads them as they are.
+    logits = logits.astype(jnp.float32)
   offset = _offset(axis_name, logits.shape[-1])
   label_index, targets = _split_target(target)
   stats, exps = _rows.row_statistics(

@@ -54,11 +54,13 @@ def upcasts_on_cpu(dtype, size: int) -> bool:
   """Whether 16-bit logits of `size` elements are made float32 first.
 
   On a CPU, when the float32 copy is small (at most `CPU_UPCAST_BYTES`), the
-  cross-entropies convert 16-bit logits to float32 and take the float32
-  path, which keeps exp: at such sizes that is faster than recomputing exp
-  from the 16-bit logits (on the 2-core development machine, 512 x 1024 and
-  512 x 4096 bfloat16 loss and gradient were 0.76 to 0.79 times optax with
-  the float32 upcast without it). Larger logits keep no float32 copy. The
+  cross-entropies convert 16-bit logits to float32 for the loss and its
+  derivatives and take the float32 path, which keeps exp: at such sizes
+  that is faster than recomputing exp from the 16-bit logits (on the 2-core
+  development machine, 512 x 1024 and 512 x 4096 bfloat16 loss and gradient
+  were 0.76 to 0.79 times optax with the float32 upcast without it). The
+  loss alone, not differentiated, reads them as they are, in one fused pass
+  with no copy. Larger logits keep no float32 copy. The
   result is the same either way: the arithmetic is float32 in both, and the
   gradient has the logits' dtype. Under `vmap` the size is one
   example's: the limit applies to each vmapped call's logits.
