@@ -44,6 +44,7 @@ from jxent._numerics.logsumexp import (
   exp_sum_terms,
   is_nonempty,
   log_sum,
+  row_sums,
   sum_and_excess_of,
   takes_cpu_path,
 )
@@ -210,12 +211,14 @@ def dense_row_stats(
   # The sum of exponentials, or on accelerators its split parts.
   terms = list(exp_sum_terms(e, shifted))
   n_exp = len(terms)
-  # On a CPU, without a gradient, the soft-label loss's own sum comes
-  # after the log-sum-exp, as optax's does (`_soft_label_part`), and first
-  # the plain way where nothing is masked (`_soft_label_part_plain_first`).
-  # With a gradient the dot product in one pass with the mass is faster.
-  plain_first = (targets is not None and loss_only and mask is None
-                 and axis_name is None and takes_cpu_path())
+  # On a CPU, where nothing is masked, the soft-label sums are first taken
+  # the plain way, as optax's are, and the careful way only for a batch
+  # where they are not finite (`_unless_flagged`). Without a gradient the
+  # loss's own sum comes after the log-sum-exp (`_soft_label_part`). With
+  # one, 16-bit logits keep their one variadic pass: separate plain sums
+  # would each read a float32 copy that XLA writes for them (`row_sums`).
+  plain_first = (targets is not None and mask is None and axis_name is None
+                 and takes_cpu_path() and (keep_exp or loss_only))
   cross_after = targets is not None and loss_only and (keep_exp
                                                        or plain_first)
   target_cross = target_mass = None
@@ -226,8 +229,8 @@ def dense_row_stats(
     # logit makes the loss inf through the dot product, and its gradient is
     # 0 (see `targets_gradient`), so the mass must not depend on it either.
     mass_term = jnp.where(shifted == -jnp.inf, 0, u)
-    if cross_after:
-      # A sum of its own, which XLA drops, as the loss does not use it.
+    if cross_after or plain_first:
+      # A sum of its own, which XLA drops where the loss does not use it.
       target_mass = _softmax_rows.sums(axis_name, True, mass_term)[0]
     else:
       terms += [mass_term, u * jnp.where(u != 0, shifted, 0)]
@@ -246,7 +249,8 @@ def dense_row_stats(
     # XLA materialises exp (the one kept buffer) and sums it on its own;
     # the label mass is a sum of an input. The rest, which would each need
     # a float32 array of their own, go in one pass that keeps nothing.
-    plain = n_exp + (targets is not None and not cross_after)
+    plain = n_exp + (targets is not None and not plain_first
+                     and not cross_after)
     sums = [*_softmax_rows.sums(axis_name, True, *terms[:plain])]
     if terms[plain:]:
       sums += _softmax_rows.sums(axis_name, False, *terms[plain:])
@@ -256,17 +260,36 @@ def dense_row_stats(
   sumexp, excess = sum_and_excess_of(tuple(sums[:n_exp]))
   del sums[:n_exp]
   target_dot = None
-  if cross_after:
-    if plain_first:
-      target_cross, nonempty = _soft_label_part_plain_first(
-          logits, targets, opts.class_weights)
-    else:
-      target_cross = _soft_label_part(shifted, u, sumexp, nonempty,
-                                      axis_name)
-    assert target_mass is not None
-    target_dot = target_mass * log_sum(sumexp, excess) - target_cross
+  class_weights = () if opts.class_weights is None else (opts.class_weights,)
+  if cross_after and plain_first:
+    # Its own max, log-sum-exp and sum, which nothing else reads: XLA
+    # fuses them into one pass over the logits, as optax's.
+    top = jnp.max(logits, axis=-1, keepdims=True, initial=-jnp.inf)
+    plain_shifted = logits.astype(dtype) - top.astype(dtype)
+    plain_lse = jnp.log(jnp.sum(jnp.exp(plain_shifted), axis=-1,
+                                keepdims=True))
+    cross = jnp.sum(u * (plain_lse - plain_shifted), axis=-1)
+    # Without a NaN every row has mass (an empty row's plain sum is NaN),
+    # unless there are no classes at all.
+    target_cross, nonempty = _unless_flagged_once(_careful_cross)(
+        jnp.isnan(cross), (cross, jnp.full(cross.shape, logits.shape[-1] > 0)),
+        logits, targets, *class_weights)
+  elif cross_after:
+    target_cross = _soft_label_part(shifted, u, sumexp, nonempty, axis_name)
+  elif plain_first:
+    # From the max itself, not the shift (0 where the max is infinite):
+    # XLA fuses that subtraction into the sum, and an infinite max makes
+    # the sum NaN, which is flagged.
+    mass = jnp.sum(u, axis=-1)
+    dot = jnp.sum(u * (x.astype(dtype) - row_max[..., None]), axis=-1)
+    target_mass, target_dot = _unless_flagged(
+        _careful_mass_and_dot, ~jnp.isfinite(dot), (mass, dot), logits,
+        targets, *class_weights)
   elif targets is not None:
     target_mass, target_dot = sums.pop(0), sums.pop(0)
+  if target_cross is not None:
+    assert target_mass is not None
+    target_dot = target_mass * log_sum(sumexp, excess) - target_cross
   valid_count = valid_weight = valid_mean = None
   if opts.smoothing:
     valid_count = sums.pop(0)
@@ -281,80 +304,88 @@ def dense_row_stats(
   return stats, e if keep_exp else None
 
 
-def _soft_label_part_plain_first(logits, targets, class_weights):
-  """`_soft_label_part` and the rows' `nonempty`, first the plain way.
+def _unless_flagged(careful, flags, plain, logits, targets, *class_weights):
+  """The tuple `plain` of per-row results, unless a row is flagged.
 
-  On a CPU the 2 cores are compute-bound in this pass, and the plain
-  sum_c u_c (log sum_c' exp(z_c' - m) - (z_c - m)), which optax takes, does
-  a fraction of `_soft_label_part`'s work per class; XLA fuses it with the
-  max and the sum of exponentials into one pass, when nothing else reads
-  them. It is wrong only where it gives NaN: 0 * inf for a class without
-  label mass at a -inf logit, an empty row (m = -inf), an infinite logit,
-  or a NaN input. If any row of the batch has a NaN, the whole batch is
-  computed again the careful way, from the inputs alone (so XLA writes no
-  array of its own for the conditional). Under `vmap` the batched calls
-  are one call over the stacked batch (`_plain_first_vmap`), so the
-  condition stays one for all and the conditional does not become a select
-  that computes both.
+  If any row of the batch is flagged, ``careful(logits, targets,
+  *class_weights)`` computes the tuple again for the whole batch, from the
+  inputs alone, so that XLA writes no array of its own for the
+  conditional. On a CPU the plain sums, without a select, run in XLA's
+  fast row reductions; the careful ones, with the selects that keep every
+  edge exact (0 log 0 = 0 at a -inf logit, empty rows, infinite logits),
+  several times slower. Under `vmap` the condition is batched, and the
+  conditional becomes a select that computes both; `_unless_flagged_once`
+  avoids that where nothing differentiates it.
   """
-  if class_weights is None:
-    return _plain_first(logits, targets)
-  return _plain_first_weighted(logits, targets, class_weights)
+  return lax.cond(jnp.any(flags),
+                  lambda plain, *inputs: careful(*inputs),
+                  lambda plain, *inputs: plain,
+                  plain, logits, targets, *class_weights)
 
 
-def _plain_first_cond(logits, targets, class_weights=None):
-  dtype = _checks.compute_dtype(logits.dtype)
-  weights = () if class_weights is None else (class_weights,)
+@functools.cache
+def _unless_flagged_once(careful):
+  """`_unless_flagged` whose batched calls under `vmap` are one call over
+  the stacked batch (`_stacked`), so that the condition stays one for all.
 
-  def label_mass(targets, weights):
-    u = targets.astype(dtype)
-    if not weights:
-      return u
-    return u * jnp.broadcast_to(weights[0].astype(dtype), u.shape)
-
-  row_max = jnp.max(logits, axis=-1, keepdims=True, initial=-jnp.inf)
-  shifted = logits.astype(dtype) - row_max.astype(dtype)
-  log_sumexp = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-  plain = jnp.sum(label_mass(targets, weights) * (log_sumexp - shifted),
-                  axis=-1)
-
-  def careful(logits, targets, plain, *weights):
-    del plain
-    _, shifted, _, row_max = _softmax_rows.shifted_and_max(logits, None)
-    sumexp = jnp.sum(jnp.exp(shifted), axis=-1)
-    nonempty = row_max != -jnp.inf
-    return _soft_label_part(shifted, label_mass(targets, weights), sumexp,
-                            nonempty, None), nonempty
-
-  def as_is(logits, targets, plain, *weights):
-    # Without a NaN every row has mass (an empty row's plain sum is NaN),
-    # unless there are no classes at all.
-    return plain, jnp.full(plain.shape, logits.shape[-1] > 0)
-
-  return lax.cond(jnp.any(jnp.isnan(plain)), careful, as_is, logits, targets,
-                  plain, *weights)
+  For a pass that is not differentiated only: a `custom_vmap` is not made
+  for JAX's derivatives (under `jacfwd`, the stacking would copy the
+  inputs once per tangent).
+  """
+  guarded = jax.custom_batching.custom_vmap(
+      functools.partial(_unless_flagged, careful))
+  guarded.def_vmap(functools.partial(_stacked, guarded))
+  return guarded
 
 
-def _plain_first_vmap(function, axis_size, in_batched, *args):
-  """One call over the stacked batch: every argument is per-row but the
-  class weights, which broadcast over the rows."""
-  rows = args[0].ndim if in_batched[0] else args[0].ndim + 1
-  stacked = []
-  for index, (arg, batched) in enumerate(zip(args, in_batched, strict=True)):
-    if index == 2:  # the class weights, [C] (or [B, C] when batched)
-      if batched:
-        arg = arg.reshape(arg.shape[:1] + (1,) * (rows - 2) + arg.shape[1:])
-    elif not batched:
-      arg = jnp.broadcast_to(arg, (axis_size, *arg.shape))
-    stacked.append(arg)
-  return function(*stacked), (True, True)
+def _stacked(function, axis_size, in_batched, flags, plain, logits, targets,
+             *class_weights):
+  """The vmap rule of `_unless_flagged_once`: one call over the stacked
+  batch.
+
+  Every argument is per-row, but the class weights, which broadcast over
+  the rows: batched, they become [batch, 1, ..., classes].
+  """
+  flags_batched, plain_batched, *rest = in_batched
+
+  def stack(x, batched):
+    return x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+
+  rows = logits.ndim + (not rest[0])
+  weights = [w.reshape(w.shape[:1] + (1,) * (rows - 2) + w.shape[1:])
+             if batched else w for w, batched in zip(class_weights, rest[2:],
+                                                     strict=True)]
+  plain = tuple(stack(x, b) for x, b in zip(plain, plain_batched,
+                                             strict=True))
+  out = function(stack(flags, flags_batched), plain, stack(logits, rest[0]),
+                 stack(targets, rest[1]), *weights)
+  return out, tuple(True for _ in out)
 
 
-_plain_first = jax.custom_batching.custom_vmap(_plain_first_cond)
-_plain_first.def_vmap(functools.partial(_plain_first_vmap, _plain_first))
-_plain_first_weighted = jax.custom_batching.custom_vmap(_plain_first_cond)
-_plain_first_weighted.def_vmap(
-    functools.partial(_plain_first_vmap, _plain_first_weighted))
+def _careful_inputs(logits, targets, class_weights):
+  """The shifted logits, the shift, the row max and u, from the inputs."""
+  _, shifted, shift, row_max = _softmax_rows.shifted_and_max(logits, None)
+  u = targets.astype(shift.dtype)
+  if class_weights:
+    u = u * jnp.broadcast_to(class_weights[0].astype(shift.dtype), u.shape)
+  return shifted, row_max, u
+
+
+def _careful_cross(logits, targets, *class_weights):
+  """`_soft_label_part` and `nonempty`, from the inputs alone."""
+  shifted, row_max, u = _careful_inputs(logits, targets, class_weights)
+  nonempty = row_max != -jnp.inf
+  sumexp = jnp.sum(jnp.exp(shifted), axis=-1)
+  return _soft_label_part(shifted, u, sumexp, nonempty, None), nonempty
+
+
+def _careful_mass_and_dot(logits, targets, *class_weights):
+  """The target mass and dot product of `RowStats`, from the inputs alone:
+  the mass over the possible classes, 0 log 0 = 0 in the dot product."""
+  shifted, _, u = _careful_inputs(logits, targets, class_weights)
+  mass = jnp.where(shifted == -jnp.inf, 0, u)
+  return row_sums((shifted.ndim - 1,), mass,
+                  u * jnp.where(u != 0, shifted, 0))
 
 
 def _soft_label_part(shifted, u, sumexp, nonempty, axis_name):
