@@ -424,8 +424,11 @@ def _label_logit(x, label_index, offset, axis_name):
   # The barrier keeps XLA from moving the float32 conversion in front of
   # the gather, where the CPU backend would materialise a float32 copy of
   # all the logits to serve both the gather and the sum of exponentials.
+  # The index is in range (made so above): no bounds checks, which XLA
+  # would fuse into the gradient pass and redo for every class.
   picked = jnp.take_along_axis(
-      lax.optimization_barrier(x), local[..., None], axis=-1)[..., 0]
+      lax.optimization_barrier(x), local[..., None], axis=-1,
+      mode="promise_in_bounds")[..., 0]
   picked = picked.astype(_checks.compute_dtype(x.dtype))
   if axis_name is None:
     return picked
