@@ -217,10 +217,9 @@ def dense_row_stats(
   # loss's own sum comes after the log-sum-exp (`_soft_label_part`). With
   # one, 16-bit logits keep their one variadic pass: separate plain sums
   # would each read a float32 copy that XLA writes for them (`row_sums`).
-  plain_first = (targets is not None and mask is None and axis_name is None
-                 and takes_cpu_path() and (keep_exp or loss_only))
-  cross_after = targets is not None and loss_only and (keep_exp
-                                                       or plain_first)
+  plain_first, cross_after = _soft_label_paths(
+      targets is not None, mask is None and axis_name is None, keep_exp,
+      loss_only)
   target_cross = target_mass = None
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
@@ -229,10 +228,10 @@ def dense_row_stats(
     # logit makes the loss inf through the dot product, and its gradient is
     # 0 (see `targets_gradient`), so the mass must not depend on it either.
     mass_term = jnp.where(shifted == -jnp.inf, 0, u)
-    if cross_after or plain_first:
-      # A sum of its own, which XLA drops where the loss does not use it.
+    if cross_after:
+      # A sum of its own, which XLA drops, as the loss does not use it.
       target_mass = _softmax_rows.sums(axis_name, True, mass_term)[0]
-    else:
+    elif not plain_first:
       terms += [mass_term, u * jnp.where(u != 0, shifted, 0)]
   if opts.smoothing:
     valid = shifted > -jnp.inf
@@ -249,11 +248,11 @@ def dense_row_stats(
     # XLA materialises exp (the one kept buffer) and sums it on its own;
     # the label mass is a sum of an input. The rest, which would each need
     # a float32 array of their own, go in one pass that keeps nothing.
-    plain = n_exp + (targets is not None and not plain_first
-                     and not cross_after)
-    sums = [*_softmax_rows.sums(axis_name, True, *terms[:plain])]
-    if terms[plain:]:
-      sums += _softmax_rows.sums(axis_name, False, *terms[plain:])
+    one_by_one = n_exp + (targets is not None and not plain_first
+                          and not cross_after)
+    sums = [*_softmax_rows.sums(axis_name, True, *terms[:one_by_one])]
+    if terms[one_by_one:]:
+      sums += _softmax_rows.sums(axis_name, False, *terms[one_by_one:])
   else:
     # One pass for every sum, keeping nothing (see `row_sums`).
     sums = list(_softmax_rows.sums(axis_name, False, *terms))
@@ -302,6 +301,16 @@ def dense_row_stats(
   stats = RowStats(shift, sumexp, target_dot, target_mass, valid_count,
                    valid_weight, valid_mean, excess, target_cross, nonempty)
   return stats, e if keep_exp else None
+
+
+def _soft_label_paths(soft: bool, unmasked: bool, keep_exp: bool,
+                      loss_only: bool) -> tuple[bool, bool]:
+  """Whether `dense_row_stats` takes the soft-label sums the plain way
+  first, and whether it sums the loss after the log-sum-exp
+  (`target_cross`), which a kernel's branch then gives too."""
+  plain_first = (soft and unmasked and takes_cpu_path()
+                 and (keep_exp or loss_only))
+  return plain_first, soft and loss_only and (keep_exp or plain_first)
 
 
 def _unless_flagged(careful, flags, plain, logits, targets, *class_weights):
@@ -519,7 +528,8 @@ def _kernel_stats(num_classes, keep_exp, kernel: StatsKernel,
   def run(logits, mask, opts, label_index, targets):
     stats = kernel.compute(logits, mask, opts, num_classes, kernel.config,
                            label_index=label_index, targets=targets)
-    if keep_exp and loss_only and targets is not None:
+    if _soft_label_paths(targets is not None, mask is None, keep_exp,
+                         loss_only)[1]:
       # XLA's branch gives the soft-label loss itself (`target_cross`);
       # this is the same number, from the kernel's sums.
       stats = stats._replace(target_cross=_label_part(
