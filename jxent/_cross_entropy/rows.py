@@ -223,16 +223,12 @@ def dense_row_stats(
   target_cross = target_mass = None
   if targets is not None:
     u = weighted_targets(targets, mask, opts, dtype, offset)
-    # 0 log 0 = 0: a class without label mass adds nothing, even at -inf.
-    # The mass counts the possible classes only: label mass on a -inf
-    # logit makes the loss inf through the dot product, and its gradient is
-    # 0 (see `targets_gradient`), so the mass must not depend on it either.
-    mass_term = jnp.where(shifted == -jnp.inf, 0, u)
+    mass_term, dot_term = _mass_and_dot_terms(shifted, u)
     if cross_after:
       # A sum of its own, which XLA drops, as the loss does not use it.
       target_mass = _softmax_rows.sums(axis_name, True, mass_term)[0]
     elif not plain_first:
-      terms += [mass_term, u * jnp.where(u != 0, shifted, 0)]
+      terms += [mass_term, dot_term]
   if opts.smoothing:
     valid = shifted > -jnp.inf
     weights = _class_weight_row(opts, shifted.shape, dtype, offset)
@@ -301,6 +297,18 @@ def dense_row_stats(
   stats = RowStats(shift, sumexp, target_dot, target_mass, valid_count,
                    valid_weight, valid_mean, excess, target_cross, nonempty)
   return stats, e if keep_exp else None
+
+
+def _mass_and_dot_terms(shifted, u):
+  """The per-class terms of the target mass and dot product, exactly.
+
+  0 log 0 = 0: a class without label mass adds nothing, even at -inf.
+  The mass counts the possible classes only: label mass on a -inf logit
+  makes the loss inf through the dot product, and its gradient is 0 (see
+  `targets_gradient`), so the mass must not depend on it either.
+  """
+  return jnp.where(shifted == -jnp.inf, 0, u), u * jnp.where(u != 0,
+                                                              shifted, 0)
 
 
 def _soft_label_paths(soft: bool, unmasked: bool, keep_exp: bool,
@@ -392,9 +400,7 @@ def _careful_mass_and_dot(logits, targets, *class_weights):
   """The target mass and dot product of `RowStats`, from the inputs alone:
   the mass over the possible classes, 0 log 0 = 0 in the dot product."""
   shifted, _, u = _careful_inputs(logits, targets, class_weights)
-  mass = jnp.where(shifted == -jnp.inf, 0, u)
-  return row_sums((shifted.ndim - 1,), mass,
-                  u * jnp.where(u != 0, shifted, 0))
+  return row_sums((shifted.ndim - 1,), *_mass_and_dot_terms(shifted, u))
 
 
 def _soft_label_part(shifted, u, sumexp, nonempty, axis_name):
